@@ -1,0 +1,493 @@
+"""Every wire type of orchd, in one module.
+
+Theory of operation
+-------------------
+Three closed unions travel on the daemon's sockets:
+
+* control requests (``ControlRequest``), sent by a client's DEALER to the
+  daemon's control ROUTER inside a ``Request`` envelope;
+* control replies (``ControlReply``), sent back inside a ``Reply`` envelope;
+  a request that cannot be served gets ``Error{code, detail}``;
+* events (``Event``), published one frame each on the events PUB socket.
+
+Events are split in two on purpose.  The *body* (this module's ``Event``
+union: ``kind`` plus the kind's fields) is what an adapter or an actor
+produces.  The *stamp* (``seq``, ``ts``, ``session``, ``worker``, ``agent``,
+``gen``) is added on the way to the log: the producing actor writes the
+``ts``/``session``/``worker``/``agent``/``gen`` part, the journal writes
+``seq``.  On the wire both are one flat JSON object::
+
+    {"seq":7,"ts":1764067200.123,"session":"s-1a2b","worker":"impl",
+     "agent":"claude","gen":0,"kind":"agent.text","text":"hello"}
+
+and the PUB frame is ``<session> <kind> <json>`` so subscribers can filter
+by session (prefix ``b"s-1a2b "``) with any ZeroMQ binding.  Daemon-wide
+events use ``-`` as the session topic.
+
+Schema evolution follows msgspec's rules: new fields get defaults, no field
+is ever retyped or renamed.  The protocol version lives in ``VERSION``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+VERSION = 1
+"""Protocol version carried in every control envelope."""
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True):
+    """Base of every wire type: frozen, keyword-only."""
+
+
+# ---------------------------------------------------------------- errors
+
+class ErrorCode:
+    """Small, stable error codes carried by ``Error.code``.
+
+    Scripts may match on these strings; never rename one.
+    """
+
+    BAD_FRAMES = "bad_frames"      # wrong number of frames / empty multipart
+    TOO_LARGE = "too_large"        # a frame over the configured size limit
+    BAD_JSON = "bad_json"          # not JSON / truncated / not UTF-8
+    BAD_VERSION = "bad_version"    # envelope ``v`` is not ``VERSION``
+    UNKNOWN_KIND = "unknown_kind"  # body ``kind`` names no request
+    INVALID = "invalid"            # missing or mistyped fields
+    NOT_FOUND = "not_found"        # no such session / worker
+    BAD_STATE = "bad_state"        # the request does not apply in this state
+    BAD_REQUEST = "bad_request"    # well-formed but refused (bad plan, bad target)
+    INTERNAL = "internal"          # our bug; logged with a traceback
+
+
+# ---------------------------------------------------------------- control requests
+
+class Req(Wire, tag_field="kind"):
+    """Base of control requests (client DEALER → daemon ROUTER)."""
+
+
+class Ping(Req, tag="ping"):
+    """Liveness probe. Reply: ``Pong``."""
+
+
+class Submit(Req, tag="submit"):
+    """Create a session.  ``orchctl submit [TASK] --target DIR [--plan FILE]``.
+
+    ``plan`` is the plan file's content (``{"assignments": [...]}``), already
+    parsed by the client; when absent the daemon builds the default plan from
+    ``task`` and ``agents``.  ``rehearse`` runs the real agent CLIs against the
+    built-in scripted model server; ``scenario`` is the scenario file's
+    content (``None`` means the default scenario).  Reply: ``SubmitReply``.
+    """
+
+    target: str
+    task: str = ""
+    agents: list[str] | None = None
+    plan: dict[str, Any] | None = None
+    rehearse: bool = False
+    scenario: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
+
+
+class Status(Req, tag="status"):
+    """``orchctl status [SESSION]``.  Reply: ``StatusReply``."""
+
+    session: str | None = None
+
+
+class Pause(Req, tag="pause"):
+    """``orchctl pause SESSION``: SIGSTOP every running worker.  Reply: ``Ok``."""
+
+    session: str
+
+
+class Resume(Req, tag="resume"):
+    """``orchctl resume SESSION``: SIGCONT every paused worker.  Reply: ``Ok``."""
+
+    session: str
+
+
+class Stop(Req, tag="stop"):
+    """``orchctl stop SESSION``: stop every worker (TERM, grace, KILL).  Reply: ``Ok``."""
+
+    session: str
+
+
+class Review(Req, tag="review"):
+    """``orchctl review SESSION``: ask for a review round now.  Reply: ``Ok``."""
+
+    session: str
+
+
+class Answer(Req, tag="answer"):
+    """``orchctl answer SESSION TEXT``: answer a paused session's question.  Reply: ``Ok``."""
+
+    session: str
+    text: str
+
+
+class Clean(Req, tag="clean"):
+    """``orchctl clean SESSION``: remove a finished session's worktrees.  Reply: ``Ok``."""
+
+    session: str
+
+
+class Replay(Req, tag="replay"):
+    """Events with ``seq > since`` from the log (Clone pattern snapshot).
+
+    At most ``limit`` events; ``more`` in the reply says whether to ask again.
+    Reply: ``ReplayReply``.
+    """
+
+    since: int = 0
+    session: str | None = None
+    limit: int = 5000
+
+
+class Sync(Req, tag="sync"):
+    """Ask the daemon to publish ``~sync <token>`` on the events socket.
+
+    A subscriber that receives it knows its subscription is active, so a
+    replay asked for afterwards leaves no gap before the live events.
+    Reply: ``Ok``.
+    """
+
+    token: str
+
+
+ControlRequest = Union[
+    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync
+]
+
+
+class Request(Wire):
+    """Envelope of a control request: ``{"v": 1, "id": "...", "body": {...}}``."""
+
+    v: int
+    id: str
+    body: ControlRequest
+
+
+# ---------------------------------------------------------------- control replies
+
+class Rep(Wire, tag_field="kind"):
+    """Base of control replies (daemon ROUTER → client DEALER)."""
+
+
+class Error(Rep, tag="error"):
+    """A request that could not be served; ``code`` is one of ``ErrorCode``."""
+
+    code: str
+    detail: str
+
+
+class Ok(Rep, tag="ok"):
+    """A command was accepted."""
+
+    detail: str = ""
+
+
+class Pong(Rep, tag="pong"):
+    version: int
+    pid: int
+    last_seq: int
+
+
+class SubmitReply(Rep, tag="submitted"):
+    session: str
+    assignments: list[str] = []
+
+
+class WorkerInfo(Wire):
+    """One worker as ``orchctl status --json`` shows it."""
+
+    name: str
+    agent: str
+    state: str  # pending | running | paused | done | failed | stopped
+    exit_code: int | None = None
+    signal: int | None = None
+    role: str = ""
+    weight: float = 0.0
+    after: list[str] = []
+    gen: int = 0
+    pid: int | None = None
+    reason: str | None = None
+    milestones: int = 0
+    progress: float = 0.0
+    branch: str | None = None
+    worktree: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class SessionInfo(Wire):
+    """One session as ``orchctl status --json`` shows it."""
+
+    id: str
+    state: str  # queued | running | paused | done | failed | stopped | escalated
+    task: str = ""
+    target: str = ""
+    reason: str | None = None
+    created_ts: float = 0.0
+    progress: float = 0.0
+    branch: str | None = None
+    workers: list[WorkerInfo] = []
+
+
+class StatusReply(Rep, tag="status"):
+    sessions: list[SessionInfo]
+
+
+class ReplayReply(Rep, tag="replay"):
+    events: list[msgspec.Raw]
+    last_seq: int
+    more: bool = False
+
+
+ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply]
+
+
+class Reply(Wire):
+    """Envelope of a control reply; ``id`` echoes the request's (or ``""``)."""
+
+    v: int
+    id: str
+    body: ControlReply
+
+
+# ---------------------------------------------------------------- events
+
+class Ev(Wire, tag_field="kind"):
+    """Base of event bodies.  The stamp (seq, ts, session...) is added on the way out."""
+
+
+class Stamp(Wire):
+    """The part of a published event that is not its body."""
+
+    seq: int
+    ts: float
+    session: str | None = None
+    worker: str | None = None
+    agent: str | None = None
+    gen: int = 0
+
+
+# --- normalized agent events (field names are a contract, see DESIGN.md)
+
+class AgentSession(Ev, tag="agent.session"):
+    agent_session_id: str
+    model: str | None = None
+
+
+class AgentText(Ev, tag="agent.text"):
+    """A whole assistant message (deltas joined)."""
+
+    text: str
+
+
+class AgentToolCall(Ev, tag="agent.tool_call"):
+    call_id: str
+    tool: str
+    input: Any = None
+
+
+class AgentToolResult(Ev, tag="agent.tool_result"):
+    call_id: str
+    ok: bool
+    output: Any = None
+
+
+class AgentUsage(Ev, tag="agent.usage"):
+    """Totals so far for this run; ``cost_usd`` is null when the CLI reports none."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class AgentError(Ev, tag="agent.error"):
+    message: str
+    fatal: bool = False
+
+
+class AgentResult(Ev, tag="agent.result"):
+    """The run's last event: did the agent succeed, and its final answer."""
+
+    ok: bool
+    text: str = ""
+
+
+class AgentUnknown(Ev, tag="agent.unknown"):
+    """A line the adapter does not know (or could not parse); never a crash."""
+
+    raw: str
+
+
+class AgentOutput(Ev, tag="agent.output"):
+    """A ``command`` agent's JSON line that is not a normalized agent event."""
+
+    data: Any = None
+
+
+AGENT_EVENT_TYPES = (
+    AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
+    AgentError, AgentResult, AgentUnknown, AgentOutput,
+)
+AgentEvent = Union[
+    AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
+    AgentError, AgentResult, AgentUnknown, AgentOutput,
+]
+
+
+# --- worker events (emitted by a worker actor)
+
+class WorkerStarted(Ev, tag="worker.started"):
+    pid: int
+    argv: list[str]
+    cwd: str
+    agent_version: str | None = None
+    resumed_from: str | None = None  # agent session id when relaunched with resume
+    confined: bool | None = None     # None: the profile does not claim confinement
+
+
+class WorkerExited(Ev, tag="worker.exited"):
+    """The agent process ended.  ``state`` is the worker's final state."""
+
+    state: str  # done | failed | stopped
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+
+
+class WorkerStateChanged(Ev, tag="worker.state"):
+    """pending | running | paused (pause/resume and relaunch transitions)."""
+
+    state: str
+    reason: str | None = None
+
+
+class WorkerLog(Ev, tag="worker.log"):
+    """One line the agent wrote on stderr."""
+
+    line: str
+    stream: str = "stderr"
+
+
+class WorkerBadLine(Ev, tag="worker.bad_line"):
+    """A stdout/stderr line that could not be taken as it was.
+
+    ``problem`` is ``too_long`` (over the line limit; the line was skipped),
+    ``invalid_utf8`` (decoded with replacement), ``nul`` (NUL bytes removed)
+    or ``partial`` (the stream ended without a newline).
+    """
+
+    problem: str
+    stream: str = "stdout"
+    size: int = 0
+    preview: str = ""
+
+
+class WorkerMilestone(Ev, tag="worker.milestone"):
+    text: str
+
+
+class WorkerBlocker(Ev, tag="worker.blocker"):
+    text: str
+
+
+class WorkerReviewRequest(Ev, tag="worker.review_request"):
+    text: str
+
+
+class WorkerDone(Ev, tag="worker.done"):
+    text: str
+
+
+class WorkerLimit(Ev, tag="worker.limit"):
+    """A limit was reached; the worker is being stopped because of it."""
+
+    limit: str  # wall_time | stall | max_turns | tokens | cost | review_rounds
+    detail: str = ""
+
+
+class WorkerFailure(Ev, tag="worker.failure"):
+    """An agent failure recognised from the error catalogue (see actors.agents)."""
+
+    code: str
+    message: str
+    action: str = "escalate"  # relaunch | escalate
+
+
+# --- session events (emitted by the supervisor)
+
+class AssignmentSpec(Wire):
+    """One assignment of a plan (the plan file's format, with defaults filled)."""
+
+    name: str
+    agent: str
+    role: str = ""
+    prompt: str = ""
+    weight: float = 1.0
+    after: list[str] = []
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None
+    profile: str | None = None
+
+
+class SessionSubmitted(Ev, tag="session.submitted"):
+    task: str
+    target: str
+    assignments: list[AssignmentSpec]
+    rehearse: bool = False
+    scenario: dict[str, Any] | None = None
+    limits: dict[str, Any] = {}
+    base_commit: str | None = None
+
+
+class SessionStateChanged(Ev, tag="session.state"):
+    state: str  # queued | running | paused | done | failed | stopped | escalated
+    reason: str | None = None
+
+
+class SessionNote(Ev, tag="session.note"):
+    """Something the user should know (an agent replaced, a merge result...)."""
+
+    message: str
+    data: dict[str, Any] | None = None
+
+
+class WorkerLaunching(Ev, tag="worker.launching"):
+    """The supervisor decided to (re)launch an assignment under generation ``gen``."""
+
+    resume: bool = False
+    worktree: str | None = None
+    branch: str | None = None
+
+
+# --- daemon events
+
+class DaemonStarted(Ev, tag="daemon.started"):
+    pid: int
+    version: str
+    last_seq: int = 0
+
+
+class DaemonStopping(Ev, tag="daemon.stopping"):
+    reason: str = ""
+
+
+Event = Union[
+    AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
+    AgentError, AgentResult, AgentUnknown, AgentOutput,
+    WorkerStarted, WorkerExited, WorkerStateChanged, WorkerLog, WorkerBadLine,
+    WorkerMilestone, WorkerBlocker, WorkerReviewRequest, WorkerDone,
+    WorkerLimit, WorkerFailure, WorkerLaunching,
+    SessionSubmitted, SessionStateChanged, SessionNote,
+    DaemonStarted, DaemonStopping,
+]
+
+SESSION_TERMINAL = frozenset({"done", "failed", "stopped", "escalated"})
+WORKER_TERMINAL = frozenset({"done", "failed", "stopped"})
