@@ -1,0 +1,335 @@
+"""A scripted model server so the real agent CLIs run offline, spending no tokens.
+
+Theory of operation
+-------------------
+One HTTP server on loopback speaks three dialects, chosen by path:
+
+* Anthropic Messages (claude): ``HEAD /`` preflight, ``POST /v1/messages``;
+* OpenAI Responses (codex): ``POST /v1/responses``;
+* Gemini v1beta (gemini): ``POST /v1beta/models/<m>:generateContent`` and
+  ``:streamGenerateContent?alt=sse``.
+
+Every request is first read into a ``Turn`` (dialect, the conversation's
+prompt text, the assignment name, the agent's cwd, the tools offered).  The
+``Script`` then picks the reply for that turn from the scenario; the dialect
+module renders the reply as that API's native stream.  Only this file's
+``_Handler`` touches sockets; ``Script`` and the renderers are pure.
+
+Requests that ask for structured JSON output (claude's session-title call,
+gemini's model router) are *side calls*: the CLI makes them on its own, so
+they get an answer synthesised from the requested JSON schema and never
+consume a scripted reply.
+
+A conversation is keyed by dialect plus the assignment name found in the
+prompt (``orchd-assignment: NAME``), so several agents can share one server.
+Each model call of a conversation takes the next matching reply; after a tool
+call the CLI calls again with the tool result, which takes the reply after
+it.  When the list runs out the answer is ``DONE: {assignment}``.
+
+The scenario format is documented in ``docs/scenarios.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from orchd import modeldialects as dialects
+
+SECRET_HEADERS = frozenset({"x-api-key", "authorization", "x-goog-api-key", "cookie", "proxy-authorization"})
+REPLY_KINDS = ("text", "tool", "http_error", "stall")
+
+
+class ScenarioError(ValueError):
+    """The scenario file is malformed (our input, not the peer's)."""
+
+
+def default_scenario() -> dict[str, Any]:
+    """The packaged default: every agent writes ``{assignment}.txt`` and finishes."""
+    text = resources.files("orchd").joinpath("scenarios/default.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def load_scenario(path: str | Path) -> dict[str, Any]:
+    """Read a scenario from a ``.json`` or ``.toml`` file."""
+    p = Path(path)
+    raw = p.read_bytes()
+    data = tomllib.loads(raw.decode()) if p.suffix == ".toml" else json.loads(raw)
+    validate_scenario(data)
+    return data
+
+
+def validate_scenario(data: Any) -> None:
+    """Raise ``ScenarioError`` naming the first bad reply."""
+    if not isinstance(data, dict) or not isinstance(data.get("agents"), dict):
+        raise ScenarioError('a scenario is an object with an "agents" object')
+    for agent, replies in data["agents"].items():
+        if not isinstance(replies, list):
+            raise ScenarioError(f"agents.{agent} must be a list of replies")
+        for i, reply in enumerate(replies):
+            where = f"agents.{agent}[{i}]"
+            if not isinstance(reply, dict) or not any(k in reply for k in REPLY_KINDS):
+                raise ScenarioError(f"{where}: a reply needs one of {', '.join(REPLY_KINDS)}")
+            tool = reply.get("tool")
+            if tool == "write_file" and not {"path", "content"} <= reply.keys():
+                raise ScenarioError(f"{where}: write_file needs path and content")
+            if tool == "run" and "command" not in reply:
+                raise ScenarioError(f"{where}: run needs command")
+            if tool not in (None, "write_file", "run"):
+                raise ScenarioError(f"{where}: unknown tool {tool!r}")
+
+
+# ---------------------------------------------------------------- the script (pure)
+
+@dataclass
+class Script:
+    """Picks each conversation's next reply; thread-safe, no I/O."""
+
+    scenario: dict[str, Any]
+    _consumed: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def next_reply(self, turn: dialects.Turn) -> dict[str, Any]:
+        """The reply for this model call, with ``{assignment}`` filled in."""
+        agents = self.scenario.get("agents", {})
+        replies = agents.get(turn.agent, agents.get("*", []))
+        key = (turn.agent, turn.assignment or "")
+        with self._lock:
+            used = self._consumed.setdefault(key, set())
+            for i, reply in enumerate(replies):
+                if i in used:
+                    continue
+                if "match" in reply and reply["match"] not in turn.prompt:
+                    continue
+                used.add(i)
+                return _fill(reply, turn.name)
+        return {"text": f"DONE: {turn.name}"}
+
+
+def _fill(value: Any, name: str) -> Any:
+    """Replace ``{assignment}`` in every string of a reply (not str.format:
+    scenario text may hold other braces, e.g. code)."""
+    if isinstance(value, str):
+        return value.replace("{assignment}", name)
+    if isinstance(value, dict):
+        return {k: _fill(v, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, name) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- HTTP
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A stalled handler watches `stopping`, so joining handler threads on close is bounded.
+    block_on_close = True
+
+    def __init__(self, addr: tuple[str, int], script: Script, log_path: Path | None) -> None:
+        super().__init__(addr, _Handler)
+        self.script = script
+        self.stopping = threading.Event()
+        self.log_path = log_path
+        self.log_lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+        self.records_changed = threading.Condition()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self.log_lock:
+            if self.log_path is not None:
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry) + "\n")
+        with self.records_changed:
+            self.records.append(entry)
+            self.records_changed.notify_all()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive: the CLIs reuse connections
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # the JSONL request log replaces stderr access lines
+
+    def do_HEAD(self) -> None:
+        # claude's connectivity preflight is HEAD /.
+        self._log(None, None)
+        self.send_response(200 if self.path == "/" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self._log(None, None)
+        if self.path == "/":
+            self._send_json(200, {"ok": True, "server": "orchd-modelserver"})
+        else:
+            self._send_json(404, {"error": {"message": f"no route for GET {self.path}"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("body is not a JSON object")
+        except ValueError as e:  # the peer misbehaved: answer 400 and keep serving
+            self._log(raw.decode("utf-8", "replace"), {"error": f"bad json: {e}"})
+            self._send_json(400, {"error": {"code": 400, "message": f"invalid JSON body: {e}"}})
+            return
+        route = dialects.route(self.path)
+        if route is None:
+            self._log(body, {"error": "no route"})
+            self._send_json(404, {"error": {"code": 404, "message": f"no route for POST {self.path}"}})
+            return
+        turn = dialects.read_turn(route, self.path, body)
+        if turn.side_call:
+            self._log(body, {"side_call": True, "agent": turn.agent})
+            self._send_reply(route, turn, dialects.side_reply(turn))
+            return
+        reply = self.server.script.next_reply(turn)
+        self._log(body, {"agent": turn.agent, "assignment": turn.assignment, "reply": reply})
+        if reply.get("stall"):
+            self._stall()
+        elif "http_error" in reply:
+            status = int(reply["http_error"])
+            self._send_json(status, reply.get("body") or dialects.error_body(route, status))
+        else:
+            self._send_reply(route, turn, reply)
+
+    # -- helpers
+
+    def _send_reply(self, route: str, turn: dialects.Turn, reply: dict[str, Any]) -> None:
+        if not turn.stream:
+            self._send_json(200, dialects.render_json(route, turn, reply))
+            return
+        payload = "".join(dialects.render_sse(route, turn, reply)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _send_json(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stall(self) -> None:
+        """Answer nothing until the client hangs up or the server stops."""
+        sock = self.connection
+        while not self.server.stopping.is_set():
+            readable, _, _ = select.select([sock], [], [], 0.05)
+            if readable:
+                try:
+                    if sock.recv(1, socket.MSG_PEEK) == b"":
+                        break  # the client went away
+                except OSError:
+                    break
+        self.close_connection = True
+
+    def _log(self, body: Any, outcome: dict[str, Any] | None) -> None:
+        headers = {k: ("<redacted>" if k.lower() in SECRET_HEADERS else v) for k, v in self.headers.items()}
+        entry = {"ts": time.time(), "method": self.command, "path": self.path, "headers": headers, "body": body}
+        if outcome:
+            entry.update(outcome)
+        self.server.record(entry)
+
+
+class ModelServer:
+    """The scripted server in a background thread, on a free loopback port.
+
+    >>> with ModelServer(None) as srv:   # the default scenario
+    ...     env = {"ANTHROPIC_BASE_URL": srv.url}
+    """
+
+    def __init__(self, scenario: dict[str, Any] | None = None, log_path: str | Path | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
+        scenario = default_scenario() if scenario is None else scenario
+        validate_scenario(scenario)
+        self._server = _Server((host, port), Script(scenario), Path(log_path) if log_path else None)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """A snapshot of every request received so far (as logged)."""
+        with self._server.records_changed:
+            return list(self._server.records)
+
+    def wait_for_requests(self, n: int, timeout_s: float) -> list[dict[str, Any]]:
+        """Block until at least ``n`` requests arrived; TimeoutError past the deadline."""
+        with self._server.records_changed:
+            if not self._server.records_changed.wait_for(lambda: len(self._server.records) >= n, timeout_s):
+                raise TimeoutError(f"{len(self._server.records)} of {n} requests after {timeout_s}s")
+            return list(self._server.records)
+
+    def start(self) -> ModelServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="modelserver", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, release stalled requests, join the handler threads."""
+        self._server.stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m orchd.modelserver", description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", help="scenario file (.json or .toml); default: the packaged default")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--log", help="append every request received as JSONL to this file")
+    args = ap.parse_args(argv)
+    scenario = load_scenario(args.scenario) if args.scenario else None
+    server = ModelServer(scenario, log_path=args.log, host=args.host, port=args.port)
+
+    # SIGTERM ends serve_forever from the main thread; shutdown() must run elsewhere.
+    def on_term(signum: int, frame: object) -> None:
+        server._server.stopping.set()
+        threading.Thread(target=server._server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    print(json.dumps({"url": server.url}), flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server._server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
