@@ -1,0 +1,312 @@
+"""What every agent adapter shares: the run spec, the launch, the failure
+record, the stream-parser base and the error-catalogue matcher.
+
+Theory of operation
+-------------------
+An adapter is pure: ``build_launch`` turns a ``RunSpec`` into the argv and
+env to start, ``new_parser`` returns a sans-I/O ``StreamParser`` that the
+worker feeds one decoded stdout line at a time, and ``classify`` looks at
+how a run ended (exit code, stderr lines, the events it produced) and names
+the failure from the CLI's error catalogue.  Nothing here touches a pipe, a
+socket, a clock or the filesystem (like h11: bytes in, events out).
+
+A parser never raises on its input.  A line that is not JSON, JSON that is
+not an object, and a known event whose fields have the wrong types all
+become ``AgentUnknown(raw=line)``: the peer misbehaved, that is not our bug.
+Only msgspec's decode/validation errors are caught; anything else is a bug
+in the adapter and must crash loudly (STYLE.md "Errors").
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Protocol, TypeVar
+
+import msgspec
+
+from orchd.protocol import AgentError, AgentResult, AgentUnknown, Ev
+
+PROFILES = ("workspace", "readonly", "yolo")
+
+MAX_TEXT_CHARS = 1 << 20
+"""Cap on text a parser holds (gemini's joined deltas, the run's final text).
+
+A parser's state must stay bounded whatever the agent prints; past the cap
+the joined message is flushed early and the run text keeps its tail (the
+final answer is at the end)."""
+
+
+class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What the worker wants run; the adapter turns it into a ``Launch``."""
+
+    prompt: str
+    cwd: str
+    profile: str = "workspace"        # workspace | readonly | yolo
+    binary: str | None = None         # path to the CLI; default: the adapter's name on PATH
+    model: str | None = None
+    max_turns: int | None = None
+    resume_id: str | None = None      # claude session_id, codex thread_id, gemini "latest" or id
+    home: str | None = None           # per-run HOME (isolation); None = inherit
+    config_dir: str | None = None     # CLAUDE_CONFIG_DIR / CODEX_HOME / GEMINI_CLI_HOME
+    tmpdir: str | None = None         # private TMPDIR for the run
+    allow_unconfined: bool = False    # see each adapter: may the run go on if its sandbox is missing
+    argv: list[str] | None = None     # command agent only
+    env: dict[str, str] | None = None # extra env from the assignment
+
+
+class Launch(msgspec.Struct, frozen=True, kw_only=True):
+    """How to start the process.
+
+    ``env`` holds only the variables to add or override on top of the
+    daemon's environment.  Every agent CLI must get stdin from /dev/null:
+    codex appends a piped stdin to the prompt and gemini reads it.
+    ``confined`` is True when the profile's confinement is the CLI's own
+    sandbox/permission mode, False when the run is unconfined (yolo), None
+    when the adapter cannot say (command).
+    """
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    confined: bool | None
+
+
+class Failure(msgspec.Struct, frozen=True, kw_only=True):
+    """A failure recognised from a CLI's error catalogue.
+
+    ``action`` is ``relaunch`` (apply ``fix`` and start again) or
+    ``escalate`` (a human must act: credentials, flags, limits).  ``fix``
+    keys: ``env.NAME`` (set env var NAME), ``flag`` (add this flag),
+    ``backoff_s`` (wait this long before relaunching).
+    """
+
+    code: str
+    message: str
+    action: str
+    fix: dict[str, str] | None = None
+
+
+class Adapter(Protocol):
+    name: str
+    tested_version: str | None
+
+    def build_launch(self, spec: RunSpec) -> Launch: ...
+    def version_argv(self, binary: str | None = None) -> list[str]: ...
+    def new_parser(self) -> "StreamParser": ...
+    def classify(self, exit_code: int | None, stderr_lines: list[str],
+                 events: list) -> Failure | None: ...
+    def check_stderr(self, line: str) -> str | None: ...
+
+
+# ---------------------------------------------------------------- parsing
+
+T = TypeVar("T")
+_BAD_JSON = (msgspec.DecodeError, RecursionError, UnicodeEncodeError)
+
+
+def load(obj: Any, typ: type[T]) -> T:
+    """Validate a decoded JSON object against a native-schema struct.
+
+    Raises ``msgspec.ValidationError``, which ``feed_line`` turns into
+    ``AgentUnknown``.  Unknown fields are ignored (the CLIs add fields in
+    every release), missing optional ones take their defaults.
+    """
+    return msgspec.convert(obj, typ)
+
+
+class StreamParser:
+    """Base of the per-CLI stream parsers.
+
+    Subclasses implement ``_on_object(obj)`` (a decoded JSON object; raise
+    ``msgspec.ValidationError`` by way of ``load`` for wrong types) and may
+    override ``_on_finish(exit_code)``.  ``result_sent`` records that the
+    CLI's own terminal event was turned into an ``AgentResult``, so
+    ``finish`` does not invent a second one.
+    """
+
+    def __init__(self) -> None:
+        self.result_sent = False
+        self.fatal_seen = False
+        self.last_text = ""
+        self._finished = False
+
+    def feed_line(self, line: str) -> list[Ev]:
+        """One complete stdout line (no newline).  Never raises on input."""
+        if self._finished or not line.strip():
+            # Blank lines carry nothing in any of the JSONL dialects.
+            return []
+        try:
+            obj = msgspec.json.decode(line)
+        except _BAD_JSON:
+            return self._on_non_json(line)
+        if not isinstance(obj, dict):
+            return self._on_non_object(obj, line)
+        try:
+            events = self._on_object(obj)
+        except msgspec.ValidationError:
+            return [AgentUnknown(raw=line)]
+        if events is None:
+            return [AgentUnknown(raw=line)]
+        for ev in events:
+            if isinstance(ev, AgentResult):
+                self.result_sent = True
+            elif isinstance(ev, AgentError) and ev.fatal:
+                self.fatal_seen = True
+        return events
+
+    def finish(self, exit_code: int | None) -> list[Ev]:
+        """The stream ended.  Flush, and close the run with an
+        ``AgentResult`` if the CLI never sent one.  Idempotent."""
+        if self._finished:
+            return []
+        self._finished = True
+        events = self._on_finish(exit_code)
+        if not self.result_sent:
+            self.result_sent = True
+            ok = exit_code == 0 and not self.fatal_seen
+            events.append(AgentResult(ok=ok, text=self.last_text))
+        return events
+
+    # hooks -----------------------------------------------------------
+    def _on_non_json(self, line: str) -> list[Ev]:
+        return [AgentUnknown(raw=line)]
+
+    def _on_non_object(self, obj: Any, line: str) -> list[Ev]:
+        return [AgentUnknown(raw=line)]
+
+    def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
+        """Events for one JSON object, or None when it is not understood."""
+        raise NotImplementedError
+
+    def _on_finish(self, exit_code: int | None) -> list[Ev]:
+        return []
+
+
+def cap_tail(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_CHARS else text[-MAX_TEXT_CHARS:]
+
+
+# ---------------------------------------------------------------- launching
+
+def base_env(spec: RunSpec, config_var: str | None,
+             defaults: dict[str, str] | None = None) -> dict[str, str]:
+    """The env a launch adds: adapter defaults, then the assignment's env,
+    then the isolation vars, which nothing may override (an assignment
+    must not undo the per-run HOME or TMPDIR)."""
+    env = dict(defaults or {})
+    env.update(spec.env or {})
+    if spec.home is not None:
+        env["HOME"] = spec.home
+    if spec.tmpdir is not None:
+        env["TMPDIR"] = spec.tmpdir
+    if spec.config_dir is not None and config_var is not None:
+        env[config_var] = spec.config_dir
+    return env
+
+
+def check_profile(spec: RunSpec) -> None:
+    if spec.profile not in PROFILES:
+        raise ValueError(f"unknown profile {spec.profile!r}; expected one of {PROFILES}")
+
+
+# ---------------------------------------------------------------- classify
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(s: str) -> str:
+    return _ANSI.sub("", s)
+
+
+class Rule(msgspec.Struct, frozen=True):
+    """One error-catalogue entry: a regex over the CLI's messages, or an
+    exit code that means exactly one thing (gemini's 41 and 55)."""
+
+    code: str
+    pattern: str | None
+    action: str = "escalate"
+    fix: dict[str, str] | None = None
+    exit_codes: tuple[int, ...] = ()
+
+
+# Shared tail of every catalogue: generic transport failures.  Adapter
+# rules come first so a specific message wins over these.
+RATE_LIMITED = Rule("rate_limited",
+                    r"\b429\b|rate.?limit|too many requests|overloaded|\b529\b"
+                    r"|RESOURCE_EXHAUSTED|quota exceeded",
+                    "relaunch", {"backoff_s": "60"})
+NETWORK = Rule("network",
+               r"Reconnecting\.\.\.|waiting for network|error sending request"
+               r"|connection ?refused|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT"
+               r"|fetch failed|Unable to connect|failed to lookup address"
+               r"|stream disconnected|network is unreachable",
+               "relaunch", {"backoff_s": "10"})
+
+
+class Evidence(msgspec.Struct, frozen=True):
+    """What a finished run left behind, split by how telling it is."""
+
+    fatal: list[str]        # fatal error messages, then a failed result's text
+    stderr: list[str]       # stderr lines, ANSI stripped, blanks dropped
+    soft: list[str]         # non-fatal error messages (retry notices)
+    result_ok: bool | None  # the last AgentResult's ok, None if there was none
+
+    def texts(self) -> list[str]:
+        """Most telling first: a rule is tried against these in order."""
+        return self.fatal + self.stderr + self.soft
+
+    def headline(self) -> str | None:
+        """The best single message for an unrecognised failure: the CLI's
+        own fatal message, else its last stderr line (the first ones are
+        often warnings), else the last retry notice."""
+        if self.fatal:
+            return self.fatal[0]
+        if self.stderr:
+            return self.stderr[-1]
+        return self.soft[-1] if self.soft else None
+
+
+def evidence(stderr_lines: Iterable[str], events: Iterable[Any]) -> Evidence:
+    fatal: list[str] = []
+    soft: list[str] = []
+    result_ok: bool | None = None
+    result_text: list[str] = []
+    for ev in events:
+        if isinstance(ev, AgentError):
+            (fatal if ev.fatal else soft).append(ev.message)
+        elif isinstance(ev, AgentResult):
+            result_ok = ev.ok
+            result_text = [] if ev.ok or not ev.text else [ev.text]
+    err = [strip_ansi(s).strip() for s in stderr_lines]
+    return Evidence(fatal + result_text, [s for s in err if s], soft, result_ok)
+
+
+def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
+                    stderr_lines: list[str], events: list) -> Failure | None:
+    """Name the failure of a finished run, or None when it succeeded.
+
+    A run succeeded when it exited 0, reported no fatal error and its
+    result (if any) was ok; retry notices along the way do not matter.
+    Otherwise the first rule (in catalogue order) that matches any text
+    wins, so specific messages beat the generic network/rate-limit ones.
+    Unmatched failures are ``crashed`` (non-zero exit or killed: a relaunch
+    with resume may get further) or ``failed`` (exit 0 but the agent said
+    it failed: a human should look).
+    """
+    ev = evidence(stderr_lines, events)
+    if exit_code == 0 and not ev.fatal and ev.result_ok is not False:
+        return None
+    texts = ev.texts()
+    headline = ev.headline() or (
+        f"exit code {exit_code}" if exit_code is not None else "killed by a signal")
+    for rule in rules:
+        hit = None
+        if rule.pattern is not None:
+            hit = next((t for t in texts if re.search(rule.pattern, t, re.I)), None)
+        if hit is None and exit_code is not None and exit_code in rule.exit_codes:
+            hit = headline
+        if hit is not None:
+            return Failure(code=rule.code, message=hit, action=rule.action, fix=rule.fix)
+    if exit_code == 0:
+        return Failure(code="failed", message=headline, action="escalate")
+    return Failure(code="crashed", message=headline, action="relaunch")

@@ -1,0 +1,268 @@
+"""OpenAI Codex CLI 0.169.0 adapter: ``codex exec --json`` argv per profile,
+the JSONL parser, and the error catalogue (agent-clis.md §2, §3, §5, §7).
+
+Stream mapping
+--------------
+* ``thread.started`` -> agent.session(thread_id, model None)
+* ``item.completed`` ``agent_message`` -> agent.text (the last is the answer)
+* ``command_execution`` -> agent.tool_call("shell", {command}) on
+  ``item.started`` (or on completion if it never started), then
+  agent.tool_result(ok = exit_code == 0, output = aggregated_output)
+* ``file_change`` -> agent.tool_call("file_change", {changes}) and
+  agent.tool_result(ok = status == "completed", output = changes)
+* ``mcp_tool_call`` -> agent.tool_call("mcp:SERVER/TOOL", arguments) and
+  agent.tool_result(ok = no error and status != "failed", output = result
+  or error message)
+* ``web_search`` -> agent.tool_call("web_search", {query}) + an ok result
+* item ``error`` -> agent.error(fatal=False) (e.g. unknown model metadata)
+* ``turn.completed`` -> agent.usage.  Codex reports totals for the *thread*,
+  so after ``exec resume`` they include the earlier runs: treat each usage
+  event as the latest total, never add them up.  ``input_tokens`` already
+  includes ``cached_input_tokens``; no cost is reported (cost_usd None).
+* ``error`` -> agent.error; fatal unless it is a retry notice
+  ("Reconnecting...", "Falling back from WebSockets...")
+* ``turn.failed`` -> agent.error(fatal) (skipped when the preceding ``error``
+  said the same) + agent.result(ok=False, text = last agent_message)
+
+Ignored quietly: ``turn.started``, ``item.updated``, and items of type
+``reasoning`` and ``todo_list``.  Other lines are agent.unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from orchd.protocol import (
+    AgentError, AgentResult, AgentSession, AgentText, AgentToolCall,
+    AgentToolResult, AgentUsage, Ev,
+)
+
+from .base import (
+    NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
+    base_env, check_profile, load, match_catalogue,
+)
+
+MAX_OPEN_CALLS = 4096
+"""Bound on remembered started-but-not-completed items (bounded state)."""
+
+_QUIET_TYPES = frozenset({"turn.started", "item.updated"})
+_QUIET_ITEMS = frozenset({"reasoning", "todo_list"})
+_NOTICE = re.compile(r"^(Reconnecting\.\.\.|Falling back from WebSockets)")
+
+
+class _Thread(msgspec.Struct):
+    thread_id: str
+
+
+class _Item(msgspec.Struct):
+    id: str
+    type: str
+
+
+class _Message(msgspec.Struct):
+    text: str
+
+
+class _Command(msgspec.Struct):
+    command: str = ""
+    aggregated_output: str = ""
+    exit_code: int | None = None
+    status: str = ""
+
+
+class _FileChange(msgspec.Struct):
+    changes: list[Any] = []
+    status: str = ""
+
+
+class _McpError(msgspec.Struct):
+    message: str = ""
+
+
+class _Mcp(msgspec.Struct):
+    server: str = ""
+    tool: str = ""
+    arguments: Any = None
+    result: Any = None
+    error: _McpError | None = None
+    status: str = ""
+
+
+class _Search(msgspec.Struct):
+    query: str = ""
+
+
+class _ItemError(msgspec.Struct):
+    message: str
+
+
+class _ItemEvent(msgspec.Struct):
+    item: dict[str, Any]
+
+
+class _Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _Turn(msgspec.Struct):
+    usage: _Usage
+
+
+class _Err(msgspec.Struct):
+    message: str
+
+
+class _TurnFailed(msgspec.Struct):
+    error: _Err
+
+
+class CodexParser(StreamParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self._open: dict[str, None] = {}  # ordered set of started item ids
+        self._last_error = ""
+
+    def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
+        typ = obj.get("type")
+        if typ == "thread.started":
+            return [AgentSession(agent_session_id=load(obj, _Thread).thread_id, model=None)]
+        if typ in ("item.started", "item.completed"):
+            raw = load(obj, _ItemEvent).item
+            return self._on_item(load(raw, _Item), raw, typ == "item.completed")
+        if typ == "turn.completed":
+            u = load(obj, _Turn).usage
+            return [AgentUsage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                               cost_usd=None)]
+        if typ == "error":
+            message = load(obj, _Err).message
+            fatal = _NOTICE.match(message) is None
+            if fatal:
+                self._last_error = message
+            return [AgentError(message=message, fatal=fatal)]
+        if typ == "turn.failed":
+            message = load(obj, _TurnFailed).error.message
+            out: list[Ev] = []
+            if message != self._last_error:
+                out.append(AgentError(message=message, fatal=True))
+            out.append(AgentResult(ok=False, text=self.last_text))
+            return out
+        if typ in _QUIET_TYPES:
+            return []
+        return None
+
+    def _call(self, item_id: str, completed: bool, tool: str, input: Any) -> list[Ev]:
+        """The tool_call for an item, once: on start, or on completion when
+        codex never announced the start."""
+        if not completed:
+            if len(self._open) >= MAX_OPEN_CALLS:
+                del self._open[next(iter(self._open))]
+            self._open[item_id] = None
+            return [AgentToolCall(call_id=item_id, tool=tool, input=input)]
+        if item_id in self._open:
+            del self._open[item_id]
+            return []
+        return [AgentToolCall(call_id=item_id, tool=tool, input=input)]
+
+    def _on_item(self, item: _Item, raw: dict[str, Any], completed: bool) -> list[Ev] | None:
+        kind, iid = item.type, item.id
+        if kind == "agent_message":
+            if not completed:
+                return []
+            text = load(raw, _Message).text
+            self.last_text = text
+            return [AgentText(text=text)]
+        if kind == "command_execution":
+            c = load(raw, _Command)
+            out = self._call(iid, completed, "shell", {"command": c.command})
+            if completed:
+                out.append(AgentToolResult(call_id=iid, ok=c.exit_code == 0,
+                                           output=c.aggregated_output))
+            return out
+        if kind == "file_change":
+            f = load(raw, _FileChange)
+            out = self._call(iid, completed, "file_change", {"changes": f.changes})
+            if completed:
+                out.append(AgentToolResult(call_id=iid, ok=f.status == "completed",
+                                           output=f.changes))
+            return out
+        if kind == "mcp_tool_call":
+            m = load(raw, _Mcp)
+            out = self._call(iid, completed, f"mcp:{m.server}/{m.tool}", m.arguments)
+            if completed:
+                ok = m.error is None and m.status != "failed"
+                out.append(AgentToolResult(call_id=iid, ok=ok,
+                                           output=m.result if m.error is None else m.error.message))
+            return out
+        if kind == "web_search":
+            q = load(raw, _Search)
+            out = self._call(iid, completed, "web_search", {"query": q.query})
+            if completed:
+                out.append(AgentToolResult(call_id=iid, ok=True, output=None))
+            return out
+        if kind == "error":
+            return [AgentError(message=load(raw, _ItemError).message, fatal=False)] if completed else []
+        if kind in _QUIET_ITEMS:
+            return []
+        return None
+
+
+RULES = (
+    Rule("untrusted_folder", r"Not inside a trusted directory", "relaunch",
+         {"flag": "--skip-git-repo-check"}),
+    Rule("not_logged_in", r"Missing environment variable|Not logged in|codex login"),
+    Rule("auth_invalid", r"\b401\b|Unauthorized|Incorrect API key|invalid.api.key"),
+    Rule("bad_flag", r"unexpected argument|invalid value '.*' for|unrecognized subcommand"
+                     r"|error: .*required arguments were not provided"),
+    Rule("sandbox_unavailable", r"bwrap: .*(Operation not permitted|namespace)"
+                                r"|sandbox.{0,40}(unavailable|not available|not supported)"),
+    RATE_LIMITED,
+    NETWORK,
+)
+
+
+class CodexAdapter:
+    name = "codex"
+    tested_version: str | None = "0.169.0"
+
+    def build_launch(self, spec: RunSpec) -> Launch:
+        """``codex exec [OPTIONS] [resume ID] -- PROMPT``.
+
+        For resume every option goes before the ``resume`` subcommand: they
+        are ``exec``'s options and clap only reads them there; ``exec
+        resume`` keeps the thread's id and applies the given sandbox.
+        """
+        check_profile(spec)
+        argv = [spec.binary or self.name, "exec", "--json", "--skip-git-repo-check",
+                "-C", spec.cwd]
+        if spec.profile == "workspace":
+            argv += ["--sandbox", "workspace-write"]
+        elif spec.profile == "readonly":
+            argv += ["--sandbox", "read-only"]
+        else:
+            argv += ["--dangerously-bypass-approvals-and-sandbox"]
+        if spec.model:
+            argv += ["--model", spec.model]
+        if spec.resume_id:
+            argv += ["resume", spec.resume_id]
+        argv += ["--", spec.prompt]
+        return Launch(argv=argv, env=base_env(spec, "CODEX_HOME"), cwd=spec.cwd,
+                      confined=spec.profile != "yolo")
+
+    def version_argv(self, binary: str | None = None) -> list[str]:
+        return [binary or self.name, "--version"]
+
+    def new_parser(self) -> CodexParser:
+        return CodexParser()
+
+    def classify(self, exit_code: int | None, stderr_lines: list[str],
+                 events: list) -> Failure | None:
+        return match_catalogue(RULES, exit_code, stderr_lines, events)
+
+    def check_stderr(self, line: str) -> str | None:
+        # codex's sandbox never degrades to running unconfined: a missing
+        # bwrap makes the command fail, it does not run it outside.
+        return None
