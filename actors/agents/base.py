@@ -266,6 +266,21 @@ class Evidence(msgspec.Struct, frozen=True):
         return self.soft[-1] if self.soft else None
 
 
+_JSON_MESSAGE = re.compile(r'^"message":\s*"(.*)",?$')
+
+
+def _unjson(line: str) -> str:
+    """gemini pretty-prints its ``-o json`` error object on stderr; keep the
+    message line's text, not its JSON quoting."""
+    m = _JSON_MESSAGE.match(line)
+    if m is None:
+        return line
+    try:
+        return msgspec.json.decode(f'"{m.group(1)}"')
+    except msgspec.DecodeError:
+        return m.group(1)
+
+
 def evidence(stderr_lines: Iterable[str], events: Iterable[Any]) -> Evidence:
     fatal: list[str] = []
     soft: list[str] = []
@@ -277,7 +292,7 @@ def evidence(stderr_lines: Iterable[str], events: Iterable[Any]) -> Evidence:
         elif isinstance(ev, AgentResult):
             result_ok = ev.ok
             result_text = [] if ev.ok or not ev.text else [ev.text]
-    err = [strip_ansi(s).strip() for s in stderr_lines]
+    err = [_unjson(strip_ansi(s).strip()) for s in stderr_lines]
     return Evidence(fatal + result_text, [s for s in err if s], soft, result_ok)
 
 

@@ -101,11 +101,11 @@ class _Usage(msgspec.Struct):
 
 class _Result(msgspec.Struct):
     is_error: bool
-    subtype: str = ""
+    subtype: str | None = None
     result: str | None = None
     usage: _Usage | None = None
     total_cost_usd: float | None = None
-    errors: list[Any] = []
+    errors: list[Any] | None = None
 
 
 def _tool_output(content: Any) -> Any:
@@ -185,7 +185,7 @@ class ClaudeParser(StreamParser):
         text = r.result or ""
         if r.is_error:
             # error_max_turns and friends carry no `result`, only errors[].
-            reasons = [e if isinstance(e, str) else json.dumps(e) for e in r.errors]
+            reasons = [e if isinstance(e, str) else json.dumps(e) for e in r.errors or ()]
             message = text or "; ".join(reasons) or r.subtype or "claude reported an error"
             out.append(AgentError(message=message, fatal=True))
         out.append(AgentResult(ok=not r.is_error, text=text))

@@ -46,7 +46,7 @@ class _Init(msgspec.Struct):
 
 class _Message(msgspec.Struct):
     role: str
-    content: str = ""
+    content: str | None = None
     delta: bool | None = None
 
 
@@ -153,15 +153,16 @@ class GeminiParser(StreamParser):
     def _on_message(self, m: _Message) -> list[Ev]:
         if m.role != "assistant":
             return []
+        content = m.content or ""
         if not m.delta:
             out = self._flush()
-            return out + [self._emit_text(m.content)] if m.content else out
+            return out + [self._emit_text(content)] if content else out
         out: list[Ev] = []
-        if self._pending_len + len(m.content) > MAX_TEXT_CHARS:
+        if self._pending_len + len(content) > MAX_TEXT_CHARS:
             # bounded state: a runaway message is cut into several texts
             out = self._flush()
-        self._pending.append(m.content)
-        self._pending_len += len(m.content)
+        self._pending.append(content)
+        self._pending_len += len(content)
         return out
 
     def _on_result(self, r: _Result) -> list[Ev]:
