@@ -284,7 +284,9 @@ class ModelServer:
             return list(self._server.records)
 
     def start(self) -> ModelServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="modelserver", daemon=True)
+        # a short poll interval keeps stop() fast: shutdown() waits for the next poll
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="modelserver", daemon=True)
         self._thread.start()
         return self
 
@@ -297,7 +299,7 @@ class ModelServer:
         self._server.server_close()
 
     def serve_forever(self) -> None:
-        self._server.serve_forever()
+        self._server.serve_forever(0.05)
 
     def __enter__(self) -> ModelServer:
         return self.start()

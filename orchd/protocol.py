@@ -491,3 +491,65 @@ Event = Union[
 
 SESSION_TERMINAL = frozenset({"done", "failed", "stopped", "escalated"})
 WORKER_TERMINAL = frozenset({"done", "failed", "stopped"})
+
+
+# ---------------------------------------------------------------- actor inboxes
+# Internal messages between actors, msgpack-encoded on inproc sockets (any
+# endpoint would do: no actor assumes it shares memory with another).
+
+class Msg(Wire, tag_field="kind"):
+    """Base of actor inbox messages."""
+
+
+class Append(Msg, tag="append"):
+    """Any actor → journal: events to sequence, log and publish.
+
+    Each frame is ``wire.pending_frame(...)``: ``<topic> <kind> <json minus "{seq">``.
+    """
+
+    frames: list[bytes]
+
+
+class PublishSync(Msg, tag="publish_sync"):
+    """Supervisor → journal: publish ``~sync <token>`` after every event before it."""
+
+    token: str
+
+
+JournalInbox = Union[Append, PublishSync]
+
+
+class Committed(Msg, tag="committed"):
+    """Journal → supervisor: logged events it follows (full JSON, with seq)."""
+
+    events: list[bytes]
+
+
+class WorkerEnded(Msg, tag="worker_ended"):
+    """A worker actor's task ended for good (``crashed``: by a bug, not the agent)."""
+
+    session: str
+    worker: str
+    gen: int
+    crashed: bool
+
+
+SupervisorInbox = Union[Committed, WorkerEnded]
+
+
+class StopWorker(Msg, tag="stop_worker"):
+    """Supervisor → worker: stop the agent (TERM, grace, KILL) and end as ``state``."""
+
+    reason: str
+    state: str = "stopped"
+
+
+class PauseWorker(Msg, tag="pause_worker"):
+    """Supervisor → worker: SIGSTOP the agent's process group."""
+
+
+class ResumeWorker(Msg, tag="resume_worker"):
+    """Supervisor → worker: SIGCONT the agent's process group."""
+
+
+WorkerInbox = Union[StopWorker, PauseWorker, ResumeWorker]

@@ -1,0 +1,180 @@
+"""Session and worker state, derived from events (pure: no I/O, no clocks).
+
+The supervisor feeds every event it follows to ``Projection.apply``, both
+when it replays the log at start and live.  Nothing here is stored twice:
+status, progress and budgets are all computed from these views.
+
+Generations: each (re)launch of an assignment has a generation number,
+carried in the stamp of every event its worker emits.  Events from an
+older generation than the assignment's current one are ignored, so a
+relaunched assignment cannot be confused by its predecessor's last words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchd import protocol as p
+
+
+@dataclass
+class WorkerView:
+    spec: p.AssignmentSpec
+    state: str = "pending"  # pending | running | paused | done | failed | stopped
+    gen: int = -1           # current generation; -1: never launched
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    reason: str | None = None
+    milestones: int = 0
+    done_marker: bool = False
+    agent_session_id: str | None = None
+    agent_version: str | None = None
+    branch: str | None = None
+    worktree: str | None = None
+    result_text: str = ""
+    failure: p.WorkerFailure | None = None
+    relaunches: int = 0
+    usage: dict[int, tuple[int, int, float | None]] = field(default_factory=dict)
+
+    def tokens(self) -> tuple[int, int, float | None]:
+        tin = sum(u[0] for u in self.usage.values())
+        tout = sum(u[1] for u in self.usage.values())
+        costs = [u[2] for u in self.usage.values() if u[2] is not None]
+        return tin, tout, (sum(costs) if costs else None)
+
+    def progress(self) -> float:
+        if self.state == "done":
+            return 1.0
+        if self.state in ("running", "paused"):
+            return min(0.9, 0.1 + 0.2 * self.milestones)
+        return 0.0
+
+
+@dataclass
+class SessionView:
+    id: str
+    task: str
+    target: str
+    created_ts: float
+    rehearse: bool = False
+    scenario: dict | None = None
+    limits: dict = field(default_factory=dict)
+    base_commit: str | None = None
+    state: str = "queued"
+    reason: str | None = None
+    branch: str | None = None
+    workers: dict[str, WorkerView] = field(default_factory=dict)
+
+    def progress(self) -> float:
+        total = sum(w.spec.weight for w in self.workers.values()) or 1.0
+        return sum(w.spec.weight * w.progress() for w in self.workers.values()) / total
+
+    def tokens(self) -> tuple[int, float | None]:
+        tokens, costs = 0, []
+        for w in self.workers.values():
+            tin, tout, cost = w.tokens()
+            tokens += tin + tout
+            if cost is not None:
+                costs.append(cost)
+        return tokens, (sum(costs) if costs else None)
+
+    def ready(self) -> list[str]:
+        """Pending assignments whose ``after`` have all finished ``done``."""
+        if self.state != "running":
+            return []
+        return [name for name, w in self.workers.items()
+                if w.state == "pending" and w.gen < 0
+                and all(self.workers[dep].state == "done" for dep in w.spec.after)]
+
+    def running(self) -> list[WorkerView]:
+        return [w for w in self.workers.values() if w.state in ("running", "paused")]
+
+    def outcome(self) -> tuple[str, str | None] | None:
+        """The state the session should end in, once nothing more can run."""
+        if self.state in p.SESSION_TERMINAL or self.running():
+            return None
+        states = {w.state for w in self.workers.values()}
+        if states <= {"done"}:
+            return "done", None
+        failed = [w.spec.name for w in self.workers.values() if w.state in ("failed", "stopped")]
+        if failed and not self.ready():
+            return "failed", "assignment(s) did not finish: " + ", ".join(failed)
+        return None
+
+    def info(self) -> p.SessionInfo:
+        workers = []
+        for w in self.workers.values():
+            tin, tout, cost = w.tokens()
+            workers.append(p.WorkerInfo(
+                name=w.spec.name, agent=w.spec.agent, state=w.state, exit_code=w.exit_code,
+                signal=w.signal, role=w.spec.role, weight=w.spec.weight, after=list(w.spec.after),
+                gen=max(w.gen, 0), pid=w.pid, reason=w.reason, milestones=w.milestones,
+                progress=round(w.progress(), 3), branch=w.branch, worktree=w.worktree,
+                input_tokens=tin, output_tokens=tout, cost_usd=cost))
+        return p.SessionInfo(id=self.id, state=self.state, task=self.task, target=self.target,
+                             reason=self.reason, created_ts=self.created_ts,
+                             progress=round(self.progress(), 3), branch=self.branch, workers=workers)
+
+
+class Projection:
+    def __init__(self) -> None:
+        self.sessions: dict[str, SessionView] = {}
+
+    def apply(self, stamp: p.Stamp, ev: p.Ev) -> None:
+        sid = stamp.session
+        if sid is None:
+            return
+        if isinstance(ev, p.SessionSubmitted):
+            s = SessionView(id=sid, task=ev.task, target=ev.target, created_ts=stamp.ts,
+                            rehearse=ev.rehearse, scenario=ev.scenario, limits=dict(ev.limits),
+                            base_commit=ev.base_commit)
+            s.workers = {a.name: WorkerView(spec=a) for a in ev.assignments}
+            self.sessions[sid] = s
+            return
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        match ev:
+            case p.SessionStateChanged(state=state, reason=reason):
+                s.state, s.reason = state, reason
+                return
+            case p.SessionNote(data=data) if data and "branch" in data:
+                s.branch = data["branch"]
+                return
+        w = s.workers.get(stamp.worker or "")
+        if w is None:
+            return
+        if isinstance(ev, p.WorkerLaunching):
+            if stamp.gen > w.gen:
+                if w.gen >= 0:
+                    w.relaunches += 1
+                w.gen, w.state = stamp.gen, "running"
+                w.exit_code = w.signal = w.pid = None
+                w.reason = None
+                w.branch, w.worktree = ev.branch or w.branch, ev.worktree or w.worktree
+            return
+        if stamp.gen != w.gen:
+            return  # an older generation's event
+        match ev:
+            case p.WorkerStarted(pid=pid, agent_version=version):
+                w.pid, w.agent_version = pid, version
+                if w.state not in p.WORKER_TERMINAL:
+                    w.state = "running"
+            case p.WorkerStateChanged(state=state, reason=reason):
+                if w.state not in p.WORKER_TERMINAL:
+                    w.state, w.reason = state, reason
+            case p.WorkerExited(state=state, exit_code=code, signal=sig, reason=reason):
+                w.state, w.exit_code, w.signal, w.reason, w.pid = state, code, sig, reason, None
+            case p.WorkerMilestone():
+                w.milestones += 1
+            case p.WorkerDone():
+                w.done_marker = True
+            case p.WorkerFailure():
+                w.failure = ev
+            case p.AgentSession(agent_session_id=asid):
+                w.agent_session_id = asid
+            case p.AgentUsage(input_tokens=tin, output_tokens=tout, cost_usd=cost):
+                w.usage[stamp.gen] = (tin, tout, cost)
+            case p.AgentResult(text=text):
+                w.result_text = text

@@ -1,0 +1,344 @@
+"""The worker actor: one running agent process, its output turned into events.
+
+Theory of operation
+-------------------
+A worker owns exactly one agent process (a process group, see
+``orchd.proc``).  Three tasks run under one TaskGroup:
+
+* stdout: read in chunks of up to 1 MiB, cut into lines by the sans-I/O
+  ``LineFramer``, each line fed to the agent adapter's sans-I/O parser; the
+  events of one chunk go to the journal as ONE ``Append`` message (one
+  timestamp per chunk).  Assistant text is scanned for the marker lines
+  (``MILESTONE:`` ...), which become ``worker.*`` events.
+* stderr: every line becomes ``worker.log``; the adapter may say a line
+  means "your sandbox is off", which ends an unconfined run that claimed
+  to be confined (unless the user allowed unconfined runs).
+* control: the mailbox (stop, pause, resume from the supervisor) and the
+  stall and wall-time deadlines, checked on the monotonic clock.
+
+When the process has exited and both pipes are drained, the worker emits
+``worker.exited`` with the exit code or signal and ends.  An agent that
+fails is an event, not an exception; only a bug escapes ``run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import msgspec
+import zmq.asyncio
+
+from actors.agents import get_adapter
+from actors.agents.base import RunSpec
+from orchd import log, metrics, proc, wire
+from orchd import protocol as p
+from orchd.actor import Mailbox, Outbox
+from orchd.lines import LineFramer
+
+_log = log.get("actors.worker")
+
+MARKERS = re.compile(r"^[ \t>*_`#-]*(MILESTONE|BLOCKER|REQUEST_REVIEW|DONE)[*_`]*:[ \t]*(.*)$", re.MULTILINE)
+MARKER_EVENTS = {
+    "MILESTONE": p.WorkerMilestone,
+    "BLOCKER": p.WorkerBlocker,
+    "REQUEST_REVIEW": p.WorkerReviewRequest,
+    "DONE": p.WorkerDone,
+}
+READ_CHUNK = 1 << 20
+STDERR_TAIL = 50
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What the supervisor asks a worker to run (one generation of one assignment)."""
+
+    session: str
+    name: str
+    agent: str
+    gen: int
+    run: RunSpec
+    wall_time_s: float | None = None
+    stall_s: float | None = None
+    max_line_bytes: int = 8 * 1024 * 1024
+    stop_grace_s: float = 5.0
+    state_dir: str = ""
+    allow_unconfined: bool = False
+    extra_env: dict[str, str] = {}
+
+
+def mailbox_endpoint(session: str, name: str, gen: int) -> str:
+    return f"inproc://worker/{session}/{name}/{gen}"
+
+
+_versions: dict[tuple[str, ...], str | None] = {}
+
+
+async def cli_version(argv: list[str], env: dict[str, str]) -> str | None:
+    """``<cli> --version``, first line, memoised per argv (a read-only cache)."""
+    key = tuple(argv)
+    if key in _versions:
+        return _versions[key]
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env=env)
+        out, _ = await asyncio.wait_for(child.communicate(), 20)
+        text = out.decode(errors="replace").strip().splitlines()
+        version = text[0] if text else None
+    except (OSError, TimeoutError):
+        version = None
+    _versions[key] = version
+    return version
+
+
+class Worker:
+    def __init__(self, ctx: zmq.asyncio.Context, spec: WorkerSpec, journal: str) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.journal = journal
+        self.adapter = get_adapter(spec.agent)
+        self._topic = wire.topic(spec.session)
+        self._stamp = wire.stamp_prefix(spec.session, spec.name, spec.agent, spec.gen)
+        self._out: Outbox | None = None
+        self._last_output = time.monotonic()
+        self._paused_at: float | None = None
+        self._stop: p.StopWorker | None = None
+        self._stderr_tail: list[str] = []
+        self._agent_events: list[p.Ev] = []  # kept for the adapter's failure catalogue (bounded)
+        self._result_ok: bool | None = None
+        self._child: asyncio.subprocess.Process | None = None
+        self._stopper: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ emitting
+
+    def _frames(self, events: list[p.Ev], ts: float | None = None) -> list[bytes]:
+        ts = time.time() if ts is None else ts
+        topic, stamp = self._topic, self._stamp
+        return [wire.pending_frame(topic, stamp, ts, ev) for ev in events]
+
+    async def emit(self, *events: p.Ev) -> None:
+        await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(list(events)))))
+
+    # ------------------------------------------------------------ run
+
+    async def run(self, restarts: int = 0) -> None:
+        spec = self.spec
+        self._out = Outbox(self.ctx)
+        inbox = Mailbox(self.ctx, mailbox_endpoint(spec.session, spec.name, spec.gen))
+        try:
+            await self._run(inbox)
+        finally:
+            inbox.close()
+            self._out.close()
+
+    async def _run(self, inbox: Mailbox) -> None:
+        spec = self.spec
+        try:
+            launch = self.adapter.build_launch(spec.run)
+        except (ValueError, OSError) as exc:
+            await self.emit(p.WorkerExited(state="failed", reason=f"cannot build the command: {exc}"))
+            return
+        env = dict(os.environ)
+        env.update(launch.env)
+        env.update(spec.extra_env)
+        env[proc.MARKER] = spec.state_dir
+        env["ORCHD_SESSION"] = spec.session
+        env["ORCHD_WORKER"] = spec.name
+        env["ORCHD_GEN"] = str(spec.gen)
+        version = None
+        if spec.agent != "command":
+            version = await cli_version(self.adapter.version_argv(spec.run.binary), env)
+        try:
+            if not Path(launch.cwd).is_dir():
+                raise FileNotFoundError(f"working directory {launch.cwd} does not exist")
+            child = await proc.spawn(launch.argv, launch.cwd, env, limit=spec.max_line_bytes)
+        except OSError as exc:
+            _log.warning("agent_spawn_failed", session=spec.session, worker=spec.name, error=str(exc))
+            await self.emit(p.WorkerExited(state="failed", reason=f"cannot start {launch.argv[0]!r}: {exc}"))
+            return
+        self._child = child
+        metrics.workers_running.inc()
+        try:
+            await self.emit(p.WorkerStarted(pid=child.pid, argv=launch.argv, cwd=launch.cwd,
+                                            agent_version=version, resumed_from=spec.run.resume_id,
+                                            confined=launch.confined))
+            _log.info("agent_started", session=spec.session, worker=spec.name, gen=spec.gen, pid=child.pid)
+            async with asyncio.TaskGroup() as tg:
+                control = tg.create_task(self._control(inbox, child))
+                out_task = tg.create_task(self._stdout(child))
+                tg.create_task(self._stderr(child, launch.confined))
+                await out_task  # stdout ends after the process has exited and the pipe drained
+                control.cancel()
+        finally:
+            if child.returncode is None:  # cancelled (daemon stopping): end the agent
+                await proc.terminate(child, spec.stop_grace_s)
+            if self._stopper is not None:
+                await self._stopper
+            metrics.workers_running.dec()
+        await self._exited(child.returncode)
+
+    async def _exited(self, rc: int | None) -> None:
+        code = rc if rc is not None and rc >= 0 else None
+        sig = -rc if rc is not None and rc < 0 else None
+        if self._stop is not None:
+            state, reason = self._stop.state, self._stop.reason
+        elif code == 0 and self._result_ok is not False:
+            state, reason = "done", None
+        else:
+            state = "failed"
+            reason = f"exit code {code}" if code is not None else f"killed by signal {sig}"
+            failure = self.adapter.classify(code, self._stderr_tail, self._agent_events)
+            if failure is not None:
+                await self.emit(p.WorkerFailure(code=failure.code, message=failure.message, action=failure.action))
+                reason = f"{failure.code}: {failure.message}"
+        _log.info("agent_exited", session=self.spec.session, worker=self.spec.name, state=state,
+                  exit_code=code, signal=sig)
+        await self.emit(p.WorkerExited(state=state, exit_code=code, signal=sig, reason=reason))
+
+    # ------------------------------------------------------------ streams
+
+    async def _stdout(self, child: asyncio.subprocess.Process) -> None:
+        spec = self.spec
+        framer = LineFramer(spec.max_line_bytes)
+        parser = self.adapter.new_parser()
+        read = child.stdout.read
+        while True:
+            data = await read(READ_CHUNK)
+            if not data:
+                break
+            self._last_output = time.monotonic()
+            events = self._stdout_lines(framer.feed(data), parser)
+            if events:
+                await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events))))
+        await child.wait()
+        tail = self._stdout_lines(framer.close(), parser)
+        tail += self._agent(parser.finish(child.returncode))
+        if tail:
+            await self.emit(*tail)
+
+    def _stdout_lines(self, lines, parser) -> list[p.Ev]:
+        events: list[p.Ev] = []
+        for text, problems, size in lines:
+            if problems:
+                events.extend(self._bad_line(problems, "stdout", size, text))
+                if "too_long" in problems:
+                    continue
+            events.extend(self._agent(parser.feed_line(text)))
+        return events
+
+    def _agent(self, evs: list[p.Ev]) -> list[p.Ev]:
+        """Add marker events after assistant text; remember what classify needs."""
+        if not evs:
+            return evs
+        out: list[p.Ev] = []
+        for ev in evs:
+            out.append(ev)
+            if type(ev) is p.AgentText:
+                text = ev.text
+                if ":" in text:
+                    for m in MARKERS.finditer(text):
+                        out.append(MARKER_EVENTS[m.group(1)](text=m.group(2).strip()))
+            elif type(ev) in (p.AgentError, p.AgentResult, p.AgentUsage, p.AgentSession):
+                if len(self._agent_events) < 1000:
+                    self._agent_events.append(ev)
+                if type(ev) is p.AgentResult:
+                    self._result_ok = ev.ok
+        return out
+
+    def _bad_line(self, problems, stream: str, size: int, text: str) -> list[p.Ev]:
+        out = []
+        for problem in problems:
+            metrics.bad_lines.labels(problem).inc()
+            out.append(p.WorkerBadLine(problem=problem, stream=stream, size=size, preview=text[:200]))
+        return out
+
+    async def _stderr(self, child: asyncio.subprocess.Process, confined: bool | None) -> None:
+        framer = LineFramer(self.spec.max_line_bytes)
+        read = child.stderr.read
+        while True:
+            data = await read(READ_CHUNK)
+            lines = framer.feed(data) if data else framer.close()
+            if data:
+                self._last_output = time.monotonic()
+            events: list[p.Ev] = []
+            for text, problems, size in lines:
+                if problems:
+                    events.extend(self._bad_line(problems, "stderr", size, text))
+                    if "too_long" in problems:
+                        continue
+                events.append(p.WorkerLog(line=text))
+                self._stderr_tail.append(text)
+                del self._stderr_tail[:-STDERR_TAIL]
+                reason = self.adapter.check_stderr(text)
+                if reason and confined:
+                    events.extend(await self._unconfined(reason))
+            if events:
+                await self.emit(*events)
+            if not data:
+                return
+
+    async def _unconfined(self, reason: str) -> list[p.Ev]:
+        if self.spec.allow_unconfined or self.spec.run.allow_unconfined:
+            return [p.SessionNote(message=f"{self.spec.name} runs UNCONFINED (allowed by configuration): {reason}")]
+        self._request_stop(p.StopWorker(reason=f"sandbox unavailable: {reason}", state="failed"))
+        return [p.WorkerFailure(code="sandbox_unavailable", message=reason, action="escalate")]
+
+    # ------------------------------------------------------------ control
+
+    def _request_stop(self, msg: p.StopWorker) -> None:
+        """Record why, and start TERM → grace → KILL of the group (once)."""
+        if self._stop is None:
+            self._stop = msg
+            self._stopper = asyncio.get_running_loop().create_task(
+                proc.terminate(self._child, self.spec.stop_grace_s))
+
+    async def _control(self, inbox: Mailbox, child: asyncio.subprocess.Process) -> None:
+        spec = self.spec
+        started = time.monotonic()
+        while True:
+            now = time.monotonic()
+            deadlines = []
+            if spec.wall_time_s:
+                deadlines.append(started + spec.wall_time_s)
+            if spec.stall_s and self._paused_at is None:
+                deadlines.append(self._last_output + spec.stall_s)
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            msgs = await inbox.recv_batch(timeout_s=min(timeout, 1.0) if timeout is not None else 1.0)
+            for raw in msgs:
+                try:
+                    msg = wire.worker_inbox.decode(raw)
+                except msgspec.DecodeError as exc:
+                    _log.warning("worker_bad_message", worker=spec.name, error=str(exc))
+                    continue
+                await self._handle(msg, child)
+            now = time.monotonic()
+            if self._stop is None:
+                if spec.wall_time_s and now - started >= spec.wall_time_s:
+                    await self._limit("wall_time", f"ran longer than {spec.wall_time_s:g} s")
+                elif spec.stall_s and self._paused_at is None and now - self._last_output >= spec.stall_s:
+                    await self._limit("stall", f"no output for {spec.stall_s:g} s")
+
+    async def _limit(self, limit: str, detail: str) -> None:
+        _log.warning("worker_limit", session=self.spec.session, worker=self.spec.name, limit=limit)
+        await self.emit(p.WorkerLimit(limit=limit, detail=detail))
+        self._request_stop(p.StopWorker(reason=f"limit {limit}: {detail}", state="failed"))
+
+    async def _handle(self, msg: p.WorkerInbox, child: asyncio.subprocess.Process) -> None:
+        match msg:
+            case p.StopWorker():
+                self._request_stop(msg)
+            case p.PauseWorker():
+                if self._paused_at is None and proc.signal_group(child.pid, signal.SIGSTOP):
+                    self._paused_at = time.monotonic()
+                    await self.emit(p.WorkerStateChanged(state="paused"))
+            case p.ResumeWorker():
+                if self._paused_at is not None:
+                    proc.signal_group(child.pid, signal.SIGCONT)
+                    # time spent paused is not a stall
+                    self._last_output += time.monotonic() - self._paused_at
+                    self._paused_at = None
+                    await self.emit(p.WorkerStateChanged(state="running"))

@@ -1,0 +1,187 @@
+"""``orchd``: the daemon's entry point (flags, config, root supervisor, signals).
+
+``orchd run`` starts, in one asyncio process, a root supervisor with two
+permanent children: the journal (event log + PUB) and the session
+supervisor (control socket, sessions, worker actors).  SIGTERM or SIGINT
+stops them in reverse order (workers get TERM, a grace period, then KILL),
+flushes the log and exits 0.  A child that crashes too often escalates to
+the root, which stops everything and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import os
+import signal
+import sys
+from pathlib import Path
+
+from orchd import __version__, config, log
+
+_log = log.get("orchd")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def prepare_runtime_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise StartupError(f"runtime dir {path} belongs to uid {st.st_uid}, not to us ({os.getuid()})")
+    os.chmod(path, 0o700)
+
+
+def take_lock(runtime_dir: Path):
+    """An exclusive lock on ``<runtime_dir>/orchd.lock``; the kernel drops it if we die.
+
+    So a second daemon refuses to start, and a stale socket left by a
+    crashed one does not block a restart.
+    """
+    fh = open(runtime_dir / "orchd.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise StartupError(f"another orchd (pid {holder}) is already running with runtime dir {runtime_dir}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def _remove_stale_ipc(endpoint: str) -> None:
+    if endpoint.startswith("ipc://"):
+        sock_path = Path(endpoint[len("ipc://"):])
+        if sock_path.exists():
+            sock_path.unlink()
+
+
+async def serve(cfg: config.Config) -> int:
+    import zmq
+    import zmq.asyncio
+
+    from actors.rehearse import Rehearsals
+    from actors.supervisor import SessionSupervisor
+    from orchd import proc, protocol as p, wire
+    from orchd.actor import ChildSpec, Escalation, Outbox, Supervisor
+    from orchd.journal import Journal
+    from orchd.store import EventLog
+
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = cfg.state_dir / "events.sqlite3"
+    killed = proc.kill_orphans(str(cfg.state_dir))
+    if killed:
+        _log.warning("orphans_killed", pids=killed)
+    last = EventLog(log_path)
+    last_seq = last.last_seq()
+    last.close()
+    for ep in (cfg.control(), cfg.events()):
+        _remove_stale_ipc(ep)  # we hold the lock: any socket file is a dead daemon's
+
+    ctx = zmq.asyncio.Context()
+    rehearsals = Rehearsals(cfg.state_dir)
+    old_umask = os.umask(0o077)  # ipc socket files: owner only
+    root = Supervisor("root", max_restarts=3, period_s=10.0)
+    journal = Journal(ctx, log_path, "inproc://journal", [cfg.events()], "inproc://supervisor", cfg.pub_hwm)
+    sup = SessionSupervisor(ctx, cfg, log_path, "inproc://supervisor", "inproc://journal", rehearsals)
+    out = Outbox(ctx)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        root.start_child(ChildSpec("journal", journal.run, shutdown_s=5.0))
+        root.start_child(ChildSpec("supervisor", sup.run, shutdown_s=cfg.stop_grace_s + 10))
+        if cfg.metrics_port:
+            from prometheus_client import start_http_server
+
+            from orchd.metrics import REGISTRY
+            start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+
+        async def announce(ev):
+            frame = wire.pending_frame(wire.topic(None), wire.stamp_prefix(None, None, None, 0), _now(), ev)
+            await out.send("inproc://journal", wire.pack(p.Append(frames=[frame])))
+
+        await announce(p.DaemonStarted(pid=os.getpid(), version=__version__, last_seq=last_seq))
+        _log.info("orchd_started", pid=os.getpid(), control=cfg.control(), events=cfg.events(),
+                  state_dir=str(cfg.state_dir), last_seq=last_seq)
+        esc = asyncio.ensure_future(root.wait_escalation())
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({esc, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if esc.done():
+            _log.error("orchd_escalation", error=str(esc.exception()))
+            code = 1
+        esc.cancel()
+        waiter.cancel()
+        await announce(p.DaemonStopping(reason="escalation" if code else "signal"))
+        _log.info("orchd_stopping")
+        # supervisor first (it stops the workers), then the journal, which flushes its inbox
+        await root.stop_child("supervisor")
+        await journal.flush_and_stop()
+        await root.shutdown()
+    finally:
+        os.umask(old_umask)
+        out.close()
+        rehearsals.close()
+        ctx.destroy(linger=0)
+    _log.info("orchd_stopped", code=code)
+    return code
+
+
+def _now() -> float:
+    import time
+    return time.time()
+
+
+def cmd_run(args) -> int:
+    flags = {"state_dir": args.state_dir, "runtime_dir": args.runtime_dir}
+    try:
+        cfg = config.load(args.config, flags)
+    except (OSError, ValueError) as exc:
+        print(f"orchd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    log.setup(cfg.log_level, cfg.log_format)
+    try:
+        prepare_runtime_dir(cfg.runtime_dir)
+        lock = take_lock(cfg.runtime_dir)
+    except (StartupError, OSError) as exc:
+        print(f"orchd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return asyncio.run(serve(cfg))
+    finally:
+        lock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="orchd", description="Run AI coding-agent CLIs together on one task.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", type=Path, help="TOML config file")
+    run.add_argument("--state-dir", type=Path, help="where the event log and worktrees live")
+    run.add_argument("--runtime-dir", type=Path, help="where the ipc sockets live (mode 0700)")
+    run.set_defaults(func=cmd_run)
+    doctor = sub.add_parser("doctor", help="check the agent CLIs (and rehearse them)")
+    doctor.add_argument("--config", type=Path)
+    doctor.add_argument("--rehearse", action="store_true", help="run each real CLI against the scripted model server")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=_doctor)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+def _doctor(args) -> int:
+    from actors.doctor import main as doctor_main
+    return doctor_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

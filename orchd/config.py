@@ -1,0 +1,123 @@
+"""Daemon configuration: embedded defaults < TOML file < ``ORCHD_*`` env < flags.
+
+Env names: ``ORCHD_<FIELD>`` for top-level fields (``ORCHD_STATE_DIR``,
+``ORCHD_MAX_LINE_BYTES``...) and ``ORCHD_<SECTION>__<FIELD>`` for nested ones
+(``ORCHD_LIMITS__STALL_S=30``).  Values from env are parsed by pydantic.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchd import paths
+
+
+class Limits(BaseModel):
+    """Per-assignment and per-session limits (nothing loops forever)."""
+
+    model_config = ConfigDict(extra="forbid")
+    wall_time_s: float = 3600.0       # per assignment run
+    stall_s: float = 600.0            # no output for this long → stop
+    max_turns: int | None = 60        # passed to CLIs that support it
+    max_tokens: int | None = None     # per session, from agent.usage
+    max_cost_usd: float | None = None  # per session, from agent.usage
+    max_review_rounds: int = 3
+    max_relaunches: int = 2           # recovery relaunches per assignment
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    binary: str | None = None          # default: the agent's name on PATH
+    profile: str = "workspace"         # workspace | readonly | yolo
+    model: str | None = None
+    home: str | None = None            # HOME for runs (None: a private one per run under the state dir)
+    inherit_home: bool = False         # True: use the daemon's HOME (logged-in CLIs)
+
+
+class Role(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    agent: str
+    role: str
+    weight: float
+    prompt: str = ""
+
+
+def _default_roles() -> list[Role]:
+    return [
+        Role(name="design", agent="gemini", role="design and architecture", weight=40),
+        Role(name="implement", agent="claude", role="implementation and tests", weight=40),
+        Role(name="review", agent="codex", role="review and validation", weight=20),
+    ]
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state_dir: Path = Field(default_factory=paths.default_state_dir)
+    runtime_dir: Path = Field(default_factory=paths.default_runtime_dir)
+    control_endpoint: str | None = None   # default ipc://<runtime_dir>/control
+    events_endpoint: str | None = None    # default ipc://<runtime_dir>/events
+    worktree_dir: Path | None = None      # default <state_dir>/worktrees
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_line_bytes: int = 8 * 1024 * 1024
+    stop_grace_s: float = 5.0
+    pub_hwm: int = 100_000
+    log_level: str = "info"
+    log_format: str = "auto"              # auto | json | console
+    metrics_port: int | None = None       # e.g. 9464; None: no metrics endpoint
+    allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
+    agent_preference: list[str] = ["claude", "codex", "gemini"]
+    limits: Limits = Field(default_factory=Limits)
+    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    roles: list[Role] = Field(default_factory=_default_roles)
+
+    def control(self) -> str:
+        return self.control_endpoint or paths.control_endpoint(self.runtime_dir)
+
+    def events(self) -> str:
+        return self.events_endpoint or paths.events_endpoint(self.runtime_dir)
+
+    def worktrees(self) -> Path:
+        return self.worktree_dir or self.state_dir / "worktrees"
+
+    def agent(self, name: str) -> AgentConfig:
+        return self.agents.get(name) or AgentConfig()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith("ORCHD_") or key == "ORCHD_AGENT_OF":
+            continue
+        parts = key[len("ORCHD_"):].lower().split("__")
+        if parts[0] not in Config.model_fields:
+            continue
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(config_file: Path | None = None, flags: dict[str, Any] | None = None,
+         environ: dict[str, str] | None = None) -> Config:
+    """Build the config; raises ``ValueError`` / ``OSError`` with a clear message."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        with open(config_file, "rb") as fh:
+            data = tomllib.load(fh)
+    data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    data = _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    return Config.model_validate(data)

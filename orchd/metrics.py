@@ -1,0 +1,17 @@
+"""Prometheus metrics of the daemon (served when ``metrics_port`` is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+bad_requests = Counter("orchd_bad_requests_total", "Control messages rejected as invalid", ["code"], registry=REGISTRY)
+requests = Counter("orchd_requests_total", "Control requests served", ["kind"], registry=REGISTRY)
+events = Counter("orchd_events_total", "Events appended to the log and published", registry=REGISTRY)
+event_batches = Counter("orchd_event_batches_total", "Journal commits", registry=REGISTRY)
+bad_lines = Counter("orchd_agent_bad_lines_total", "Agent output lines that were too long, not UTF-8 or had NULs", ["problem"], registry=REGISTRY)
+workers_running = Gauge("orchd_workers_running", "Agent processes running now", registry=REGISTRY)
+sessions = Gauge("orchd_sessions", "Sessions by state", ["state"], registry=REGISTRY)
+actor_restarts = Counter("orchd_actor_restarts_total", "Actors restarted by their supervisor", ["actor"], registry=REGISTRY)
+last_seq = Gauge("orchd_last_seq", "Sequence number of the last event logged", registry=REGISTRY)

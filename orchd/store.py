@@ -1,0 +1,97 @@
+"""The durable event log: SQLite in WAL mode.
+
+The log is the source of truth.  The journal appends batches of already
+sequenced events and commits before it publishes them, so anything a
+subscriber saw survives a ``kill -9`` of the daemon (WAL pages reach the
+OS on commit; ``synchronous=NORMAL`` only defers the fsync to checkpoints,
+which matters for power loss, not for a process crash).  Readers open their
+own connection; WAL lets them read while the journal writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY,
+    session TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    body    BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events(session, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+Row = tuple[int, str, str, bytes]
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class EventLog:
+    """Append side of the log (one per daemon, owned by the journal)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path)
+
+    def last_seq(self) -> int:
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        return row[0] or 0
+
+    def append(self, rows: list[Row]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("INSERT INTO events(seq, session, kind, body) VALUES (?,?,?,?)", rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class LogReader:
+    """Read side: replay for clients and for the supervisor's projection."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path)
+
+    def since(self, seq: int, session: str | None, limit: int) -> list[tuple[int, bytes]]:
+        if session is None:
+            cur = self._conn.execute(
+                "SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        else:
+            cur = self._conn.execute(
+                "SELECT seq, body FROM events WHERE session = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (session, seq, limit))
+        return cur.fetchall()
+
+    def kinds_since(self, seq: int, exclude_prefix: str, keep: tuple[str, ...], limit: int) -> list[tuple[int, bytes]]:
+        """Events for rebuilding state: all kinds except ``exclude_prefix*`` unless in ``keep``."""
+        marks = ",".join("?" * len(keep)) or "''"
+        cur = self._conn.execute(
+            f"SELECT seq, body FROM events WHERE seq > ? AND (kind NOT LIKE ? OR kind IN ({marks})) "
+            "ORDER BY seq LIMIT ?", (seq, exclude_prefix + "%", *keep, limit))
+        return cur.fetchall()
+
+    def last_seq(self) -> int:
+        row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
+        return row[0] or 0
+
+    def close(self) -> None:
+        self._conn.close()
