@@ -1,0 +1,437 @@
+"""Git worktrees for assignments, and the merge of a session's branches.
+
+Theory of operation
+-------------------
+Every assignment works in its own linked worktree of the target repository,
+on its own branch, so agents never see each other's half-done edits and the
+user's checkout is never touched::
+
+    <root>/<session>/<assignment>   branch orchd/<session>.<assignment>
+    <root>/<session>/_merge         branch orchd/<session>   (the result)
+    <root>/<session>/_base-<label>  detached, only while merged_base runs
+
+Assignment branches are ``orchd/<session>.<assignment>``, not
+``orchd/<session>/<assignment>``: git stores refs as paths, so a branch
+``orchd/s`` and a branch ``orchd/s/a`` cannot both exist.  Session names
+may not contain a dot, so the two namespaces never collide.
+
+Everything here is synchronous and runs the real ``git`` with a fixed
+identity and a few settings overridden (see ``_CONFIG``) so that the user's
+hooks, signing setup or merge preferences cannot stall or change what the
+daemon does.  Commands that write (merges, commits, checkouts) run with
+``-C <worktree>``; commands run in the target only create or remove refs and
+worktree registrations, never its index, HEAD or working tree.
+
+``merge_session`` is all-or-nothing for refs: it merges on a detached HEAD
+and moves ``orchd/<session>`` only when every merge succeeded, so a conflict
+leaves every branch exactly where it was.  Every function may be called
+again after a daemon crash: stale worktrees left by an earlier attempt are
+reused (assignments) or replaced (``_merge``, ``_base-*``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TIMEOUT_S = 300.0
+"""Per git command.  Generous: a checkout of a large repository is slow."""
+
+IDENTITY = ("orchd", "orchd@localhost")
+
+# Overrides for the user's (or the repository's) configuration.  The hooks
+# belong to the user's workflow, not to agent output, and may prompt, be slow
+# or reject; signing may ask for a passphrase; auto-gc and fsmonitor would
+# leave background processes behind; rerere would resolve conflicts
+# differently on different machines.
+_CONFIG = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "commit.gpgSign=false",
+    "-c", "gc.auto=0",
+    "-c", "maintenance.auto=false",
+    "-c", "core.fsmonitor=false",
+    "-c", "rerere.enabled=false",
+    "-c", "advice.detachedHead=false",
+)
+
+# What ``git rev-parse --local-env-vars`` prints: inherited, these would
+# point our commands at some other repository (e.g. when the daemon was
+# started from a git hook).
+_REPO_ENV = frozenset({
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT", "GIT_OBJECT_DIRECTORY", "GIT_DIR", "GIT_WORK_TREE",
+    "GIT_IMPLICIT_WORK_TREE", "GIT_GRAFT_FILE", "GIT_INDEX_FILE",
+    "GIT_NO_REPLACE_OBJECTS", "GIT_REPLACE_REF_BASE", "GIT_PREFIX",
+    "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
+})
+
+# Session names become one ref component that must not contain the "."
+# separating it from an assignment; both become one path component, so no
+# "/" and no leading "." or "_" (``_merge`` and ``_base-*`` are ours).
+_SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+_ASSIGNMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+MERGE_DIR = "_merge"
+
+
+class GitError(Exception):
+    """A git command failed; ``message`` carries git's stderr."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotARepo(GitError):
+    """The target is missing, not the top of a git work tree, or has no commits."""
+
+
+class MergeConflict(GitError):
+    """A merge stopped on conflicts (already aborted); ``files`` lists them."""
+
+    def __init__(self, files: list[str]) -> None:
+        super().__init__("merge conflict in " + ", ".join(files))
+        self.files = files
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeResult:
+    """What ``merge_session`` did.  ``assignment`` names the one that conflicted."""
+
+    ok: bool
+    commit: str | None
+    conflicts: list[str] = field(default_factory=list)
+    branch: str
+    assignment: str | None = None
+
+
+# ---------------------------------------------------------------- names
+
+def session_branch(session: str) -> str:
+    return f"orchd/{_check_session(session)}"
+
+
+def branch_name(session: str, assignment: str) -> str:
+    return f"orchd/{_check_session(session)}.{_check_assignment(assignment)}"
+
+
+def _check_session(session: str) -> str:
+    if not _SESSION_RE.fullmatch(session):
+        raise ValueError(f"bad session name {session!r}: letters, digits, '-' and '_' only")
+    return session
+
+
+def _check_assignment(name: str) -> str:
+    if not _ASSIGNMENT_RE.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
+        raise ValueError(f"bad assignment name {name!r}: letters, digits, '.', '-' and '_' only")
+    return name
+
+
+# ---------------------------------------------------------------- running git
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+    name, email = IDENTITY
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email,
+        GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email,
+        GIT_MERGE_AUTOEDIT="no",
+        LC_ALL="C",  # stable messages: NotARepo is told apart by git's wording
+    )
+    return env
+
+
+def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = ["git", "-C", str(cwd), *_CONFIG, *args]
+    try:
+        return subprocess.run(
+            argv, check=False, capture_output=True, stdin=subprocess.DEVNULL,
+            env=_env(), timeout=TIMEOUT_S, encoding="utf-8", errors="surrogateescape",
+        )
+    except subprocess.TimeoutExpired as e:
+        raise GitError(f"git {' '.join(args)} in {cwd}: no answer after {TIMEOUT_S:g}s") from e
+
+
+def _fail(cwd: Path, args: tuple[str, ...], r: subprocess.CompletedProcess[str]) -> GitError:
+    detail = (r.stderr.strip() or r.stdout.strip() or "no output")
+    return GitError(f"git {' '.join(args)} in {cwd} exited {r.returncode}: {detail}")
+
+
+def _git(cwd: Path, *args: str) -> str:
+    """Run git, return stdout without the trailing newline, raise on failure."""
+    r = _run(cwd, *args)
+    if r.returncode != 0:
+        raise _fail(cwd, args, r)
+    return r.stdout.rstrip("\n")
+
+
+# ---------------------------------------------------------------- repository
+
+def _toplevel(target: Path) -> Path:
+    """The target as an absolute path, checked to be the top of a work tree.
+
+    A subdirectory of some repository is refused on purpose: worktrees and
+    merges would cover the whole enclosing repository, which is rarely what
+    the user meant when naming a directory that is not a repository itself.
+    """
+    target = Path(os.path.abspath(target))
+    if not target.is_dir():
+        raise NotARepo(f"{target} is not a git repository (no such directory)")
+    r = _run(target, "rev-parse", "--is-inside-work-tree")
+    if r.returncode != 0:
+        if "not a git repository" in r.stderr:
+            raise NotARepo(f"{target} is not a git repository")
+        raise _fail(target, ("rev-parse",), r)
+    if r.stdout.strip() != "true":
+        raise NotARepo(f"{target} is not a git repository (not a work tree)")
+    top = _git(target, "rev-parse", "--show-toplevel")
+    if os.path.realpath(top) != os.path.realpath(target):
+        raise NotARepo(f"{target} is not a git repository (it is inside the repository {top})")
+    return target
+
+
+def head_commit(target: Path) -> str:
+    """The target repository's HEAD commit."""
+    top = _toplevel(target)
+    r = _run(top, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if r.returncode != 0:
+        raise NotARepo(f"{top} has no commits yet")
+    return r.stdout.strip()
+
+
+def _commit(repo: Path, rev: str) -> str:
+    if rev.startswith("-"):  # git would read it as an option
+        raise GitError(f"{rev!r} is not a commit in {repo}")
+    r = _run(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if r.returncode != 0:
+        raise GitError(f"{rev!r} is not a commit in {repo}")
+    return r.stdout.strip()
+
+
+def _branch_exists(repo: Path, branch: str) -> bool:
+    return _run(repo, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
+
+
+# ---------------------------------------------------------------- worktree list
+
+@dataclass(frozen=True)
+class _Worktree:
+    path: Path
+    branch: str | None   # short name; None when detached
+    locked: str | None   # the lock reason ("" when none given); None when unlocked
+    prunable: bool       # registered, but its directory is gone
+
+
+def _worktrees(repo: Path) -> list[_Worktree]:
+    """Registered worktrees, the main one first.  Paths with newlines are not supported."""
+    out: list[_Worktree] = []
+    for block in _git(repo, "worktree", "list", "--porcelain").split("\n\n"):
+        path, branch, locked, prunable = None, None, None, False
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "worktree":
+                path = Path(value)
+            elif key == "branch":
+                branch = value.removeprefix("refs/heads/")
+            elif key == "locked":
+                locked = value
+            elif key == "prunable":
+                prunable = True
+        if path is not None:
+            out.append(_Worktree(path, branch, locked, prunable))
+    return out
+
+
+def _worktree_at(repo: Path, path: Path) -> _Worktree | None:
+    want = os.path.realpath(path)
+    for wt in _worktrees(repo)[1:]:
+        if os.path.realpath(wt.path) == want:
+            return wt
+    return None
+
+
+def _remove(repo: Path, wt: _Worktree) -> None:
+    # git itself locks a worktree as "initializing" while adding it; a daemon
+    # killed at that moment leaves the lock, which must not block clean-up.
+    # A lock the user set stays respected (single --force refuses it).
+    force = ["--force", "--force"] if wt.locked == "initializing" else ["--force"]
+    _git(repo, "worktree", "remove", *force, str(wt.path))
+
+
+def _discard(repo: Path, path: Path) -> None:
+    """Remove our scratch worktree at ``path`` if registered (ours: -f -f)."""
+    wt = _worktree_at(repo, path)
+    if wt is not None:
+        _git(repo, "worktree", "remove", "--force", "--force", str(wt.path))
+
+
+def _session_dir(root: Path, session: str) -> Path:
+    return Path(os.path.abspath(root)) / _check_session(session)
+
+
+def _refuse_checked_out(repo: Path, branch: str) -> None:
+    for wt in _worktrees(repo):
+        if wt.branch == branch:
+            raise GitError(f"{branch} is checked out at {wt.path}; orchd will not move it")
+
+
+# ---------------------------------------------------------------- merging
+
+def _merge(worktree: Path, commit: str, message: str) -> None:
+    """Merge ``commit`` into HEAD (fast-forward when possible).
+
+    Raises ``MergeConflict`` after aborting, so the worktree is clean again.
+    """
+    args = ("merge", "--ff", "--no-edit", "--no-verify-signatures", "-m", message, commit)
+    r = _run(worktree, *args)
+    if r.returncode == 0:
+        return
+    raw = _git(worktree, "diff", "--name-only", "--diff-filter=U", "-z")
+    files = sorted({f for f in raw.split("\0") if f})
+    if not files:
+        raise _fail(worktree, args, r)
+    _git(worktree, "merge", "--abort")
+    raise MergeConflict(files)
+
+
+# ---------------------------------------------------------------- public API
+
+def create_worktree(target: Path, root: Path, session: str, assignment: str,
+                    base: str) -> tuple[Path, str]:
+    """Create ``<root>/<session>/<assignment>`` on a new branch at ``base``.
+
+    Idempotent: a worktree already there for the branch is returned as is,
+    and a branch that exists without a worktree (after ``clean`` or a crash)
+    gets one again *without* being moved to ``base``, so an agent's earlier
+    commits are never thrown away.
+    """
+    top = _toplevel(target)
+    branch = branch_name(session, assignment)
+    path = _session_dir(root, session) / assignment
+    wt = _worktree_at(top, path)
+    if wt is not None:
+        if wt.prunable or wt.locked == "initializing":
+            _remove(top, wt)
+        elif wt.branch == branch:
+            return path, branch
+        else:
+            raise GitError(f"{path} is a worktree of {wt.branch or 'a detached HEAD'}, not of {branch}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if _branch_exists(top, branch):
+        _git(top, "worktree", "add", str(path), branch)
+    else:
+        _git(top, "worktree", "add", "-b", branch, str(path), _commit(top, base))
+    return path, branch
+
+
+def merged_base(target: Path, root: Path, session: str, label: str, commits: list[str]) -> str:
+    """A commit that merges ``commits``, to start an assignment that waited for them.
+
+    One distinct commit is returned as is; if one commit contains another
+    the result is a fast-forward, not a new commit.  The merging happens in
+    a detached scratch worktree ``_base-<label>`` that is removed afterwards,
+    so no branch is created.  Raises ``MergeConflict`` on a conflict.
+    """
+    top = _toplevel(target)
+    _check_assignment(label)
+    shas = list(dict.fromkeys(_commit(top, c) for c in commits))
+    if not shas:
+        raise ValueError("merged_base needs at least one commit")
+    if len(shas) == 1:
+        return shas[0]
+    path = _session_dir(root, session) / f"_base-{label}"
+    _discard(top, path)  # left behind by a daemon that died mid-merge
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _git(top, "worktree", "add", "--detach", str(path), shas[0])
+    try:
+        for sha in shas[1:]:
+            _merge(path, sha, f"orchd: base of {label}: merge {sha[:12]}")
+        return _git(path, "rev-parse", "HEAD")
+    finally:
+        _discard(top, path)
+
+
+def commit_all(worktree: Path, message: str) -> str:
+    """Commit everything the agent left in ``worktree``; return the branch's head.
+
+    Nothing changed means no commit.  Refuses (``GitError``) a detached HEAD,
+    where a commit would belong to no branch, and unresolved conflicts
+    (``MergeConflict``), which ``add -A`` would commit as conflict markers.
+    """
+    wt = Path(os.path.abspath(worktree))
+    if _run(wt, "symbolic-ref", "--quiet", "HEAD").returncode != 0:
+        raise GitError(f"{wt} has a detached HEAD: its work would be on no branch")
+    raw = _git(wt, "diff", "--name-only", "--diff-filter=U", "-z")
+    unmerged = sorted({f for f in raw.split("\0") if f})
+    if unmerged:
+        raise MergeConflict(unmerged)
+    _git(wt, "add", "--all")
+    r = _run(wt, "diff", "--cached", "--quiet")
+    if r.returncode == 1:
+        _git(wt, "commit", "--quiet", "--no-verify", "-m", message)
+    elif r.returncode != 0:
+        raise _fail(wt, ("diff", "--cached", "--quiet"), r)
+    return _git(wt, "rev-parse", "--verify", "HEAD^{commit}")
+
+
+def merge_session(target: Path, root: Path, session: str, assignments: list[str],
+                  base: str) -> MergeResult:
+    """Set ``orchd/<session>`` to ``base`` plus each assignment's branch, merged in order.
+
+    Works in ``<root>/<session>/_merge`` and leaves that worktree on the
+    session branch when it succeeds.  On a conflict the merge is aborted,
+    the scratch worktree removed and every branch, ``orchd/<session>``
+    included, is left where it was.  Raises ``GitError`` if the session
+    branch is checked out elsewhere (e.g. in the user's own checkout).
+    """
+    top = _toplevel(target)
+    branch = session_branch(session)
+    start = _commit(top, base)
+    heads = [(a, _commit(top, f"refs/heads/{branch_name(session, a)}")) for a in assignments]
+    path = _session_dir(root, session) / MERGE_DIR
+    _discard(top, path)  # the previous attempt's, on the session branch or detached
+    _refuse_checked_out(top, branch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _git(top, "worktree", "add", "--detach", str(path), start)
+    try:
+        for name, sha in heads:
+            try:
+                _merge(path, sha, f"Merge branch '{branch_name(session, name)}' into {branch}")
+            except MergeConflict as e:
+                _discard(top, path)
+                return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
+                                   assignment=name)
+        # Only now does the session branch move: to exactly this HEAD.
+        # ``checkout -B`` does not look at other worktrees (git 2.39 moves a
+        # branch the user has checked out), hence the check just before.
+        _refuse_checked_out(top, branch)
+        _git(path, "checkout", "--quiet", "-B", branch)
+    except BaseException:
+        _discard(top, path)
+        raise
+    return MergeResult(ok=True, commit=_git(path, "rev-parse", "HEAD"), conflicts=[], branch=branch)
+
+
+def clean(target: Path, root: Path, session: str) -> list[Path]:
+    """Remove the session's worktrees, keep its branches; return the removed paths.
+
+    Only worktrees registered under ``<root>/<session>`` are touched (no
+    global ``git worktree prune``: that would also forget the user's own
+    worktrees that happen to be unreachable, e.g. on an unmounted disk).
+    """
+    top = _toplevel(target)
+    sdir = _session_dir(root, session)
+    real = Path(os.path.realpath(sdir))
+    removed: list[Path] = []
+    for wt in _worktrees(top)[1:]:
+        rel = Path(os.path.realpath(wt.path))
+        if real in rel.parents:
+            _remove(top, wt)
+            removed.append(sdir / rel.relative_to(real))
+    if sdir.is_dir() and not any(sdir.iterdir()):
+        sdir.rmdir()
+    return sorted(removed)

@@ -1,0 +1,415 @@
+"""actors.worktrees against real git repositories in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from actors import worktrees as wt
+from actors.worktrees import GitError, MergeConflict, NotARepo
+
+S = "s-1a2b"
+
+
+@pytest.fixture(autouse=True)
+def no_user_git_config(tmp_path, monkeypatch):
+    """Run as on a machine where git was never configured: no identity anywhere."""
+    empty = tmp_path / "empty-gitconfig"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                "GIT_COMMITTER_EMAIL", "EMAIL", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def git(cwd: Path, *args: str) -> str:
+    """The test's own git, with an explicit identity (the module uses its own)."""
+    r = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(cwd), *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert r.returncode == 0, f"git {args}: {r.stderr}"
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    target = tmp_path / "target"
+    target.mkdir()
+    git(target, "init", "-q", "-b", "main")
+    (target / "README").write_text("hello\n")
+    (target / "shared.txt").write_text("one\ntwo\nthree\n")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", "initial")
+    return target
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    return tmp_path / "worktrees"
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def snapshot(target: Path) -> dict[str, object]:
+    """Everything of the target the user could notice, read without git writing anything.
+
+    (``git status`` is deliberately not used: it may rewrite the index.)
+    """
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(target):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in filenames:
+            p = Path(dirpath) / name
+            files[str(p.relative_to(target))] = p.read_bytes()
+    dot = target / ".git"
+    refs = [line for line in git(target, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+            if not line.startswith("refs/heads/orchd/")]
+    return {
+        "files": files,
+        "HEAD": (dot / "HEAD").read_bytes(),
+        "index": (dot / "index").read_bytes(),
+        "head-log": (dot / "logs" / "HEAD").read_bytes(),
+        "refs": refs,
+    }
+
+
+def branch_files(repo: Path, branch: str) -> set[str]:
+    return set(git(repo, "ls-tree", "-r", "--name-only", branch).splitlines())
+
+
+def registered(repo: Path) -> list[str]:
+    return [line.removeprefix("worktree ") for line in
+            git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
+
+
+# ---------------------------------------------------------------- head_commit
+
+def test_head_commit_is_the_target_head(repo):
+    assert wt.head_commit(repo) == git(repo, "rev-parse", "HEAD")
+
+
+def test_missing_directory_is_not_a_repo(tmp_path):
+    with pytest.raises(NotARepo, match="is not a git repository"):
+        wt.head_commit(tmp_path / "nope")
+
+
+def test_plain_directory_is_not_a_repo(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(NotARepo, match=f"{plain} is not a git repository"):
+        wt.head_commit(plain)
+
+
+def test_subdirectory_of_a_repo_is_not_the_repo(repo):
+    (repo / "sub").mkdir()
+    with pytest.raises(NotARepo, match="inside the repository"):
+        wt.head_commit(repo / "sub")
+
+
+def test_repo_without_commits(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    git(empty, "init", "-q")
+    with pytest.raises(NotARepo, match="has no commits yet"):
+        wt.head_commit(empty)
+
+
+def test_not_a_repo_is_a_git_error():
+    assert issubclass(NotARepo, GitError) and issubclass(MergeConflict, GitError)
+
+
+# ---------------------------------------------------------------- names
+
+def test_branch_names_are_valid_refs_that_can_coexist(repo):
+    assert wt.session_branch(S) == f"orchd/{S}"
+    assert wt.branch_name(S, "impl.v2") == f"orchd/{S}.impl.v2"
+    # Both kinds at once: git cannot hold orchd/s next to orchd/s/a.
+    git(repo, "branch", wt.session_branch(S))
+    git(repo, "branch", wt.branch_name(S, "impl"))
+
+
+@pytest.mark.parametrize("session,assignment", [
+    ("a.b", "x"), ("../up", "x"), ("", "x"), ("_s", "x"), ("-s", "x"),
+    (S, "a/b"), (S, "_merge"), (S, ".x"), (S, "x.lock"), (S, "a..b"), (S, "x."), (S, "a b"),
+])
+def test_bad_names_are_refused(session, assignment):
+    with pytest.raises(ValueError):
+        wt.branch_name(session, assignment)
+
+
+# ---------------------------------------------------------------- create_worktree
+
+def test_create_worktree_and_again(repo, root):
+    base = wt.head_commit(repo)
+    path, branch = wt.create_worktree(repo, root, S, "impl", base)
+    assert path == root / S / "impl"
+    assert branch == f"orchd/{S}.impl"
+    assert (path / "README").read_text() == "hello\n"
+    assert git(repo, "rev-parse", branch) == base
+    assert git(path, "symbolic-ref", "--short", "HEAD") == branch
+
+    write(path / "wip.txt", "not committed yet\n")
+    again = wt.create_worktree(repo, root, S, "impl", base)
+    assert again == (path, branch)
+    assert (path / "wip.txt").read_text() == "not committed yet\n"
+    assert len(registered(repo)) == 2
+
+
+def test_create_worktree_keeps_an_existing_branch(repo, root):
+    base = wt.head_commit(repo)
+    path, branch = wt.create_worktree(repo, root, S, "impl", base)
+    write(path / "a.txt", "a\n")
+    done = wt.commit_all(path, "agent work")
+    wt.clean(repo, root, S)
+    assert not path.exists()
+
+    again, _ = wt.create_worktree(repo, root, S, "impl", base)
+    assert again == path
+    assert git(repo, "rev-parse", branch) == done
+    assert (path / "a.txt").read_text() == "a\n"
+
+
+def test_create_worktree_after_its_directory_vanished(repo, root):
+    base = wt.head_commit(repo)
+    path, branch = wt.create_worktree(repo, root, S, "impl", base)
+    subprocess.run(["rm", "-rf", str(path)], check=True)
+    again, _ = wt.create_worktree(repo, root, S, "impl", base)
+    assert again == path and (path / "README").exists()
+
+
+def test_create_worktree_rejects_a_bad_base(repo, root):
+    with pytest.raises(GitError, match="not a commit"):
+        wt.create_worktree(repo, root, S, "impl", "0" * 40)
+    with pytest.raises(GitError, match="not a commit"):
+        wt.create_worktree(repo, root, S, "impl", "--orphan")
+
+
+# ---------------------------------------------------------------- commit_all
+
+def test_commit_all_without_changes_makes_no_commit(repo, root):
+    base = wt.head_commit(repo)
+    path, branch = wt.create_worktree(repo, root, S, "impl", base)
+    assert wt.commit_all(path, "nothing") == base
+    assert git(repo, "rev-parse", branch) == base
+
+
+def test_commit_all_takes_new_modified_and_deleted_files(repo, root):
+    base = wt.head_commit(repo)
+    path, branch = wt.create_worktree(repo, root, S, "impl", base)
+    write(path / "new" / "file.txt", "new\n")
+    (path / "README").write_text("changed\n")
+    (path / "shared.txt").unlink()
+    head = wt.commit_all(path, "agent work")
+    assert head == git(repo, "rev-parse", branch) != base
+    assert branch_files(repo, branch) == {"README", "new/file.txt"}
+    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch) == \
+        "orchd <orchd@localhost>|orchd <orchd@localhost>|agent work"
+
+
+def test_commit_all_refuses_a_detached_head(repo, root):
+    path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    git(path, "checkout", "-q", "--detach")
+    with pytest.raises(GitError, match="detached HEAD"):
+        wt.commit_all(path, "x")
+
+
+# ---------------------------------------------------------------- merge_session
+
+def test_sequential_assignments_merge_without_touching_the_target(repo, root):
+    # The user is mid-work in the target: an uncommitted change, a staged
+    # change and an untracked file.
+    (repo / "README").write_text("hello, edited by the user\n")
+    write(repo / "staged.txt", "staged\n")
+    git(repo, "add", "staged.txt")
+    write(repo / "scratch" / "untracked.txt", "mine\n")
+    before = snapshot(repo)
+
+    base = wt.head_commit(repo)
+    first, _ = wt.create_worktree(repo, root, S, "design", base)
+    write(first / "design.md", "the plan\n")
+    after_first = wt.commit_all(first, "design")
+    second, _ = wt.create_worktree(repo, root, S, "impl", after_first)
+    write(second / "impl.py", "print('hi')\n")
+    after_second = wt.commit_all(second, "impl")
+
+    result = wt.merge_session(repo, root, S, ["design", "impl"], base)
+
+    assert result == wt.MergeResult(ok=True, commit=after_second, conflicts=[], branch=f"orchd/{S}")
+    assert git(repo, "rev-parse", f"orchd/{S}") == after_second  # both fast-forwards
+    assert {"design.md", "impl.py", "README"} <= branch_files(repo, f"orchd/{S}")
+    assert snapshot(repo) == before
+    assert git(repo, "rev-parse", "main") == base
+
+
+def test_parallel_assignments_with_disjoint_files_merge(repo, root):
+    before = snapshot(repo)
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    write(a / "a.txt", "a\n")
+    write(b / "b.txt", "b\n")
+    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+
+    result = wt.merge_session(repo, root, S, ["a", "b"], base)
+
+    assert result.ok and result.conflicts == [] and result.branch == f"orchd/{S}"
+    assert git(repo, "rev-parse", f"orchd/{S}") == result.commit
+    assert git(repo, "rev-parse", f"{result.commit}^1", f"{result.commit}^2").split() == [head_a, head_b]
+    assert {"a.txt", "b.txt"} <= branch_files(repo, f"orchd/{S}")
+    assert git(root / S / "_merge", "symbolic-ref", "--short", "HEAD") == f"orchd/{S}"
+    assert snapshot(repo) == before
+
+
+def test_merging_again_rebuilds_the_session_branch(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    write(a / "a.txt", "a\n")
+    first = wt.commit_all(a, "a")
+    assert wt.merge_session(repo, root, S, ["a"], base).commit == first
+    write(a / "a.txt", "a, revised\n")
+    second = wt.commit_all(a, "a again")
+    assert wt.merge_session(repo, root, S, ["a"], base).commit == second
+
+
+def test_conflict_is_reported_and_moves_no_branch(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    c, _ = wt.create_worktree(repo, root, S, "c", base)
+    (a / "shared.txt").write_text("one\nTWO by a\nthree\n")
+    (b / "shared.txt").write_text("one\nTWO by b\nthree\n")
+    write(c / "c.txt", "c\n")
+    heads = {name: wt.commit_all(p, name) for name, p in (("a", a), ("b", b), ("c", c))}
+    # An earlier successful merge of just c, which the failed one must not move.
+    earlier = wt.merge_session(repo, root, S, ["c"], base)
+    before = snapshot(repo)
+
+    result = wt.merge_session(repo, root, S, ["c", "a", "b"], base)
+
+    assert result == wt.MergeResult(ok=False, commit=None, conflicts=["shared.txt"],
+                                    branch=f"orchd/{S}", assignment="b")
+    for name, head in heads.items():
+        assert git(repo, "rev-parse", wt.branch_name(S, name)) == head
+    assert git(repo, "rev-parse", f"orchd/{S}") == earlier.commit
+    assert not (root / S / "_merge").exists()
+    assert str(root / S / "_merge") not in registered(repo)
+    assert snapshot(repo) == before
+    # The assignment worktrees are untouched too.
+    assert (b / "shared.txt").read_text() == "one\nTWO by b\nthree\n"
+
+
+def test_merge_refuses_a_session_branch_checked_out_by_the_user(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    write(a / "a.txt", "a\n")
+    wt.commit_all(a, "a")
+    git(repo, "branch", f"orchd/{S}", base)
+    git(repo, "checkout", "-q", f"orchd/{S}")
+    before = snapshot(repo)
+
+    with pytest.raises(GitError, match="checked out"):
+        wt.merge_session(repo, root, S, ["a"], base)
+
+    assert git(repo, "rev-parse", f"orchd/{S}") == base
+    assert snapshot(repo) == before
+    assert not (root / S / "_merge").exists()
+
+
+def test_merge_ignores_hostile_repository_config(repo, root):
+    """Hooks that reject everything, merges that must not fast-forward, signing on."""
+    hooks = repo / ".git" / "hooks"
+    for hook in ("pre-commit", "commit-msg", "pre-merge-commit", "post-checkout"):
+        (hooks / hook).write_text("#!/bin/sh\necho hook ran >&2\nexit 1\n")
+        (hooks / hook).chmod(0o755)
+    git(repo, "config", "merge.ff", "only")
+    git(repo, "config", "commit.gpgSign", "true")
+    git(repo, "config", "user.useConfigOnly", "true")
+
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    write(a / "a.txt", "a\n")
+    write(b / "b.txt", "b\n")
+    wt.commit_all(a, "a")
+    wt.commit_all(b, "b")
+    result = wt.merge_session(repo, root, S, ["a", "b"], base)
+    assert result.ok and {"a.txt", "b.txt"} <= branch_files(repo, f"orchd/{S}")
+
+
+# ---------------------------------------------------------------- merged_base
+
+def test_merged_base_of_two_parallel_assignments(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    write(a / "a.txt", "a\n")
+    write(b / "b.txt", "b\n")
+    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    branches = git(repo, "for-each-ref", "--format=%(refname)")
+
+    merged = wt.merged_base(repo, root, S, "review", [head_a, head_b])
+
+    assert git(repo, "rev-parse", f"{merged}^1", f"{merged}^2").split() == [head_a, head_b]
+    assert {"a.txt", "b.txt"} <= branch_files(repo, merged)
+    assert git(repo, "for-each-ref", "--format=%(refname)") == branches
+    assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
+    # The waiting assignment starts from it.
+    path, branch = wt.create_worktree(repo, root, S, "review", merged)
+    assert (path / "a.txt").exists() and (path / "b.txt").exists()
+
+
+def test_merged_base_of_one_commit_or_a_line_of_commits(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    write(a / "a.txt", "a\n")
+    head_a = wt.commit_all(a, "a")
+    assert wt.merged_base(repo, root, S, "next", [head_a]) == head_a
+    assert wt.merged_base(repo, root, S, "next", [head_a, head_a]) == head_a
+    assert wt.merged_base(repo, root, S, "next", [base, head_a]) == head_a  # fast-forward
+
+
+def test_merged_base_conflict_leaves_no_mess(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    (a / "shared.txt").write_text("by a\n")
+    (b / "shared.txt").write_text("by b\n")
+    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    branches = git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
+
+    with pytest.raises(MergeConflict) as caught:
+        wt.merged_base(repo, root, S, "review", [head_a, head_b])
+
+    assert caught.value.files == ["shared.txt"]
+    assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
+    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)") == branches
+
+
+# ---------------------------------------------------------------- clean
+
+def test_clean_removes_worktrees_and_keeps_branches(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    other, _ = wt.create_worktree(repo, root, "other", "a", base)
+    write(a / "a.txt", "a\n")
+    head_a = wt.commit_all(a, "a")
+    write(b / "dirty.txt", "left uncommitted\n")
+    assert wt.merge_session(repo, root, S, ["a", "b"], base).ok
+
+    removed = wt.clean(repo, root, S)
+
+    assert removed == sorted([a, b, root / S / "_merge"])
+    assert not (root / S).exists()
+    assert registered(repo) == [str(repo), str(other)]
+    assert git(repo, "rev-parse", wt.branch_name(S, "a"), wt.branch_name(S, "b"), f"orchd/{S}").split() \
+        == [head_a, base, head_a]
+    assert wt.clean(repo, root, S) == []
