@@ -77,7 +77,8 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     ``action`` is ``relaunch`` (apply ``fix`` and start again) or
     ``escalate`` (a human must act: credentials, flags, limits).  ``fix``
     keys: ``env.NAME`` (set env var NAME), ``flag`` (add this flag),
-    ``backoff_s`` (wait this long before relaunching).
+    ``backoff_s`` (wait this long before relaunching), ``resume_id`` (resume
+    this session instead; "" = start a fresh session).
     """
 
     code: str
@@ -229,6 +230,9 @@ class Rule(msgspec.Struct, frozen=True):
     exit_codes: tuple[int, ...] = ()
 
 
+RESUME_FIX = {"resume_id": ""}
+"""The session to resume is gone (another HOME, deleted): relaunch fresh."""
+
 # Shared tail of every catalogue: generic transport failures.  Adapter
 # rules come first so a specific message wins over these.
 RATE_LIMITED = Rule("rate_limited",
@@ -321,7 +325,8 @@ def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
         if hit is None and exit_code is not None and exit_code in rule.exit_codes:
             hit = headline
         if hit is not None:
-            return Failure(code=rule.code, message=hit, action=rule.action, fix=rule.fix)
+            return Failure(code=rule.code, message=hit, action=rule.action,
+                           fix=dict(rule.fix) if rule.fix else None)
     if exit_code == 0:
         return Failure(code="failed", message=headline, action="escalate")
     return Failure(code="crashed", message=headline, action="relaunch")

@@ -40,7 +40,7 @@ from orchd.protocol import (
 )
 
 from .base import (
-    NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
+    RESUME_FIX, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
     base_env, check_profile, load, match_catalogue, strip_ansi,
 )
 
@@ -200,6 +200,7 @@ RULES = (
     Rule("root_refused", r"cannot be used with root/sudo privileges", "relaunch",
          {"env.IS_SANDBOX": "1"}),
     Rule("not_logged_in", r"Not logged in|Please run /login"),
+    Rule("resume_not_found", r"No conversation found with session ID", "relaunch", RESUME_FIX),
     Rule("auth_invalid", r"Invalid API key|authentication_failed|\b401\b|invalid x-api-key"),
     Rule("max_turns", r"Reached maximum number of turns|error_max_turns"),
     Rule("max_budget", r"error_max_budget_usd|maximum budget"),

@@ -41,7 +41,7 @@ from orchd.protocol import (
 )
 
 from .base import (
-    NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
+    RESUME_FIX, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
     base_env, check_profile, load, match_catalogue,
 )
 
@@ -214,6 +214,7 @@ RULES = (
     Rule("untrusted_folder", r"Not inside a trusted directory", "relaunch",
          {"flag": "--skip-git-repo-check"}),
     Rule("not_logged_in", r"Missing environment variable|Not logged in|codex login"),
+    Rule("resume_not_found", r"no rollout found|thread/resume failed", "relaunch", RESUME_FIX),
     Rule("auth_invalid", r"\b401\b|Unauthorized|Incorrect API key|invalid.api.key"),
     Rule("bad_flag", r"unexpected argument|invalid value '.*' for|unrecognized subcommand"
                      r"|error: .*required arguments were not provided"),

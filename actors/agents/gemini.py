@@ -34,7 +34,7 @@ from orchd.protocol import (
 )
 
 from .base import (
-    MAX_TEXT_CHARS, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec,
+    RESUME_FIX, MAX_TEXT_CHARS, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec,
     StreamParser, base_env, cap_tail, check_profile, load, match_catalogue,
 )
 
@@ -206,6 +206,7 @@ RULES = (
     Rule("not_logged_in", r"Please set an Auth method|Invalid auth method selected",
          exit_codes=(41,)),
     Rule("auth_invalid", r"API key not valid|API_KEY_INVALID|\b401\b|PERMISSION_DENIED"),
+    Rule("resume_not_found", r"Error resuming session", "relaunch", RESUME_FIX, exit_codes=(42,)),
     Rule("bad_flag", r"Unknown arguments?:|Invalid values:|Not enough arguments"),
     RATE_LIMITED,
     NETWORK,
