@@ -77,7 +77,21 @@ def _texts(value: Any) -> Iterator[str]:
                 yield from _texts(value[k])
 
 
+class BadRequest(ValueError):
+    """The request body does not have the dialect's shape (the peer misbehaved)."""
+
+
 def read_turn(dialect: str, path: str, body: dict[str, Any]) -> Turn:
+    """The ``Turn`` a request body describes; ``BadRequest`` if it is malformed."""
+    try:
+        return _read_turn(dialect, path, body)
+    except (AttributeError, TypeError, KeyError, IndexError) as e:
+        # Any shape mismatch lands here: a wrong type anywhere in the body is
+        # the client's error and gets a 400, never a dropped connection.
+        raise BadRequest(f"malformed {dialect} request: {e}") from e
+
+
+def _read_turn(dialect: str, path: str, body: dict[str, Any]) -> Turn:
     if dialect == ANTHROPIC:
         msgs = body.get("messages") or []
         prompt = "\n".join(t for m in msgs if m.get("role") == "user" for t in _texts(m.get("content")))
@@ -115,16 +129,19 @@ def synthesize(schema: Any) -> Any:
     """A small value that satisfies a JSON schema (OpenAPI-style upper-case types too)."""
     if not isinstance(schema, dict):
         return None
-    if schema.get("enum"):
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
         # gemini's next-speaker check offers ["user", "model"]: "user" ends the turn.
-        return "user" if "user" in schema["enum"] else schema["enum"][0]
+        return "user" if "user" in enum else enum[0]
     kind = str(schema.get("type", "object")).lower()
     if kind == "object":
-        return {k: synthesize(v) for k, v in (schema.get("properties") or {}).items()}
+        props = schema.get("properties")
+        return {str(k): synthesize(v) for k, v in props.items()} if isinstance(props, dict) else {}
     if kind == "array":
         return []
     if kind in ("integer", "number"):
-        return max(1, int(schema.get("minimum", 1)))
+        low = schema.get("minimum")
+        return max(1, low) if isinstance(low, int) and not isinstance(low, bool) else 1
     if kind == "boolean":
         return False
     return "rehearsal"

@@ -193,7 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(body, {"error": "no route"})
             self._send_json(404, {"error": {"code": 404, "message": f"no route for POST {self.path}"}})
             return
-        turn = dialects.read_turn(route, self.path, body)
+        try:
+            turn = dialects.read_turn(route, self.path, body)
+        except dialects.BadRequest as e:
+            self._log(body, {"error": str(e)})
+            self._send_json(400, {"error": {"code": 400, "message": str(e)}})
+            return
         if turn.side_call:
             self._log(body, {"side_call": True, "agent": turn.agent})
             self._send_reply(route, turn, dialects.side_reply(turn))

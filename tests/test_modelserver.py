@@ -320,3 +320,43 @@ def test_cli_prints_url_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- decoding arbitrary bodies (sans-I/O)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from orchd import modeldialects  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["messages", "role", "content", "text", "tools", "name", "input", "contents", "parts",
+                         "system", "generationConfig", "responseJsonSchema", "output_config", "stream", "type",
+                         "format", "schema", "properties", "enum", "minimum", "functionDeclarations"]),
+        inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(["messages", "system", "tools", "input", "contents", "stream",
+                                             "generationConfig", "output_config", "model"]), _json, max_size=5),
+       dialect=st.sampled_from([modeldialects.ANTHROPIC, modeldialects.OPENAI, modeldialects.GEMINI]))
+def test_read_turn_accepts_or_raises_bad_request(body: dict[str, Any], dialect: str) -> None:
+    path = GEMINI_STREAM if dialect == modeldialects.GEMINI else "/v1/x"
+    try:
+        turn = modeldialects.read_turn(dialect, path, body)
+    except modeldialects.BadRequest:
+        return
+    # whatever was accepted can be rendered
+    reply = modeldialects.side_reply(turn) if turn.side_call else {"tool": "run", "command": "true", "text": "t"}
+    "".join(modeldialects.render_sse(dialect, turn, reply))
+    json.dumps(modeldialects.render_json(dialect, turn, reply))
+
+
+def test_malformed_shape_is_400_over_http() -> None:
+    with ModelServer(None) as srv:
+        status, _, text = post(srv.url, "/v1/messages", {"messages": "not a list", "tools": 3})
+        assert status == 400 and "malformed" in json.loads(text)["error"]["message"]
+        assert post(srv.url, "/v1/messages", claude_body("x"))[0] == 200
