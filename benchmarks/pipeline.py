@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Agent stdout -> orchd -> events PUB, against a raw pyzmq+msgspec baseline, in one run.
+
+    python benchmarks/pipeline.py [--lines 200000] [--paced 5000] [--repeat 3] [--profile FILE]
+
+(a) raw: a publisher process encodes N msgspec Structs (~200 B JSON) and sends one
+    frame each on PUB over ipc; a SUB here drains after poll.  lines/s.
+(b) daemon: a real ``orchd run``; a SUB here (RCVHWM 0) on its events endpoint; one
+    ``command`` assignment whose program prints N JSON lines flat out.  lines/s from the
+    first to the last agent.output received (and from worker.started); all N must
+    arrive and seq must be contiguous.
+(c) latency at 1,000 lines/s: each line carries ``time.time_ns()`` at write; the SUB
+    stamps receipt.  p50/p99/max in us, first 100 dropped.  Same for a paced raw PUB.
+
+The children are this file run as ``_pub``/``_agent``.  ``--profile FILE`` runs the
+daemon under cProfile (stopped with SIGINT so the profile is written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+SELF = str(Path(__file__).resolve())
+WARMUP = 100
+PAD = "x" * 120
+
+
+class RawEvent(msgspec.Struct):
+    seq: int
+    ts: float
+    session: str
+    worker: str
+    kind: str
+    t: int
+    data: dict
+
+
+# ------------------------------------------------------------------ children
+
+def _pace(k: int, start: float, period: float) -> None:
+    """Sleep until line k's slot on the monotonic clock (fine sleeps, no drift)."""
+    delay = start + k * period - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def child_pub(endpoint: str, n: int, paced: bool) -> None:
+    """Raw baseline publisher: XPUB (a PUB that also tells us when the SUB has subscribed)."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.sndhwm = 0
+    pub.bind(endpoint)
+    pub.recv()  # the subscription: the SUB is connected, nothing will be lost
+    enc = msgspec.json.Encoder()
+    send, head, start = pub.send, b"s agent.output ", time.monotonic()
+    for i in range(n):
+        if paced:
+            _pace(i, start, 0.001)
+        ev = RawEvent(seq=i + 1, ts=time.time(), session="s", worker="w", kind="agent.output",
+                      t=time.time_ns(), data={"i": i, "pad": PAD})
+        send(head + enc.encode(ev))
+    pub.send(b"s end ")
+    time.sleep(0.5)  # let the queue drain before the socket goes
+    ctx.destroy(linger=1000)
+
+
+def child_agent(n: int, paced: bool) -> None:
+    """The agent program of the daemon path: JSON lines on stdout."""
+    out = sys.stdout.buffer
+    if not paced:  # as fast as it can (same lines as tests/fakeagent.py json:N)
+        w, pad = out.write, PAD.encode()
+        for i in range(n):
+            w(b'{"i":%d,"pad":"%s"}\n' % (i, pad))
+        out.flush()
+        return
+    start = time.monotonic()
+    for i in range(n):
+        _pace(i, start, 0.001)
+        out.write(b'{"i":%d,"t":%d}\n' % (i, time.time_ns()))
+        out.flush()
+
+
+# ------------------------------------------------------------------ the SUB
+
+def drain(sub: zmq.Socket, done, idle_s: float = 10.0) -> list[tuple[int, bytes]]:
+    """Poll, then drain with non-blocking recv; (recv time_ns, frame) until ``done(frame)``."""
+    got: list[tuple[int, bytes]] = []
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    recv, now, last = sub.recv, time.time_ns, time.monotonic()
+    while True:
+        if not poller.poll(200):
+            if time.monotonic() - last > idle_s:
+                return got  # gave up: the caller reports what is missing
+            continue
+        last = time.monotonic()
+        while True:
+            try:
+                frame = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            got.append((now(), frame))
+            if done(frame):
+                return got
+
+
+def new_sub(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    sub = ctx.socket(zmq.SUB)
+    sub.rcvhwm = 0
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    return sub
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def latency(samples: list[float]) -> dict:
+    s = samples[WARMUP:]
+    if not s:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    return {"p50": pct(s, 0.50), "p99": pct(s, 0.99), "max": max(s)}
+
+
+# ------------------------------------------------------------------ (a) raw
+
+def run_raw(ctx: zmq.Context, tmp: Path, n: int, paced: bool) -> dict:
+    ep = f"ipc://{tmp}/raw{int(paced)}"
+    child = subprocess.Popen([sys.executable, SELF, "_pub", ep, str(n), str(int(paced))])
+    sub = new_sub(ctx, ep)
+    try:
+        got = drain(sub, lambda f: f.startswith(b"s end"))
+    finally:
+        sub.close()
+        child.wait(30)
+    msgs = [(t, f) for t, f in got if f.startswith(b"s agent.output ")]
+    res = {"n": len(msgs), "missing": n - len(msgs)}
+    if paced:
+        dec = msgspec.json.Decoder(RawEvent)
+        res.update(latency([(t - dec.decode(f[15:]).t) / 1000 for t, f in msgs]))
+    elif len(msgs) > 1:
+        res["rate"] = (len(msgs) - 1) / ((msgs[-1][0] - msgs[0][0]) / 1e9)
+    return res
+
+
+# ------------------------------------------------------------------ (b)(c) daemon
+
+class Daemon:
+    def __init__(self, tmp: Path, profile: str | None) -> None:
+        self.tmp, self.rt = tmp, tmp / "rt"
+        self.events = f"ipc://{self.rt}/events"
+        env = {k: v for k, v in os.environ.items() if k != "ORCHD_RUNTIME_DIR"}
+        self.env = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"}
+        prof = ["-m", "cProfile", "-o", profile] if profile else []
+        self.log = open(tmp / "daemon.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, *prof, "-m", "orchd.app", "run", "--state-dir", str(tmp / "state"),
+             "--runtime-dir", str(self.rt)], env=self.env, cwd=ROOT, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.profile = profile
+        deadline = time.monotonic() + 30
+        while self.ctl("status", "--json").returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"daemon did not start:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.repo = tmp / "target"
+        git = ["git", "-c", "user.name=b", "-c", "user.email=b@b", "-C", str(self.repo)]
+        subprocess.run(["git", "init", "-q", "-b", "main", str(self.repo)], check=True)
+        (self.repo / "README.md").write_text("benchmark target\n")
+        subprocess.run(git + ["add", "-A"], check=True)
+        subprocess.run(git + ["commit", "-qm", "init"], check=True)
+        self.plans = 0
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchctl.cli", *args, "--runtime-dir", str(self.rt)],
+                              capture_output=True, env=self.env, cwd=ROOT, timeout=60)
+
+    def submit(self, argv: list[str]) -> str:
+        self.plans += 1
+        plan = self.tmp / f"plan{self.plans}.json"
+        plan.write_text(json.dumps({"assignments": [{"name": "bench", "agent": "command", "argv": argv}]}))
+        res = self.ctl("submit", "--plan", str(plan), "--target", str(self.repo), "--json")
+        if res.returncode != 0:
+            raise SystemExit(f"submit failed: {res.stderr.decode()}")
+        return json.loads(res.stdout)["session"]
+
+    def stop(self) -> None:
+        # cProfile writes its file only on an orderly exit: SIGINT (SIGTERM is handled the same)
+        self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
+    sub = new_sub(ctx, d.events)
+    time.sleep(0.3)  # let the subscription reach the PUB before anything is published
+    session = d.submit([sys.executable, SELF, "_agent", str(n), str(int(paced))])
+    topic = session.encode() + b" "
+    exited = topic + b"worker.exited "
+    try:
+        got = drain(sub, lambda f: f.startswith(exited))
+    finally:
+        sub.close()
+    mine = [(t, f) for t, f in got if f.startswith(topic)]
+    seqs = [int(f[f.index(b'{"seq":') + 7: f.index(b",", f.index(b'{"seq":'))]) for _, f in mine]
+    gaps = sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
+    out = [(t, f) for t, f in mine if f.startswith(topic + b"agent.output ")]
+    started = [t for t, f in mine if f.startswith(topic + b"worker.started ")]
+    res = {"n": len(out), "missing": n - len(out), "seq_gaps": gaps,
+           "complete": bool(mine) and mine[0][1].startswith(topic + b"session.submitted ")
+           and bool(got) and got[-1][1].startswith(exited)}
+    if paced:
+        res.update(latency([(t - json.loads(f.split(b" ", 2)[2])["data"]["t"]) / 1000 for t, f in out]))
+    elif len(out) > 1:
+        res["rate"] = (len(out) - 1) / ((out[-1][0] - out[0][0]) / 1e9)
+        if started:
+            res["rate_from_start"] = len(out) / ((out[-1][0] - started[0]) / 1e9)
+    return res
+
+
+# ------------------------------------------------------------------ main
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_pub":
+        return child_pub(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1") or 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_agent":
+        return child_agent(int(sys.argv[2]), sys.argv[3] == "1") or 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lines", type=int, default=200_000)
+    ap.add_argument("--paced", type=int, default=5_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", metavar="FILE", help="run the daemon under cProfile, write stats to FILE")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="ob", dir="/tmp"))  # short: ipc paths < ~100 bytes
+    ctx = zmq.Context()
+    d = None
+    runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "daemon_paced": []}
+    try:
+        d = Daemon(tmp, os.path.abspath(args.profile) if args.profile else None)
+        run_daemon(ctx, d, 1000, False)  # warm-up: imports, first session, SQLite file
+        for r in range(args.repeat):
+            for key, fn in (("raw", lambda: run_raw(ctx, tmp, args.lines, False)),
+                            ("daemon", lambda: run_daemon(ctx, d, args.lines, False)),
+                            ("raw_paced", lambda: run_raw(ctx, tmp, args.paced, True)),
+                            ("daemon_paced", lambda: run_daemon(ctx, d, args.paced, True))):
+                res = fn()
+                runs[key].append(res)
+                print(f"[{r + 1}/{args.repeat}] {key:13s} " + " ".join(
+                    f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()), flush=True)
+    finally:
+        if d is not None:
+            d.stop()
+        ctx.destroy(linger=0)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(key: str, field: str) -> float:
+        vals = [r[field] for r in runs[key] if field in r]
+        return statistics.median(vals) if vals else float("nan")
+
+    raw, dmn = med("raw", "rate"), med("daemon", "rate")
+    lost = sum(r["missing"] for rs in runs.values() for r in rs)
+    gaps = sum(r.get("seq_gaps", 0) for rs in runs.values() for r in rs)
+    print(f"\nmedians of {args.repeat} (flood {args.lines:,} lines, paced {args.paced:,} at 1,000/s):")
+    print(f"  {'':24s}{'raw':>12s}{'daemon':>12s}{'daemon/raw':>12s}")
+    print(f"  {'lines/s':24s}{raw:>12,.0f}{dmn:>12,.0f}{dmn / raw:>12.2f}")
+    print(f"  {'lines/s from started':24s}{'':>12s}{med('daemon', 'rate_from_start'):>12,.0f}")
+    for q in ("p50", "p99", "max"):
+        a, b = med("raw_paced", q), med("daemon_paced", q)
+        print(f"  {'latency ' + q + ' us':24s}{a:>12,.0f}{b:>12,.0f}{b / a:>12.1f}")
+    print(f"  missing lines: {lost}, seq gaps: {gaps}")
+    return 1 if lost or gaps else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
