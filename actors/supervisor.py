@@ -72,7 +72,8 @@ class SessionSupervisor:
         inbox = Mailbox(self.ctx, self.inbox_ep)
         router = self.ctx.socket(zmq.ROUTER)
         router.linger = 0
-        router.maxmsgsize = max(cfg.max_frame_bytes * 4, 1 << 20)  # hard cap; over it libzmq drops the peer
+        # hard cap: over it libzmq drops the peer without a reply; under it, too_large is answered
+        router.maxmsgsize = max(cfg.max_frame_bytes * 4, 64 << 20)
         router.router_mandatory = False
         try:
             router.bind(cfg.control())

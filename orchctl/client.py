@@ -16,9 +16,11 @@ class Unreachable(Exception):
 
 
 class Client:
-    def __init__(self, control: str, timeout_s: float = 2.0) -> None:
+    def __init__(self, control: str, timeout_s: float = 10.0, connect_timeout_s: float = 1.5) -> None:
         self.control = control
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self._alive = False
         self.ctx = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
 
@@ -32,6 +34,18 @@ class Client:
         return self.sock
 
     def call(self, body: p.ControlRequest, timeout_s: float | None = None) -> p.ControlReply:
+        """Send one request and wait for its reply.
+
+        The first call is preceded by a ``Ping`` with a short deadline, so a
+        dead daemon is reported within 2 s even when the request itself may
+        take longer to serve (``submit``).
+        """
+        if not self._alive:
+            self._alive = True
+            self._call(p.Ping(), self.connect_timeout_s)
+        return self._call(body, timeout_s)
+
+    def _call(self, body: p.ControlRequest, timeout_s: float | None) -> p.ControlReply:
         sock = self._socket()
         rid = secrets.token_hex(6)
         sock.send(wire.encode_request(body, rid))
@@ -39,6 +53,7 @@ class Client:
         while True:
             if not sock.poll(deadline_ms, zmq.POLLIN):
                 self.close()  # a late reply must not be read as the answer to the next call
+                self._alive = False
                 raise Unreachable(f"orchd is not running at {self.control}: start it with 'orchd run'")
             reply = wire.decode_reply(sock.recv())
             if reply.id == rid or reply.id == "":
