@@ -34,8 +34,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 TIMEOUT_S = 300.0
 """Per git command.  Generous: a checkout of a large repository is slow."""
@@ -167,6 +170,26 @@ def _git(cwd: Path, *args: str) -> str:
     if r.returncode != 0:
         raise _fail(cwd, args, r)
     return r.stdout.rstrip("\n")
+
+
+# ---------------------------------------------------------------- one at a time
+
+# git is not safe against itself here: ``worktree add`` reads every other
+# worktree's admin directory, and fails ("failed to read .../commondir") when
+# another ``worktree add`` has created its directory but not yet filled it.
+# The daemon calls these functions from threads, so worktree changes to one
+# repository take turns.  (The agents' own git commands can still race ours.)
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _exclusive(top: Path) -> Iterator[None]:
+    key = os.path.realpath(top)
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
 
 
 # ---------------------------------------------------------------- repository
@@ -310,22 +333,24 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
     commits are never thrown away.
     """
     top = _toplevel(target)
-    branch = branch_name(session, assignment)
-    path = _session_dir(root, session) / assignment
-    wt = _worktree_at(top, path)
-    if wt is not None:
-        if wt.prunable or wt.locked == "initializing":
-            _remove(top, wt)
-        elif wt.branch == branch:
-            return path, branch
+    with _exclusive(top):
+        branch = branch_name(session, assignment)
+        path = _session_dir(root, session) / assignment
+        wt = _worktree_at(top, path)
+        if wt is not None:
+            if wt.prunable or wt.locked == "initializing":
+                _remove(top, wt)
+            elif wt.branch == branch:
+                return path, branch
+            else:
+                holder = wt.branch or "a detached HEAD"
+                raise GitError(f"{path} is a worktree of {holder}, not of {branch}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if _branch_exists(top, branch):
+            _git(top, "worktree", "add", str(path), branch)
         else:
-            raise GitError(f"{path} is a worktree of {wt.branch or 'a detached HEAD'}, not of {branch}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if _branch_exists(top, branch):
-        _git(top, "worktree", "add", str(path), branch)
-    else:
-        _git(top, "worktree", "add", "-b", branch, str(path), _commit(top, base))
-    return path, branch
+            _git(top, "worktree", "add", "-b", branch, str(path), _commit(top, base))
+        return path, branch
 
 
 def merged_base(target: Path, root: Path, session: str, label: str, commits: list[str]) -> str:
@@ -337,22 +362,23 @@ def merged_base(target: Path, root: Path, session: str, label: str, commits: lis
     so no branch is created.  Raises ``MergeConflict`` on a conflict.
     """
     top = _toplevel(target)
-    _check_assignment(label)
-    shas = list(dict.fromkeys(_commit(top, c) for c in commits))
-    if not shas:
-        raise ValueError("merged_base needs at least one commit")
-    if len(shas) == 1:
-        return shas[0]
-    path = _session_dir(root, session) / f"_base-{label}"
-    _discard(top, path)  # left behind by a daemon that died mid-merge
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _git(top, "worktree", "add", "--detach", str(path), shas[0])
-    try:
-        for sha in shas[1:]:
-            _merge(path, sha, f"orchd: base of {label}: merge {sha[:12]}")
-        return _git(path, "rev-parse", "HEAD")
-    finally:
-        _discard(top, path)
+    with _exclusive(top):
+        _check_assignment(label)
+        shas = list(dict.fromkeys(_commit(top, c) for c in commits))
+        if not shas:
+            raise ValueError("merged_base needs at least one commit")
+        if len(shas) == 1:
+            return shas[0]
+        path = _session_dir(root, session) / f"_base-{label}"
+        _discard(top, path)  # left behind by a daemon that died mid-merge
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _git(top, "worktree", "add", "--detach", str(path), shas[0])
+        try:
+            for sha in shas[1:]:
+                _merge(path, sha, f"orchd: base of {label}: merge {sha[:12]}")
+            return _git(path, "rev-parse", "HEAD")
+        finally:
+            _discard(top, path)
 
 
 def commit_all(worktree: Path, message: str) -> str:
@@ -389,31 +415,32 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
     branch is checked out elsewhere (e.g. in the user's own checkout).
     """
     top = _toplevel(target)
-    branch = session_branch(session)
-    start = _commit(top, base)
-    heads = [(a, _commit(top, f"refs/heads/{branch_name(session, a)}")) for a in assignments]
-    path = _session_dir(root, session) / MERGE_DIR
-    _discard(top, path)  # the previous attempt's, on the session branch or detached
-    _refuse_checked_out(top, branch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _git(top, "worktree", "add", "--detach", str(path), start)
-    try:
-        for name, sha in heads:
-            try:
-                _merge(path, sha, f"Merge branch '{branch_name(session, name)}' into {branch}")
-            except MergeConflict as e:
-                _discard(top, path)
-                return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
-                                   assignment=name)
-        # Only now does the session branch move: to exactly this HEAD.
-        # ``checkout -B`` does not look at other worktrees (git 2.39 moves a
-        # branch the user has checked out), hence the check just before.
+    with _exclusive(top):
+        branch = session_branch(session)
+        start = _commit(top, base)
+        heads = [(a, _commit(top, f"refs/heads/{branch_name(session, a)}")) for a in assignments]
+        path = _session_dir(root, session) / MERGE_DIR
+        _discard(top, path)  # the previous attempt's, on the session branch or detached
         _refuse_checked_out(top, branch)
-        _git(path, "checkout", "--quiet", "-B", branch)
-    except BaseException:
-        _discard(top, path)
-        raise
-    return MergeResult(ok=True, commit=_git(path, "rev-parse", "HEAD"), conflicts=[], branch=branch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _git(top, "worktree", "add", "--detach", str(path), start)
+        try:
+            for name, sha in heads:
+                try:
+                    _merge(path, sha, f"Merge branch '{branch_name(session, name)}' into {branch}")
+                except MergeConflict as e:
+                    _discard(top, path)
+                    return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
+                                       assignment=name)
+            # Only now does the session branch move: to exactly this HEAD.
+            # ``checkout -B`` does not look at other worktrees (git 2.39 moves a
+            # branch the user has checked out), hence the check just before.
+            _refuse_checked_out(top, branch)
+            _git(path, "checkout", "--quiet", "-B", branch)
+        except BaseException:
+            _discard(top, path)
+            raise
+        return MergeResult(ok=True, commit=_git(path, "rev-parse", "HEAD"), conflicts=[], branch=branch)
 
 
 def clean(target: Path, root: Path, session: str) -> list[Path]:
@@ -424,14 +451,15 @@ def clean(target: Path, root: Path, session: str) -> list[Path]:
     worktrees that happen to be unreachable, e.g. on an unmounted disk).
     """
     top = _toplevel(target)
-    sdir = _session_dir(root, session)
-    real = Path(os.path.realpath(sdir))
-    removed: list[Path] = []
-    for wt in _worktrees(top)[1:]:
-        rel = Path(os.path.realpath(wt.path))
-        if real in rel.parents:
-            _remove(top, wt)
-            removed.append(sdir / rel.relative_to(real))
-    if sdir.is_dir() and not any(sdir.iterdir()):
-        sdir.rmdir()
-    return sorted(removed)
+    with _exclusive(top):
+        sdir = _session_dir(root, session)
+        real = Path(os.path.realpath(sdir))
+        removed: list[Path] = []
+        for wt in _worktrees(top)[1:]:
+            rel = Path(os.path.realpath(wt.path))
+            if real in rel.parents:
+                _remove(top, wt)
+                removed.append(sdir / rel.relative_to(real))
+        if sdir.is_dir() and not any(sdir.iterdir()):
+            sdir.rmdir()
+        return sorted(removed)

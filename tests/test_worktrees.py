@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -180,7 +182,7 @@ def test_create_worktree_keeps_an_existing_branch(repo, root):
 def test_create_worktree_after_its_directory_vanished(repo, root):
     base = wt.head_commit(repo)
     path, branch = wt.create_worktree(repo, root, S, "impl", base)
-    subprocess.run(["rm", "-rf", str(path)], check=True)
+    shutil.rmtree(path)
     again, _ = wt.create_worktree(repo, root, S, "impl", base)
     assert again == path and (path / "README").exists()
 
@@ -413,3 +415,15 @@ def test_clean_removes_worktrees_and_keeps_branches(repo, root):
     assert git(repo, "rev-parse", wt.branch_name(S, "a"), wt.branch_name(S, "b"), f"orchd/{S}").split() \
         == [head_a, base, head_a]
     assert wt.clean(repo, root, S) == []
+
+
+# ---------------------------------------------------------------- threads
+
+def test_worktrees_created_from_many_threads(repo, root):
+    """The daemon calls from threads; concurrent ``git worktree add`` on one repo races in git."""
+    base = wt.head_commit(repo)
+    jobs = [(session, f"a{i}") for session in (S, "other") for i in range(12)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        made = list(pool.map(lambda job: wt.create_worktree(repo, root, *job, base), jobs))
+    assert [path for path, _ in made] == [root / s / a for s, a in jobs]
+    assert sorted(registered(repo)[1:]) == sorted(str(root / s / a) for s, a in jobs)
