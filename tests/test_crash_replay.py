@@ -1,0 +1,105 @@
+"""kill -9 of the daemon mid-flood: every published event is in the log, seq continues."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import zmq
+
+from orchctl.client import Client
+from orchd import protocol as p
+from tests.conftest import fake, wait_for, write_plan
+
+
+def _replay_all(control: str) -> list[tuple[int, bytes]]:
+    client = Client(control)
+    out, cursor = [], 0
+    try:
+        while True:
+            reply = client.call(p.Replay(since=cursor, limit=10_000), timeout_s=20)
+            assert isinstance(reply, p.ReplayReply), reply
+            for raw in reply.events:
+                body = bytes(raw)
+                cursor = json.loads(body)["seq"]
+                out.append((cursor, body))
+            if not reply.more:
+                return out
+    finally:
+        client.close()
+
+
+def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.rcvhwm = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"ipc://{d.runtime_dir}/events")
+    received: dict[int, bytes] = {}
+
+    def drain(timeout_ms: int) -> int:
+        n = 0
+        if sub.poll(timeout_ms):
+            while True:
+                try:
+                    frame = sub.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if frame.startswith(b"~sync"):
+                    continue
+                js = frame.split(b" ", 2)[2]
+                seq = json.loads(js)["seq"]
+                assert seq not in received, f"seq {seq} published twice"
+                received[seq] = js
+                n += 1
+        return n
+
+    try:
+        # the subscription is live once a sync marker comes through
+        sub.setsockopt(zmq.SUBSCRIBE, b"~sync")
+        client = Client(f"ipc://{d.runtime_dir}/control")
+        wait_for(lambda: client.call(p.Sync(token="t")) and sub.poll(100), 10, "sync marker")
+        client.close()
+        plan = write_plan(tmp_path / "plan.json", [
+            {"name": "flood", "agent": "command", "argv": fake("json:60000", "exit:0")}])
+        sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+        wait_for(lambda: drain(50) >= 0 and len(received) > 5000, 60, "5000 events")
+        agent_pid = d.status(sid)["workers"][0]["pid"]
+        d.kill9()
+        while drain(500):
+            pass
+        assert len(received) > 5000
+        last_published = max(received)
+        # the agent died with the daemon (parent-death signal)
+        wait_for(lambda: not os.path.exists(f"/proc/{agent_pid}") or _zombie(agent_pid), 10, "agent to die")
+
+        d2 = type(d)(d.state_dir, d.runtime_dir).start()
+        try:
+            log = _replay_all(f"ipc://{d2.runtime_dir}/control")
+            seqs = [s for s, _ in log]
+            assert seqs == list(range(1, len(seqs) + 1)), "seq is not continuous in the log"
+            logged = dict(log)
+            missing = [s for s in received if s not in logged]
+            assert not missing, f"{len(missing)} published events are not in the log, e.g. {missing[:5]}"
+            assert all(logged[s] == received[s] for s in received), "the log differs from what was published"
+            restarted = [json.loads(b) for s, b in log if s > last_published and b"daemon.started" in b]
+            assert restarted and restarted[0]["last_seq"] >= last_published
+            # the session goes on: the assignment is relaunched under a new generation and finishes
+            s = d2.wait_session(sid, timeout_s=120)
+            assert s["state"] == "done", s
+            assert s["workers"][0]["gen"] == 1 and s["workers"][0]["exit_code"] == 0
+        finally:
+            assert d2.stop() == 0
+    finally:
+        sub.close(0)
+        ctx.term()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
