@@ -71,11 +71,12 @@ _REPO_ENV = frozenset({
     "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE", "GIT_COMMON_DIR",
 })
 
-# Session names become one ref component that must not contain the "."
-# separating it from an assignment; both become one path component, so no
-# "/" and no leading "." or "_" (``_merge`` and ``_base-*`` are ours).
+# A session name becomes one ref component that must not contain the "."
+# separating it from an assignment.  An assignment name becomes one ref
+# component and one path component: git's rules for a ref component, no
+# slash or backslash, and no leading "_" (``_merge`` and ``_base-*`` are ours).
 _SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
-_ASSIGNMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_NOT_IN_NAME = frozenset(" ~^:?*[\\/\x7f") | {chr(c) for c in range(32)}
 
 MERGE_DIR = "_merge"
 
@@ -90,6 +91,14 @@ class GitError(Exception):
 
 class NotARepo(GitError):
     """The target is missing, not the top of a git work tree, or has no commits."""
+
+
+class BadName(GitError, ValueError):
+    """A session or assignment name that cannot be a branch or directory name.
+
+    A ``GitError`` too, so that a caller handling git failures around a
+    call also handles this one instead of crashing.
+    """
 
 
 class MergeConflict(GitError):
@@ -123,13 +132,15 @@ def branch_name(session: str, assignment: str) -> str:
 
 def _check_session(session: str) -> str:
     if not _SESSION_RE.fullmatch(session):
-        raise ValueError(f"bad session name {session!r}: letters, digits, '-' and '_' only")
+        raise BadName(f"bad session name {session!r}: ASCII letters, digits, '-' and '_' only")
     return session
 
 
 def _check_assignment(name: str) -> str:
-    if not _ASSIGNMENT_RE.fullmatch(name) or ".." in name or name.endswith((".", ".lock")):
-        raise ValueError(f"bad assignment name {name!r}: letters, digits, '.', '-' and '_' only")
+    if (not name or name.startswith((".", "-", "_")) or name.endswith((".", ".lock"))
+            or ".." in name or "@{" in name or name == "@" or len(name.encode()) > 200
+            or any(c in _NOT_IN_NAME for c in name)):
+        raise BadName(f"bad assignment name {name!r}: not usable as a branch or directory name")
     return name
 
 
@@ -384,13 +395,22 @@ def merged_base(target: Path, root: Path, session: str, label: str, commits: lis
 def commit_all(worktree: Path, message: str) -> str:
     """Commit everything the agent left in ``worktree``; return the branch's head.
 
-    Nothing changed means no commit.  Refuses (``GitError``) a detached HEAD,
-    where a commit would belong to no branch, and unresolved conflicts
-    (``MergeConflict``), which ``add -A`` would commit as conflict markers.
+    Nothing changed means no commit.  Refuses (``GitError``) a detached HEAD
+    or, in a worktree made by ``create_worktree``, any branch but its own:
+    the merge would silently leave that work out.  Refuses unresolved
+    conflicts (``MergeConflict``), which ``add -A`` would commit as markers.
     """
     wt = Path(os.path.abspath(worktree))
-    if _run(wt, "symbolic-ref", "--quiet", "HEAD").returncode != 0:
+    r = _run(wt, "symbolic-ref", "--quiet", "HEAD")
+    if r.returncode != 0:
         raise GitError(f"{wt} has a detached HEAD: its work would be on no branch")
+    on = r.stdout.strip().removeprefix("refs/heads/")
+    try:
+        own = branch_name(wt.parent.name, wt.name)  # the <root>/<session>/<assignment> layout
+    except BadName:
+        own = on  # not one of ours: any branch will do
+    if on != own:
+        raise GitError(f"{wt} is on branch {on}, not on {own}: the agent switched branches")
     raw = _git(wt, "diff", "--name-only", "--diff-filter=U", "-z")
     unmerged = sorted({f for f in raw.split("\0") if f})
     if unmerged:

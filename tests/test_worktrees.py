@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from actors import worktrees as wt
-from actors.worktrees import GitError, MergeConflict, NotARepo
+from actors.worktrees import BadName, GitError, MergeConflict, NotARepo
 
 S = "s-1a2b"
 
@@ -141,10 +141,29 @@ def test_branch_names_are_valid_refs_that_can_coexist(repo):
 @pytest.mark.parametrize("session,assignment", [
     ("a.b", "x"), ("../up", "x"), ("", "x"), ("_s", "x"), ("-s", "x"),
     (S, "a/b"), (S, "_merge"), (S, ".x"), (S, "x.lock"), (S, "a..b"), (S, "x."), (S, "a b"),
+    (S, "a\\b"), (S, "a:b"), (S, "a@{1}"), (S, "@"), (S, "tab\there"), (S, ""),
 ])
 def test_bad_names_are_refused(session, assignment):
-    with pytest.raises(ValueError):
+    with pytest.raises(BadName):
         wt.branch_name(session, assignment)
+
+
+def test_bad_name_is_both_a_value_error_and_a_git_error(repo, root):
+    # A caller that handles git failures around create_worktree handles this too.
+    with pytest.raises(GitError) as caught:
+        wt.create_worktree(repo, root, S, "a/../../escape", wt.head_commit(repo))
+    assert isinstance(caught.value, ValueError)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("assignment", ["write+test", "café", "v1.2", "a@b", "Impl_2"])
+def test_unusual_but_safe_assignment_names_work(repo, root, assignment):
+    path, branch = wt.create_worktree(repo, root, S, assignment, wt.head_commit(repo))
+    assert path == root / S / assignment and path.is_dir()
+    assert git(repo, "check-ref-format", f"refs/heads/{branch}") == ""
+    write(path / "x.txt", "x\n")
+    head = wt.commit_all(path, "x")
+    assert wt.merge_session(repo, root, S, [assignment], wt.head_commit(repo)).commit == head
 
 
 # ---------------------------------------------------------------- create_worktree
@@ -214,6 +233,29 @@ def test_commit_all_takes_new_modified_and_deleted_files(repo, root):
     assert branch_files(repo, branch) == {"README", "new/file.txt"}
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch) == \
         "orchd <orchd@localhost>|orchd <orchd@localhost>|agent work"
+
+
+def test_commit_all_refuses_work_on_another_branch(repo, root):
+    path, branch = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    git(path, "checkout", "-q", "-b", "agents-own-idea")
+    write(path / "lost.txt", "would be left out of the merge\n")
+    with pytest.raises(GitError, match=f"on branch agents-own-idea, not on {branch}"):
+        wt.commit_all(path, "x")
+
+
+def test_commit_all_refuses_unresolved_conflicts(repo, root):
+    path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    other, _ = wt.create_worktree(repo, root, S, "other", wt.head_commit(repo))
+    (other / "shared.txt").write_text("by other\n")
+    theirs = wt.commit_all(other, "other")
+    (path / "shared.txt").write_text("by impl\n")
+    wt.commit_all(path, "impl")
+    merge = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(path),
+                            "merge", theirs], capture_output=True, text=True, check=False)
+    assert "CONFLICT" in merge.stdout
+    with pytest.raises(MergeConflict) as caught:
+        wt.commit_all(path, "x")
+    assert caught.value.files == ["shared.txt"]
 
 
 def test_commit_all_refuses_a_detached_head(repo, root):
