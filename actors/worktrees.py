@@ -250,6 +250,13 @@ def _branch_exists(repo: Path, branch: str) -> bool:
     return _run(repo, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
+def _branch_head(repo: Path, branch: str) -> str:
+    r = _run(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+    if r.returncode != 0:
+        raise GitError(f"there is no branch {branch} in {repo}")
+    return r.stdout.strip()
+
+
 # ---------------------------------------------------------------- worktree list
 
 @dataclass(frozen=True)
@@ -408,8 +415,8 @@ def commit_all(worktree: Path, message: str) -> str:
     try:
         own = branch_name(wt.parent.name, wt.name)  # the <root>/<session>/<assignment> layout
     except BadName:
-        own = on  # not one of ours: any branch will do
-    if on != own:
+        own = on
+    if on != own and _branch_exists(wt, own):  # else not one of ours: any branch will do
         raise GitError(f"{wt} is on branch {on}, not on {own}: the agent switched branches")
     raw = _git(wt, "diff", "--name-only", "--diff-filter=U", "-z")
     unmerged = sorted({f for f in raw.split("\0") if f})
@@ -438,7 +445,7 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
     with _exclusive(top):
         branch = session_branch(session)
         start = _commit(top, base)
-        heads = [(a, _commit(top, f"refs/heads/{branch_name(session, a)}")) for a in assignments]
+        heads = [(a, _branch_head(top, branch_name(session, a))) for a in assignments]
         path = _session_dir(root, session) / MERGE_DIR
         _discard(top, path)  # the previous attempt's, on the session branch or detached
         _refuse_checked_out(top, branch)

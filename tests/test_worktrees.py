@@ -243,6 +243,19 @@ def test_commit_all_refuses_work_on_another_branch(repo, root):
         wt.commit_all(path, "x")
 
 
+def test_commit_all_in_a_repository_that_is_not_ours(tmp_path, repo):
+    # The parent/name layout check must not misfire on an ordinary checkout.
+    write(repo / "new.txt", "n\n")
+    head = wt.commit_all(repo, "plain")
+    assert head == git(repo, "rev-parse", "main")
+    assert "new.txt" in branch_files(repo, "main")
+
+
+def test_merging_an_assignment_without_a_branch(repo, root):
+    with pytest.raises(GitError, match=f"no branch orchd/{S}.ghost"):
+        wt.merge_session(repo, root, S, ["ghost"], wt.head_commit(repo))
+
+
 def test_commit_all_refuses_unresolved_conflicts(repo, root):
     path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
     other, _ = wt.create_worktree(repo, root, S, "other", wt.head_commit(repo))
