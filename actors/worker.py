@@ -302,12 +302,14 @@ class Worker:
         while True:
             now = time.monotonic()
             deadlines = []
-            if spec.wall_time_s:
-                deadlines.append(started + spec.wall_time_s)
-            if spec.stall_s and self._paused_at is None:
-                deadlines.append(self._last_output + spec.stall_s)
+            if self._stop is None:  # once stopping, the limits have done their job
+                if spec.wall_time_s:
+                    deadlines.append(started + spec.wall_time_s)
+                if spec.stall_s and self._paused_at is None:
+                    deadlines.append(self._last_output + spec.stall_s)
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
-            msgs = await inbox.recv_batch(timeout_s=min(timeout, 1.0) if timeout is not None else 1.0)
+            # never a zero timeout: a busy loop here would starve the event loop's selector
+            msgs = await inbox.recv_batch(timeout_s=min(max(timeout, 0.005), 1.0) if timeout is not None else 1.0)
             for raw in msgs:
                 try:
                     msg = wire.worker_inbox.decode(raw)
