@@ -41,11 +41,10 @@ import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
+from typing import Any, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
 from orchd import modeldialects as dialects
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "x-goog-api-key", "cookie", "proxy-authorization"})
@@ -132,9 +131,19 @@ def _fill(value: Any, name: str) -> Any:
 
 # ---------------------------------------------------------------- HTTP
 
+@dataclass(frozen=True)
+class ServerStatistics:
+    """A snapshot of the server's counters (see ``ModelServer.statistics``)."""
+
+    requests: int   # requests received, side calls and bad ones included
+    stalled: int    # requests being held open right now by a stall reply
+
+
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # A stalled handler watches `stopping`, so joining handler threads on close is bounded.
+    # Handler threads are joined on close (no request outlives the server).  That
+    # join is bounded because close() first sets `stopping` (stalls watch it) and
+    # shuts down every live connection (idle keep-alive reads return EOF).
+    daemon_threads = False
     block_on_close = True
 
     def __init__(self, addr: tuple[str, int], script: Script, log_path: Path | None) -> None:
@@ -144,7 +153,42 @@ class _Server(ThreadingHTTPServer):
         self.log_path = log_path
         self.log_lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
+        self.stalled = 0
+        # guards records and stalled; notified on every change so tests can wait on conditions
         self.records_changed = threading.Condition()
+        self._live: set[socket.socket] = set()
+        self._live_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._live_lock:
+            self._live.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._live_lock:
+            self._live.discard(request)
+        super().shutdown_request(request)
+
+    def close(self) -> None:
+        """Release stalls, hang up on every client, join the handler threads."""
+        self.stopping.set()
+        with self._live_lock:
+            live = list(self._live)
+        for sock in live:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler: nothing to release
+        self.server_close()
+
+    def statistics(self) -> ServerStatistics:
+        with self.records_changed:
+            return ServerStatistics(requests=len(self.records), stalled=self.stalled)
+
+    def add_stalled(self, delta: int) -> None:
+        with self.records_changed:
+            self.stalled += delta
+            self.records_changed.notify_all()
 
     def record(self, entry: dict[str, Any]) -> None:
         with self.log_lock:
@@ -238,14 +282,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _stall(self) -> None:
         """Answer nothing until the client hangs up or the server stops."""
         sock = self.connection
-        while not self.server.stopping.is_set():
-            readable, _, _ = select.select([sock], [], [], 0.05)
-            if readable:
-                try:
-                    if sock.recv(1, socket.MSG_PEEK) == b"":
-                        break  # the client went away
-                except OSError:
-                    break
+        self.server.add_stalled(1)
+        try:
+            while not self.server.stopping.is_set():
+                readable, _, _ = select.select([sock], [], [], 0.05)
+                if readable:
+                    try:
+                        if sock.recv(1, socket.MSG_PEEK) == b"":
+                            break  # the client went away
+                    except OSError:
+                        break
+        finally:
+            self.server.add_stalled(-1)
         self.close_connection = True
 
     def _log(self, body: Any, outcome: dict[str, Any] | None) -> None:
@@ -281,12 +329,21 @@ class ModelServer:
         with self._server.records_changed:
             return list(self._server.records)
 
+    def statistics(self) -> ServerStatistics:
+        return self._server.statistics()
+
+    def wait_for(self, predicate: Callable[[ServerStatistics], bool], timeout_s: float) -> ServerStatistics:
+        """Block until ``predicate(statistics)`` holds; TimeoutError past the deadline."""
+        cond = self._server.records_changed
+        with cond:
+            if not cond.wait_for(lambda: predicate(self._server.statistics()), timeout_s):
+                raise TimeoutError(f"condition not met after {timeout_s}s: {self._server.statistics()}")
+            return self._server.statistics()
+
     def wait_for_requests(self, n: int, timeout_s: float) -> list[dict[str, Any]]:
         """Block until at least ``n`` requests arrived; TimeoutError past the deadline."""
-        with self._server.records_changed:
-            if not self._server.records_changed.wait_for(lambda: len(self._server.records) >= n, timeout_s):
-                raise TimeoutError(f"{len(self._server.records)} of {n} requests after {timeout_s}s")
-            return list(self._server.records)
+        self.wait_for(lambda st: st.requests >= n, timeout_s)
+        return self.requests
 
     def start(self) -> ModelServer:
         # a short poll interval keeps stop() fast: shutdown() waits for the next poll
@@ -301,7 +358,7 @@ class ModelServer:
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join()
-        self._server.server_close()
+        self._server.close()
 
     def serve_forever(self) -> None:
         self._server.serve_forever(0.05)
@@ -334,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.serve_forever()
     finally:
-        server._server.server_close()
+        server._server.close()
     return 0
 
 

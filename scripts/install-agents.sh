@@ -8,7 +8,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PREFIX="$ROOT/.tools/agents"
 BIN="$PREFIX/node_modules/.bin"
 
-# Keep these pins in step with docs/agent fixtures (tests/fixtures/agents).
+# The pins the adapters and tests/fixtures/agents were recorded against; bump
+# them together (re-run tests/fixtures/record.py).
 PINS=(
   "@anthropic-ai/claude-code@2.1.197"
   "@openai/codex@0.169.0"
@@ -52,7 +53,7 @@ if ! "$BIN/claude" --version >/dev/null 2>&1; then
     echo "install-agents: no working claude binary found" >&2
     exit 1
   fi
-  ln -sf "$real" "$BIN/claude"
+  ln -sfr "$real" "$BIN/claude"  # relative, so the prefix can move
   echo "install-agents: linked $BIN/claude -> $real" >&2
 fi
 

@@ -257,11 +257,11 @@ def test_stall_holds_until_the_server_stops() -> None:
     t = threading.Thread(target=client)
     t.start()
     try:
-        srv.wait_for_requests(1, timeout_s=10)
-        t.join(timeout=0.3)
-        assert t.is_alive(), "a stalled request must not be answered"
+        srv.wait_for(lambda st: st.stalled == 1, timeout_s=10)
+        assert t.is_alive() and not outcome, "a stalled request must not be answered"
     finally:
         srv.stop()
+    assert srv.statistics().stalled == 0  # stop() released it
     t.join(timeout=10)
     assert not t.is_alive()
     assert "response" not in outcome  # the connection closed without an answer
@@ -273,10 +273,27 @@ def test_stall_ends_when_the_client_goes_away() -> None:
         u = urlsplit(srv.url)
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
         conn.request("POST", "/v1/messages", body=json.dumps(claude_body("x")))
-        srv.wait_for_requests(1, timeout_s=10)
+        assert srv.wait_for(lambda st: st.stalled == 1, timeout_s=10).requests == 1
         conn.close()
-        # the stalled handler notices, and the server still answers others
+        # the stalled handler notices the hang-up and lets go
+        srv.wait_for(lambda st: st.stalled == 0, timeout_s=10)
         assert post(srv.url, "/v1/messages", claude_body("x"))[0] == 200
+
+
+def test_stop_hangs_up_on_idle_keep_alive_clients() -> None:
+    srv = ModelServer(None).start()
+    u = urlsplit(srv.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("POST", "/v1/messages", body=json.dumps(claude_body("x")))
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200 and not resp.will_close  # the connection stays open, idle
+    done = threading.Event()
+    threading.Thread(target=lambda: (srv.stop(), done.set()), daemon=True).start()
+    try:
+        assert done.wait(timeout=10), "stop() must not wait for idle keep-alive clients"
+    finally:
+        conn.close()
 
 
 def test_request_log_redacts_secrets(tmp_path: Path) -> None:
