@@ -75,6 +75,11 @@ CATALOGUE = {
     "claude/permission_denied": None,
     "claude/resume": None,
     "claude/root_skip_permissions": ("root_refused", "relaunch"),
+    # the server never answers; the recorder killed the run.  (In the
+    # daemon the stall limit stops it first and the worker skips classify.)
+    "claude/stall": ("crashed", "relaunch"),
+    "codex/stall": ("crashed", "relaunch"),
+    "gemini/stall": ("crashed", "relaunch"),
     "claude/stream_json_no_verbose": ("bad_flag", "escalate"),
     "claude/text": None,
     "claude/tool_call": None,

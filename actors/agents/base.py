@@ -285,7 +285,8 @@ def _unjson(line: str) -> str:
         return m.group(1)
 
 
-def evidence(stderr_lines: Iterable[str], events: Iterable[Any]) -> Evidence:
+def evidence(stderr_lines: Iterable[str], events: Iterable[Any],
+             noise: str | None = None) -> Evidence:
     fatal: list[str] = []
     soft: list[str] = []
     result_ok: bool | None = None
@@ -297,11 +298,13 @@ def evidence(stderr_lines: Iterable[str], events: Iterable[Any]) -> Evidence:
             result_ok = ev.ok
             result_text = [] if ev.ok or not ev.text else [ev.text]
     err = [_unjson(strip_ansi(s).strip()) for s in stderr_lines]
-    return Evidence(fatal + result_text, [s for s in err if s], soft, result_ok)
+    err = [s for s in err if s and not (noise and re.search(noise, s))]
+    return Evidence(fatal + result_text, err, soft, result_ok)
 
 
 def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
-                    stderr_lines: list[str], events: list) -> Failure | None:
+                    stderr_lines: list[str], events: list,
+                    noise: str | None = None) -> Failure | None:
     """Name the failure of a finished run, or None when it succeeded.
 
     A run succeeded when it exited 0, reported no fatal error and its
@@ -310,9 +313,11 @@ def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
     wins, so specific messages beat the generic network/rate-limit ones.
     Unmatched failures are ``crashed`` (non-zero exit or killed: a relaunch
     with resume may get further) or ``failed`` (exit 0 but the agent said
-    it failed: a human should look).
+    it failed: a human should look).  ``noise`` matches stderr lines the
+    CLI prints on every run (banners, warnings) so they never become the
+    message of an unrecognised failure.
     """
-    ev = evidence(stderr_lines, events)
+    ev = evidence(stderr_lines, events, noise)
     if exit_code == 0 and not ev.fatal and ev.result_ok is not False:
         return None
     texts = ev.texts()

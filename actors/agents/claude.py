@@ -122,6 +122,8 @@ def _tool_output(content: Any) -> Any:
 class ClaudeParser(StreamParser):
     def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
         typ = obj.get("type")
+        if not isinstance(typ, str):  # also keeps unhashable values out of the set lookups
+            return None
         if typ == "system":
             return self._on_system(obj)
         if typ == "assistant":
@@ -136,6 +138,8 @@ class ClaudeParser(StreamParser):
 
     def _on_system(self, obj: dict[str, Any]) -> list[Ev] | None:
         sub = obj.get("subtype")
+        if not isinstance(sub, str):
+            return None
         if sub == "init":
             init = load(obj, _Init)
             return [AgentSession(agent_session_id=init.session_id, model=init.model)]
@@ -145,7 +149,7 @@ class ClaudeParser(StreamParser):
             status = f" (HTTP {r.error_status})" if r.error_status is not None else ""
             return [AgentError(message=f"API retry {r.attempt}/{r.max_retries}{status}: {err}",
                                fatal=False)]
-        if sub in _QUIET_SYSTEM or (isinstance(sub, str) and sub.startswith("hook_")):
+        if sub in _QUIET_SYSTEM or sub.startswith("hook_"):
             return []
         return None
 

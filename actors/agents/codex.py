@@ -128,6 +128,8 @@ class CodexParser(StreamParser):
 
     def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
         typ = obj.get("type")
+        if not isinstance(typ, str):  # also keeps unhashable values out of the set lookups
+            return None
         if typ == "thread.started":
             return [AgentSession(agent_session_id=load(obj, _Thread).thread_id, model=None)]
         if typ in ("item.started", "item.completed"):
@@ -225,6 +227,9 @@ RULES = (
 )
 
 
+NOISE = r"^Reading additional input from stdin|^WARNING: proceeding, even though"
+
+
 class CodexAdapter:
     name = "codex"
     tested_version: str | None = "0.169.0"
@@ -261,7 +266,7 @@ class CodexAdapter:
 
     def classify(self, exit_code: int | None, stderr_lines: list[str],
                  events: list) -> Failure | None:
-        return match_catalogue(RULES, exit_code, stderr_lines, events)
+        return match_catalogue(RULES, exit_code, stderr_lines, events, NOISE)
 
     def check_stderr(self, line: str) -> str | None:
         # codex's sandbox never degrades to running unconfined: a missing

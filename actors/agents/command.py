@@ -39,7 +39,8 @@ class CommandParser(StreamParser):
         return [AgentOutput(data=obj)]
 
     def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
-        if obj.get("kind") in AGENT_KINDS:
+        kind = obj.get("kind")
+        if isinstance(kind, str) and kind in AGENT_KINDS:
             try:
                 ev = msgspec.convert(obj, AgentEvent)
             except msgspec.ValidationError:

@@ -126,6 +126,8 @@ class GeminiParser(StreamParser):
 
     def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
         typ = obj.get("type")
+        if typ is not None and not isinstance(typ, str):
+            return None
         if typ == "message":
             return self._on_message(load(obj, _Message))
         if typ == "init":
@@ -213,6 +215,10 @@ RULES = (
 )
 
 
+NOISE = (r"^Warning: 256-color support|^YOLO mode is enabled|^Ripgrep is not available"
+         r"|^\[STARTUP\]")
+
+
 class GeminiAdapter:
     name = "gemini"
     tested_version: str | None = "0.61.0"
@@ -246,7 +252,7 @@ class GeminiAdapter:
 
     def classify(self, exit_code: int | None, stderr_lines: list[str],
                  events: list) -> Failure | None:
-        return match_catalogue(RULES, exit_code, stderr_lines, events)
+        return match_catalogue(RULES, exit_code, stderr_lines, events, NOISE)
 
     def check_stderr(self, line: str) -> str | None:
         # gemini's confinement is which tools it offers; a downgrade
