@@ -201,6 +201,11 @@ class Daemon:
             raise SystemExit(f"submit failed: {res.stderr.decode()}")
         return json.loads(res.stdout)["session"]
 
+    def cpu_s(self) -> float:
+        """The daemon process's user+system CPU seconds so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         # cProfile writes its file only on an orderly exit: SIGINT (SIGTERM is handled the same)
         self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
@@ -215,6 +220,7 @@ class Daemon:
 def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)  # let the subscription reach the PUB before anything is published
+    cpu0 = d.cpu_s()
     session = d.submit([sys.executable, SELF, "_agent", str(n), str(int(paced))])
     topic = session.encode() + b" "
     exited = topic + b"worker.exited "
@@ -222,6 +228,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
         got = drain(sub, lambda f: f.startswith(exited))
     finally:
         sub.close()
+    cpu = d.cpu_s() - cpu0
     mine = [(t, f) for t, f in got if f.startswith(topic)]
     seqs = [int(f[f.index(b'{"seq":') + 7: f.index(b",", f.index(b'{"seq":'))]) for _, f in mine]
     gaps = sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
@@ -230,12 +237,16 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
     res = {"n": len(out), "missing": n - len(out), "seq_gaps": gaps,
            "complete": bool(mine) and mine[0][1].startswith(topic + b"session.submitted ")
            and bool(got) and got[-1][1].startswith(exited)}
-    if paced:
-        res.update(latency([(t - json.loads(f.split(b" ", 2)[2])["data"]["t"]) / 1000 for t, f in out]))
+    if paced:  # also split at the worker's stamp: pipe+worker | journal+SQLite+PUB+SUB
+        evs = [(t, json.loads(f.split(b" ", 2)[2])) for t, f in out]
+        res.update(latency([(t - e["data"]["t"]) / 1000 for t, e in evs]))
+        res["to_worker_p50"] = latency([e["ts"] * 1e6 - e["data"]["t"] / 1000 for _, e in evs])["p50"]
+        res["after_worker_p50"] = latency([t / 1000 - e["ts"] * 1e6 for t, e in evs])["p50"]
     elif len(out) > 1:
         res["rate"] = (len(out) - 1) / ((out[-1][0] - out[0][0]) / 1e9)
         if started:
             res["rate_from_start"] = len(out) / ((out[-1][0] - started[0]) / 1e9)
+    res["cpu_us_per_line"] = cpu * 1e6 / max(1, len(out))  # the daemon's user+sys CPU (incl. submit)
     return res
 
 
@@ -251,9 +262,10 @@ def main() -> int:
     ap.add_argument("--paced", type=int, default=5_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", metavar="FILE", help="run the daemon under cProfile, write stats to FILE")
+    ap.add_argument("--tmp-base", default="/tmp", help="where the temp dir goes (state + ipc; keep it short)")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="ob", dir="/tmp"))  # short: ipc paths < ~100 bytes
+    tmp = Path(tempfile.mkdtemp(prefix="ob", dir=args.tmp_base))  # short: ipc paths < ~100 bytes
     ctx = zmq.Context()
     d = None
     runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "daemon_paced": []}
@@ -286,9 +298,14 @@ def main() -> int:
     print(f"  {'':24s}{'raw':>12s}{'daemon':>12s}{'daemon/raw':>12s}")
     print(f"  {'lines/s':24s}{raw:>12,.0f}{dmn:>12,.0f}{dmn / raw:>12.2f}")
     print(f"  {'lines/s from started':24s}{'':>12s}{med('daemon', 'rate_from_start'):>12,.0f}")
+    cpu = med("daemon", "cpu_us_per_line")
+    print(f"  {'daemon CPU us/line':24s}{'':>12s}{cpu:>12.1f}   (CPU-bound ceiling {1e6 / cpu:,.0f} lines/s)")
+    print(f"  {'  same, paced':24s}{'':>12s}{med('daemon_paced', 'cpu_us_per_line'):>12.1f}")
     for q in ("p50", "p99", "max"):
         a, b = med("raw_paced", q), med("daemon_paced", q)
         print(f"  {'latency ' + q + ' us':24s}{a:>12,.0f}{b:>12,.0f}{b / a:>12.1f}")
+    print(f"  {'p50 split: write->worker':24s}{'':>12s}{med('daemon_paced', 'to_worker_p50'):>12,.0f}   us")
+    print(f"  {'p50 split: worker->SUB':24s}{'':>12s}{med('daemon_paced', 'after_worker_p50'):>12,.0f}   us")
     print(f"  missing lines: {lost}, seq gaps: {gaps}")
     return 1 if lost or gaps else 0
 
