@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up, then run the whole test suite (both tiers: fixtures and the real CLIs).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh
+export PATH="$ROOT/.tools/agents/node_modules/.bin:$PATH"
+python3 -m pytest -q -p no:cacheprovider "$@"
