@@ -140,11 +140,12 @@ class ServerStatistics:
 
 
 class _Server(ThreadingHTTPServer):
-    # Handler threads are joined on close (no request outlives the server).  That
-    # join is bounded because close() first sets `stopping` (stalls watch it) and
-    # shuts down every live connection (idle keep-alive reads return EOF).
-    daemon_threads = False
-    block_on_close = True
+    # One daemon thread per connection (so a forgotten server never blocks
+    # interpreter exit), yet close() joins them all: no request outlives the
+    # server.  The join is bounded because close() first sets `stopping`
+    # (stalls watch it) and shuts down every live connection (idle keep-alive
+    # reads return EOF).
+    daemon_threads = True
 
     def __init__(self, addr: tuple[str, int], script: Script, log_path: Path | None) -> None:
         super().__init__(addr, _Handler)
@@ -156,29 +157,32 @@ class _Server(ThreadingHTTPServer):
         self.stalled = 0
         # guards records and stalled; notified on every change so tests can wait on conditions
         self.records_changed = threading.Condition()
-        self._live: set[socket.socket] = set()
+        self._live: dict[socket.socket, threading.Thread] = {}
         self._live_lock = threading.Lock()
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        t = threading.Thread(target=self.process_request_thread, args=(request, client_address), daemon=True)
         with self._live_lock:
-            self._live.add(request)
-        super().process_request(request, client_address)
+            self._live[request] = t
+        t.start()
 
     def shutdown_request(self, request: Any) -> None:
         with self._live_lock:
-            self._live.discard(request)
+            self._live.pop(request, None)
         super().shutdown_request(request)
 
     def close(self) -> None:
         """Release stalls, hang up on every client, join the handler threads."""
         self.stopping.set()
         with self._live_lock:
-            live = list(self._live)
-        for sock in live:
+            live = list(self._live.items())
+        for sock, _ in live:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed by its handler: nothing to release
+        for _, thread in live:
+            thread.join()
         self.server_close()
 
     def statistics(self) -> ServerStatistics:
