@@ -49,7 +49,7 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     home: str | None = None           # per-run HOME (isolation); None = inherit
     config_dir: str | None = None     # CLAUDE_CONFIG_DIR / CODEX_HOME / GEMINI_CLI_HOME
     tmpdir: str | None = None         # private TMPDIR for the run
-    allow_unconfined: bool = False    # see each adapter: may the run go on if its sandbox is missing
+    allow_unconfined: bool = False    # may the run go on when its sandbox is missing (claude)
     argv: list[str] | None = None     # command agent only
     env: dict[str, str] | None = None # extra env from the assignment
 

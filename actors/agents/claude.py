@@ -198,7 +198,8 @@ class ClaudeParser(StreamParser):
 
 # --- launch, catalogue
 
-_SANDBOX_DISABLED = re.compile(r"Sandbox disabled:?\s*(.*)|(Commands will run WITHOUT sandboxing.*)")
+_SANDBOX_DISABLED = re.compile(
+    r"Sandbox disabled:?\s*(.*)|(Commands will run WITHOUT sandboxing.*)")
 
 RULES = (
     Rule("root_refused", r"cannot be used with root/sudo privileges", "relaunch",

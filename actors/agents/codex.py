@@ -206,7 +206,9 @@ class CodexParser(StreamParser):
                 out.append(AgentToolResult(call_id=iid, ok=True, output=None))
             return out
         if kind == "error":
-            return [AgentError(message=load(raw, _ItemError).message, fatal=False)] if completed else []
+            if not completed:
+                return []
+            return [AgentError(message=load(raw, _ItemError).message, fatal=False)]
         if kind in _QUIET_ITEMS:
             return []
         return None

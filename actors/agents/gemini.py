@@ -174,7 +174,8 @@ class GeminiParser(StreamParser):
                                   output_tokens=r.stats.output_tokens, cost_usd=None))
         ok = r.status == "success"
         if not ok:
-            message = (r.error.message if r.error else "") or f"gemini run ended with status {r.status}"
+            message = ((r.error.message if r.error else "")
+                       or f"gemini run ended with status {r.status}")
             out.append(AgentError(message=message, fatal=True))
         out.append(AgentResult(ok=ok, text=self._run_text))
         return out
@@ -191,7 +192,8 @@ class GeminiParser(StreamParser):
                                   output_tokens=sum(m.tokens.candidates for m in ms),
                                   cost_usd=None))
         if j.error is not None:
-            out.append(AgentError(message=j.error.message or "gemini reported an error", fatal=True))
+            out.append(AgentError(message=j.error.message or "gemini reported an error",
+                                  fatal=True))
         out.append(AgentResult(ok=j.error is None, text=self._run_text))
         return out
 
