@@ -9,6 +9,9 @@ import msgspec
 from orchd import protocol as p
 
 
+PLAN_TREE = "orchd-planner"  # the planning run's worktree/branch label; reserved
+
+
 class PlanError(ValueError):
     """The plan cannot run; the message says why."""
 
@@ -118,3 +121,42 @@ def prompt_for(task: str, a: p.AssignmentSpec, before: list[tuple[p.AssignmentSp
                          + (f" [files: {where}]" if where else ""))
     lines += ["", MARKER_PROTOCOL]
     return "\n".join(lines)
+
+
+def planner_prompt(task: str, agents: list[str], error: str | None) -> str:
+    """The prompt of the planning run: answer with a plan as JSON, nothing else."""
+    lines = [
+        "You are the planner of a team of coding agents coordinated by orchd.",
+        "orchd-assignment: _plan",
+        "",
+        "TASK:",
+        task or "(no task text given)",
+        "",
+        "Split the task into assignments for these agents: " + ", ".join(agents) + ".",
+        "Answer with ONE JSON object and nothing else, of this shape:",
+        '{"assignments": [{"name": "design", "agent": "gemini", "role": "design and architecture",',
+        '  "prompt": "what to do", "weight": 40, "after": []}, ...]}',
+        "Names: letters, digits and dashes. 'after' lists the names an assignment waits for.",
+        "Weights are relative shares of the work. Do not modify any file.",
+    ]
+    if error:
+        lines += ["", f"Your previous answer was not a valid plan: {error}", "Answer again with valid JSON only."]
+    return "\n".join(lines)
+
+
+def plan_from_answer(text: str, known_agents: set[str]) -> list[p.AssignmentSpec]:
+    """The plan in a planner's final answer (a JSON object, maybe fenced); ``PlanError`` if none."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise PlanError("the answer holds no JSON object")
+    try:
+        data = msgspec.json.decode(text[start:end + 1])
+    except msgspec.DecodeError as exc:
+        raise PlanError(f"the answer is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlanError("the answer is not a JSON object")
+    assignments = load_plan(data, known_agents)
+    for a in assignments:
+        if a.name == PLAN_TREE:
+            raise PlanError(f"the assignment name {PLAN_TREE!r} is reserved")
+    return assignments

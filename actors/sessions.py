@@ -61,14 +61,21 @@ class SessionView:
     scenario: dict | None = None
     limits: dict = field(default_factory=dict)
     base_commit: str | None = None
+    planner: str | None = None
+    planned: bool = True
     state: str = "queued"
     reason: str | None = None
     branch: str | None = None
     workers: dict[str, WorkerView] = field(default_factory=dict)
 
+    def assignments(self) -> list[WorkerView]:
+        """The plan's workers (the planning run, named ``_plan``, is not one)."""
+        return [w for name, w in self.workers.items() if not name.startswith("_")]
+
     def progress(self) -> float:
-        total = sum(w.spec.weight for w in self.workers.values()) or 1.0
-        return sum(w.spec.weight * w.progress() for w in self.workers.values()) / total
+        ws = self.assignments()
+        total = sum(w.spec.weight for w in ws) or 1.0
+        return sum(w.spec.weight * w.progress() for w in ws) / total
 
     def tokens(self) -> tuple[int, float | None]:
         tokens, costs = 0, []
@@ -81,10 +88,10 @@ class SessionView:
 
     def ready(self) -> list[str]:
         """Pending assignments whose ``after`` have all finished ``done``."""
-        if self.state != "running":
+        if self.state != "running" or not self.planned:
             return []
         return [name for name, w in self.workers.items()
-                if w.state == "pending" and w.gen < 0
+                if w.state == "pending" and w.gen < 0 and not name.startswith("_")
                 and all(self.workers[dep].state == "done" for dep in w.spec.after)]
 
     def running(self) -> list[WorkerView]:
@@ -92,12 +99,12 @@ class SessionView:
 
     def outcome(self) -> tuple[str, str | None] | None:
         """The state the session should end in, once nothing more can run."""
-        if self.state in p.SESSION_TERMINAL or self.running():
+        if self.state in p.SESSION_TERMINAL or self.running() or not self.planned:
             return None
-        states = {w.state for w in self.workers.values()}
+        states = {w.state for w in self.assignments()}
         if states <= {"done"}:
             return "done", None
-        failed = [w.spec.name for w in self.workers.values() if w.state in ("failed", "stopped")]
+        failed = [w.spec.name for w in self.assignments() if w.state in ("failed", "stopped")]
         if failed and not self.ready():
             return "failed", "assignment(s) did not finish: " + ", ".join(failed)
         return None
@@ -128,7 +135,8 @@ class Projection:
         if isinstance(ev, p.SessionSubmitted):
             s = SessionView(id=sid, task=ev.task, target=ev.target, created_ts=stamp.ts,
                             rehearse=ev.rehearse, scenario=ev.scenario, limits=dict(ev.limits),
-                            base_commit=ev.base_commit)
+                            base_commit=ev.base_commit, planner=ev.planner,
+                            planned=ev.planner is None)
             s.workers = {a.name: WorkerView(spec=a) for a in ev.assignments}
             self.sessions[sid] = s
             return
@@ -138,6 +146,10 @@ class Projection:
         match ev:
             case p.SessionStateChanged(state=state, reason=reason):
                 s.state, s.reason = state, reason
+                return
+            case p.SessionPlanned(assignments=assignments):
+                s.workers.update({a.name: WorkerView(spec=a) for a in assignments})
+                s.planned = True
                 return
             case p.SessionNote(data=data) if data and "branch" in data:
                 s.branch = data["branch"]

@@ -45,6 +45,9 @@ _log = log.get("actors.supervisor")
 
 FOLLOWED_AGENT_KINDS = ("agent.session", "agent.usage", "agent.result", "agent.error")
 REPLAY_MAX = 10_000
+PLAN_RUN = "_plan"      # the planning run's worker name (plan names cannot start with "_")
+PLAN_TREE = plans.PLAN_TREE
+PLAN_ATTEMPTS = 2       # an invalid plan is asked for again once, then the default plan is used
 
 
 class SessionSupervisor:
@@ -62,6 +65,7 @@ class SessionSupervisor:
         self._out: Outbox | None = None
         self._reader: LogReader | None = None
         self.bad_requests = 0
+        self._plan_errors: dict[str, str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -217,6 +221,8 @@ class SessionSupervisor:
         await self._check_budget(s)
         if s.state in p.SESSION_TERMINAL:
             return
+        if not s.planned:
+            await self._plan_step(s)
         if s.state == "running":
             for name in s.ready():
                 await self._launch(s, s.workers[name], resume=False)
@@ -228,6 +234,35 @@ class SessionSupervisor:
             state, reason = await self._merge(s)
         await self.emit(s.id, p.SessionStateChanged(state=state, reason=reason))
         self._update_gauges()
+
+    async def _plan_step(self, s: SessionView) -> None:
+        """Planner mode: run the planner, take its plan, ask again once, else the default plan."""
+        w = s.workers[PLAN_RUN]
+        if s.state != "running" or w.state in ("running", "paused"):
+            return
+        if w.state == "pending" and w.gen < 0:
+            await self._launch(s, w, resume=False)
+            return
+        error = None
+        if w.state == "done":
+            try:
+                assignments = plans.plan_from_answer(w.result_text, set(ADAPTERS) - {"command"})
+            except plans.PlanError as exc:
+                error = str(exc)
+            else:
+                await self.emit(s.id, p.SessionPlanned(assignments=assignments, source="planner"))
+                return
+        else:
+            error = f"the planning run ended {w.state}: {w.reason}"
+        self._plan_errors[s.id] = error
+        if w.gen + 1 < PLAN_ATTEMPTS:
+            await self.emit(s.id, p.SessionNote(message=f"asking the planner again: {error}"))
+            await self._launch(s, w, resume=False)
+            return
+        assignments = plans.validate(plans.default_plan([r.model_dump() for r in self.cfg.roles], None),
+                                     set(ADAPTERS))
+        await self.emit(s.id, p.SessionPlanned(assignments=assignments, source="default",
+                                               note=f"planner gave no valid plan ({error}); using the default plan"))
 
     async def _check_budget(self, s: SessionView) -> None:
         limits = self._limits(s)
@@ -249,8 +284,8 @@ class SessionSupervisor:
         return self.cfg.limits.model_copy(update=s.limits) if s.limits else self.cfg.limits
 
     async def _merge(self, s: SessionView) -> tuple[str, str | None]:
-        names = list(s.workers)
-        trees = [Path(w.worktree) for w in s.workers.values() if w.worktree]
+        names = [w.spec.name for w in s.assignments()]
+        trees = [Path(w.worktree) for w in s.assignments() if w.worktree]
 
         def commit_and_merge():
             for tree in trees:
@@ -298,7 +333,13 @@ class SessionSupervisor:
         if resume and a.agent != "command" and w.agent_session_id:
             resume_id = "latest" if a.agent == "gemini" else w.agent_session_id
         before = [(s.workers[d].spec, s.workers[d].result_text, s.workers[d].branch) for d in a.after]
-        prompt = a.prompt if a.agent == "command" else plans.prompt_for(s.task, a, before)
+        if a.name == PLAN_RUN:
+            prompt = plans.planner_prompt(s.task, sorted(n for n in ADAPTERS if n != "command"),
+                                          self._plan_errors.get(s.id))
+        elif a.agent == "command":
+            prompt = a.prompt
+        else:
+            prompt = plans.prompt_for(s.task, a, before)
         if resume_id:
             prompt = "orchd restarted while you were working. Continue your assignment where you left off.\n" \
                      f"orchd-assignment: {a.name}\n\n" + plans.MARKER_PROTOCOL
@@ -327,7 +368,9 @@ class SessionSupervisor:
             base = s.base_commit
         else:
             base = worktrees.merged_base(Path(s.target), root, s.id, w.spec.name, commits)
-        return worktrees.create_worktree(Path(s.target), root, s.id, w.spec.name, base)
+        # the planning run's worker name cannot be a branch name; its worktree gets a reserved one
+        label = PLAN_TREE if w.spec.name == PLAN_RUN else w.spec.name
+        return worktrees.create_worktree(Path(s.target), root, s.id, label, base)
 
     async def _tell(self, s: SessionView, w: WorkerView, msg: p.Msg) -> None:
         await self._out.send(mailbox_endpoint(s.id, w.spec.name, w.gen), wire.pack(msg))
@@ -412,7 +455,14 @@ class SessionSupervisor:
         if not target.is_dir():
             return p.Error(code=p.ErrorCode.BAD_REQUEST, detail=f"target {target} is not a directory")
         known = set(ADAPTERS)
-        if req.plan is not None:
+        if req.planner is not None:
+            if req.planner not in known or req.planner == "command":
+                return p.Error(code=p.ErrorCode.BAD_REQUEST, detail=f"unknown planner agent {req.planner!r}")
+            if req.plan is not None:
+                return p.Error(code=p.ErrorCode.BAD_REQUEST, detail="give either --plan or --planner, not both")
+            assignments = [p.AssignmentSpec(name=PLAN_RUN, agent=req.planner, role="planner", weight=0.0,
+                                            profile="readonly")]
+        elif req.plan is not None:
             assignments = plans.load_plan(req.plan, known)
         else:
             if not req.task.strip():
@@ -433,7 +483,7 @@ class SessionSupervisor:
         sid = "s-" + secrets.token_hex(4)
         await self.emit(sid, p.SessionSubmitted(task=req.task, target=str(target), assignments=assignments,
                                                 rehearse=req.rehearse, scenario=req.scenario, limits=limits,
-                                                base_commit=base))
+                                                base_commit=base, planner=req.planner))
         await self.emit(sid, p.SessionStateChanged(state="running"))
         _log.info("session_submitted", session=sid, assignments=len(assignments), target=str(target))
         await self._advance(self.proj.sessions[sid])

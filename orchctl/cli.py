@@ -93,8 +93,10 @@ def cmd_submit(args) -> int:
     agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
     if not args.task and not plan:
         raise UsageError("give a TASK or --plan FILE")
+    if args.planner and plan:
+        raise UsageError("give either --plan or --planner, not both")
     req = p.Submit(target=str(Path(args.target).resolve()), task=args.task or "", agents=agents, plan=plan,
-                   rehearse=rehearse, scenario=scenario, limits=limits or None)
+                   rehearse=rehearse, scenario=scenario, limits=limits or None, planner=args.planner)
     reply = _client(args).call(req, timeout_s=30)
     if (code := _reply_or_exit(args, reply)) is not None:
         return code
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plan", help="plan file (JSON or TOML)")
     s.add_argument("--rehearse", nargs="?", const=True, metavar="SCENARIO",
                    help="run the real CLIs against the built-in scripted model server")
+    s.add_argument("--planner", metavar="AGENT", help="ask AGENT for the plan (JSON); default plan as fallback")
     s.add_argument("--limit", action="append", metavar="KEY=VALUE",
                    help="override a limit for this session (e.g. stall_s=30)")
     s.set_defaults(func=cmd_submit)

@@ -89,6 +89,7 @@ class Submit(Req, tag="submit"):
     rehearse: bool = False
     scenario: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
+    planner: str | None = None  # ask this agent for the plan (JSON), default plan as fallback
 
 
 class Status(Req, tag="status"):
@@ -445,6 +446,15 @@ class SessionSubmitted(Ev, tag="session.submitted"):
     scenario: dict[str, Any] | None = None
     limits: dict[str, Any] = {}
     base_commit: str | None = None
+    planner: str | None = None  # when set, ``assignments`` holds only the planning run
+
+
+class SessionPlanned(Ev, tag="session.planned"):
+    """The session's assignments, decided by the planner agent or the default plan."""
+
+    assignments: list[AssignmentSpec]
+    source: str  # planner | default
+    note: str | None = None
 
 
 class SessionStateChanged(Ev, tag="session.state"):
@@ -485,7 +495,7 @@ Event = Union[
     WorkerStarted, WorkerExited, WorkerStateChanged, WorkerLog, WorkerBadLine,
     WorkerMilestone, WorkerBlocker, WorkerReviewRequest, WorkerDone,
     WorkerLimit, WorkerFailure, WorkerLaunching,
-    SessionSubmitted, SessionStateChanged, SessionNote,
+    SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
     DaemonStarted, DaemonStopping,
 ]
 
