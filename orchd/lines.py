@@ -19,10 +19,12 @@ Line = tuple[str, tuple[str, ...], int]
 
 
 class LineFramer:
-    __slots__ = ("max_line", "_buf", "_skipping", "_skipped", "_preview")
+    __slots__ = ("max_line", "_buf", "_skipping", "_skipped", "_preview", "_pn")
 
     def __init__(self, max_line: int) -> None:
         self.max_line = max_line
+        # a too-long line's preview: the bytes held when it went over the limit, at most
+        self._pn = min(PREVIEW_BYTES, max_line + 1)
         self._buf = bytearray()
         self._skipping = False   # inside an over-limit line, discarding until b"\n"
         self._skipped = 0
@@ -51,7 +53,7 @@ class LineFramer:
             if nl < 0:
                 break
             if nl - start > self.max_line:
-                out.append((_decode(data[start:start + PREVIEW_BYTES])[0], ("too_long",), nl - start))
+                out.append((_decode(data[start:start + self._pn])[0], ("too_long",), nl - start))
             else:
                 out.append(_line(data[start:nl]))
             start = nl + 1
@@ -59,7 +61,7 @@ class LineFramer:
         if rest > self.max_line:
             self._skipping = True
             self._skipped = rest
-            self._preview = data[start:start + PREVIEW_BYTES]
+            self._preview = data[start:start + self._pn]
         elif rest:
             buf += data[start:]
         return out
