@@ -1,0 +1,399 @@
+"""End to end with the REAL agent CLIs: daemon + orchctl + claude/codex/gemini.
+
+Every session here is a rehearsal (``--rehearse``): the real, pinned CLIs run
+headless in their own git worktrees and talk to the daemon's built-in
+scripted model server on 127.0.0.1 (docs/scenarios.md), so no tokens are
+spent and no network is needed.  Skipped when the CLIs are not installed
+(scripts/install-agents.sh).
+
+Ordering is never waited for with sleeps: ``orchctl watch --until-done``
+returns once the session has ended, and everything else polls with
+``wait_for`` and a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from orchctl.client import Client
+from orchd import protocol as p
+from tests.agentbin import AGENTS, agent_env_path, require_agent
+from tests.conftest import wait_for, write_plan
+
+PINNED = {"claude": "2.1.197", "codex": "0.169.0", "gemini": "0.61.0"}
+WATCH_TIMEOUT_S = 240  # one CLI start is 1-10 s; the default plan runs three in a row
+# the tool each CLI's native "write a file" call is normalized to
+WRITE_TOOL = {"claude": "Write", "codex": "file_change", "gemini": "write_file"}
+# the clean single-worker sequence, in order (worker.log lines from CLI stderr may come in between)
+CLEAN_RUN = ["worker.launching", "worker.started", "agent.session", "agent.tool_call", "agent.tool_result",
+             "agent.text", "worker.milestone", "worker.done", "agent.usage", "agent.result", "worker.exited"]
+
+
+# ------------------------------------------------------------------ helpers
+
+@pytest.fixture
+def cli_daemon(daemon_factory):
+    """A daemon that finds the real CLIs on its PATH; must exit 0 on SIGTERM."""
+    d = daemon_factory(env={"PATH": agent_env_path()})
+    yield d
+    if d.proc.poll() is None:
+        code = d.stop()
+        assert code == 0, f"daemon exited {code} on SIGTERM:\n{d.log()[-3000:]}"
+
+
+def _submit(d, *args: str) -> dict:
+    return d.ctl_json("submit", *args)
+
+
+def _watch(d, sid: str) -> list[dict]:
+    """The session's whole history, until it ends (orchctl watch --until-done --json)."""
+    res = d.ctl("watch", sid, "--until-done", "--json", timeout=WATCH_TIMEOUT_S)
+    events = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs)), "watch printed an event twice or out of order"
+    assert all(e["session"] == sid for e in events)
+    return events
+
+
+def _logs(d, sid: str) -> str:
+    """``orchctl logs SESSION --json``: agent text and stderr lines, for failure messages."""
+    res = d.ctl("logs", sid, "--json", check=False)
+    return res.stdout.decode(errors="replace")[-6000:]
+
+
+def _kinds(events: list[dict]) -> list[str]:
+    return [e["kind"] for e in events]
+
+
+def _of(events: list[dict], worker: str, gen: int | None = None) -> list[dict]:
+    return [e for e in events if e["worker"] == worker and (gen is None or e["gen"] == gen)]
+
+
+def _one(events: list[dict], kind: str) -> dict:
+    found = [e for e in events if e["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}: {_kinds(events)}"
+    return found[0]
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def _replay_all(d) -> list[dict]:
+    """Every event in the daemon's log (all sessions and daemon events), by Replay pages."""
+    client = Client(f"ipc://{d.runtime_dir}/control")
+    out: list[dict] = []
+    cursor = 0
+    try:
+        while True:
+            reply = client.call(p.Replay(since=cursor, limit=10_000), timeout_s=20)
+            assert isinstance(reply, p.ReplayReply), reply
+            out.extend(json.loads(bytes(raw)) for raw in reply.events)
+            cursor = out[-1]["seq"] if out else cursor
+            if not reply.more:
+                return out
+    finally:
+        client.close()
+
+
+def _session_events(d, sid: str) -> list[dict]:
+    """The session's events so far (a snapshot; does not wait for the end)."""
+    client = Client(f"ipc://{d.runtime_dir}/control")
+    try:
+        reply = client.call(p.Replay(since=0, session=sid, limit=10_000), timeout_s=20)
+        assert isinstance(reply, p.ReplayReply), reply
+        return [json.loads(bytes(raw)) for raw in reply.events]
+    finally:
+        client.close()
+
+
+def _check_clean_run(worker_events: list[dict], agent: str, name: str, gen: int = 0,
+                     resumed_from: str | None = None) -> dict:
+    """The normalized event sequence of one clean generation of one worker; returns its agent.session."""
+    seq = [e for e in worker_events if e["kind"] != "worker.log"]
+    assert _kinds(seq) == CLEAN_RUN, f"{agent} {name} gen {gen}: unexpected events {_kinds(seq)}"
+    (launching, started, session, call, result, text, milestone, done, usage, final, exited) = seq
+    assert all(e["agent"] == agent and e["gen"] == gen for e in seq)
+    assert launching["resume"] is (resumed_from is not None)
+    assert PINNED[agent] in (started["agent_version"] or ""), started["agent_version"]
+    assert started["confined"] is True  # the default profile is "workspace"
+    assert started["resumed_from"] == resumed_from
+    assert started["pid"] > 0
+    assert session["agent_session_id"]
+    assert call["tool"] == WRITE_TOOL[agent] and call["call_id"]
+    assert result["call_id"] == call["call_id"] and result["ok"] is True
+    assert f"MILESTONE: wrote {name}.txt" in text["text"] and f"DONE: {name}" in text["text"]
+    assert milestone["text"] == f"wrote {name}.txt"
+    assert done["text"] == name
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    assert final["ok"] is True and f"DONE: {name}" in final["text"]
+    assert (exited["state"], exited["exit_code"], exited["signal"]) == ("done", 0, None)
+    return session
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie is dead: only its exit status is left)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+# ------------------------------------------------------------------ 1. one assignment per real CLI
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_one_assignment_rehearsal_per_cli(agent, cli_daemon, git_repo, tmp_path):
+    require_agent(agent)
+    name = f"solo-{agent}"
+    plan = write_plan(tmp_path / "plan.json", [{"name": name, "agent": agent, "prompt": "Write the file."}])
+    sub = _submit(cli_daemon, "--plan", str(plan), "--target", str(git_repo), "--rehearse")
+    sid = sub["session"]
+    assert sub["assignments"] == [name]
+
+    events = _watch(cli_daemon, sid)
+    assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "done", \
+        f"{_kinds(events)}\n--- logs ---\n{_logs(cli_daemon, sid)}"
+    assert [e["worker"] for e in events if e["worker"]] and {e["worker"] for e in events if e["worker"]} == {name}
+    _check_clean_run(_of(events, name), agent, name)
+    started = _one(events, "worker.started")
+    assert started["cwd"] != str(git_repo)
+
+    status = cli_daemon.status(sid)
+    assert status["state"] == "done" and status["branch"] == f"orchd/{sid}"
+    (w,) = status["workers"]
+    assert (w["name"], w["agent"], w["state"], w["exit_code"], w["gen"]) == (name, agent, "done", 0, 0)
+    assert w["input_tokens"] > 0 and w["output_tokens"] > 0
+    assert w["milestones"] == 1 and w["progress"] == 1.0
+
+    assert _git(git_repo, "show", f"orchd/{sid}:{name}.txt") == f"rehearsal output for assignment {name}\n"
+
+
+# ------------------------------------------------------------------ 2. the headline: default plan, three CLIs
+
+def _snapshot(repo: Path) -> dict:
+    """Everything of the target orchd must not touch: HEAD, branch, branches, index, working tree."""
+    files = {}
+    for path in sorted(repo.rglob("*")):
+        if ".git" in path.relative_to(repo).parts or not path.is_file():
+            continue
+        files[str(path.relative_to(repo))] = path.read_bytes()
+    return {
+        "head": _git(repo, "rev-parse", "HEAD"),
+        "branch": _git(repo, "symbolic-ref", "HEAD"),
+        "branches": {line for line in _git(repo, "for-each-ref", "--format=%(refname) %(objectname)",
+                                           "refs/heads").splitlines()},
+        "status": _git(repo, "status", "--porcelain=v1", "-uall"),
+        "index": _git(repo, "ls-files", "-s"),
+        "staged": _git(repo, "diff", "--cached", "--binary"),
+        "unstaged": _git(repo, "diff", "--binary"),
+        "files": files,
+    }
+
+
+def test_default_plan_runs_three_clis_in_order_and_leaves_target_alone(cli_daemon, git_repo):
+    for agent in AGENTS:
+        require_agent(agent)
+    # uncommitted work in the target: an unstaged edit, a staged new file, an untracked file
+    (git_repo / "README.md").write_text("target repo\nlocal edit, not committed\n")
+    (git_repo / "staged.txt").write_text("staged, not committed\n")
+    _git(git_repo, "add", "staged.txt")
+    (git_repo / "untracked.txt").write_bytes(b"untracked \x00\xff bytes\n")
+    before = _snapshot(git_repo)
+    assert " M README.md" in before["status"] and "A  staged.txt" in before["status"]
+
+    sub = _submit(cli_daemon, "Add a /health endpoint", "--target", str(git_repo), "--rehearse")
+    sid = sub["session"]
+    assert sub["assignments"] == ["design", "implement", "review"]
+    events = _watch(cli_daemon, sid)
+    assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "done", \
+        f"{_kinds(events)}\n--- logs ---\n{_logs(cli_daemon, sid)}"
+
+    order = [("design", "gemini"), ("implement", "claude"), ("review", "codex")]
+    cwds = []
+    for name, agent in order:
+        _check_clean_run(_of(events, name), agent, name)
+        cwds.append(_one(_of(events, name), "worker.started")["cwd"])
+    # strictly one after the other: each starts after the one before it has exited
+    for (prev, _), (nxt, _) in zip(order, order[1:]):
+        exited = _one(_of(events, prev), "worker.exited")["seq"]
+        started = _one(_of(events, nxt), "worker.started")["seq"]
+        launching = _one(_of(events, nxt), "worker.launching")["seq"]
+        assert exited < launching < started, f"{nxt} started before {prev} exited"
+    # each in its own worktree, none of them the target
+    assert len(set(cwds)) == 3, cwds
+    for cwd in cwds:
+        assert Path(cwd).resolve() != git_repo.resolve()
+        assert not Path(cwd).resolve().is_relative_to(git_repo.resolve()), cwd
+    # a later assignment's worktree holds the results of the ones before it
+    assert (Path(cwds[1]) / "design.txt").is_file()
+    assert {"design.txt", "implement.txt"} <= {p.name for p in Path(cwds[2]).iterdir()}
+
+    status = cli_daemon.status(sid)
+    assert status["state"] == "done"
+    assert [(w["name"], w["agent"], w["state"], w["exit_code"]) for w in status["workers"]] == \
+        [(n, a, "done", 0) for n, a in order]
+    assert all(w["input_tokens"] > 0 and w["output_tokens"] > 0 for w in status["workers"])
+
+    # the merged branch has the three results on top of the committed HEAD, nothing uncommitted
+    branch = f"orchd/{sid}"
+    assert status["branch"] == branch
+    assert set(_git(git_repo, "ls-tree", "-r", "--name-only", branch).split()) == {
+        "README.md", "design.txt", "implement.txt", "review.txt"}
+    for name, _ in order:
+        assert _git(git_repo, "show", f"{branch}:{name}.txt") == f"rehearsal output for assignment {name}\n"
+    assert _git(git_repo, "show", f"{branch}:README.md") == "target repo\n"
+    assert _git(git_repo, "merge-base", "--is-ancestor", before["head"].strip(), branch) == ""
+
+    # the target itself: same HEAD, branch, index, working tree, and its own branches untouched
+    after = _snapshot(git_repo)
+    new_branches = {b.split()[0] for b in after["branches"] - before["branches"]}
+    assert all(b.startswith(f"refs/heads/orchd/{sid}") for b in new_branches), new_branches
+    assert before["branches"] <= after["branches"]
+    after["branches"] = before["branches"]
+    assert after == before
+
+
+# ------------------------------------------------------------------ 3. a scripted HTTP error
+
+@pytest.mark.parametrize("agent", AGENTS)
+def test_http_401_fails_worker_with_catalogue_code(agent, cli_daemon, git_repo, tmp_path):
+    require_agent(agent)
+    name = f"denied-{agent}"
+    plan = write_plan(tmp_path / "plan.json", [{"name": name, "agent": agent, "prompt": "Write the file."}])
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps({"agents": {agent: [{"http_error": 401}]}}))
+    sid = _submit(cli_daemon, "--plan", str(plan), "--target", str(git_repo), "--rehearse", str(scenario))["session"]
+
+    events = _watch(cli_daemon, sid)
+    mine = _of(events, name)
+    failure = _one(mine, "worker.failure")
+    assert failure["code"] == "auth_invalid", f"{failure}\n--- logs ---\n{_logs(cli_daemon, sid)}"
+    assert failure["message"]
+    exited = _one(mine, "worker.exited")
+    assert exited["state"] == "failed" and exited["exit_code"] not in (None, 0), exited
+    assert exited["reason"].startswith("auth_invalid")
+    assert failure["seq"] < exited["seq"]
+    assert not [e for e in mine if e["kind"] in ("worker.done", "worker.milestone")]
+    assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "failed"
+
+    status = cli_daemon.status(sid)
+    assert status["state"] == "failed"
+    (w,) = status["workers"]
+    assert w["state"] == "failed" and w["exit_code"] == exited["exit_code"] and w["reason"].startswith("auth_invalid")
+    # the daemon stays up and serves
+    assert cli_daemon.proc.poll() is None
+    assert cli_daemon.ctl("status", "--json").returncode == 0
+
+
+# ------------------------------------------------------------------ 4. kill -9 with a real CLI mid-run
+
+# claude's first model call stalls (the CLI waits on the server).  After the
+# restart orchd resumes claude's session with a prompt holding "orchd
+# restarted while you were working"; a resumed request carries the whole
+# conversation, so the "orchd restarted" replies come FIRST in the list: a
+# reply is the first unused one whose match is in the prompt, so the first
+# call (no "orchd restarted") skips both and takes the stall, and every call
+# of the resumed run (fresh server: nothing used yet) matches them in order.
+RESUME_SCENARIO = {"agents": {"claude": [
+    {"match": "orchd restarted", "tool": "write_file", "path": "{assignment}.txt",
+     "content": "written after the restart by {assignment}\n"},
+    {"match": "orchd restarted",
+     "text": "Continued after the restart.\nMILESTONE: wrote {assignment}.txt\nDONE: {assignment}"},
+    {"stall": True},
+]}}
+
+
+def test_kill9_mid_run_resumes_real_claude(daemon_factory, git_repo, tmp_path):
+    require_agent("claude")
+    env = {"PATH": agent_env_path()}
+    d = daemon_factory(env=env)
+    name = "resumable"
+    plan = write_plan(tmp_path / "plan.json", [{"name": name, "agent": "claude", "prompt": "Write the file."}])
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text(json.dumps(RESUME_SCENARIO))
+    sid = _submit(d, "--plan", str(plan), "--target", str(git_repo), "--rehearse", str(scenario))["session"]
+
+    # claude prints system/init (its session id) before calling the API, then stalls on the server
+    session_ev = wait_for(lambda: next((e for e in _session_events(d, sid)
+                                        if e["kind"] == "agent.session" and e["worker"] == name), None),
+                          60, "claude's agent.session")
+    asid = session_ev["agent_session_id"]
+    server_log = d.state_dir / "runs" / sid / "modelserver.jsonl"
+
+    def stalled():
+        if not server_log.exists():
+            return False
+        return any(json.loads(line).get("reply") == {"stall": True}
+                   for line in server_log.read_text().splitlines() if line.strip())
+    wait_for(stalled, 60, "claude's model call to reach the stalled reply")
+    before_kill = _session_events(d, sid)
+    assert not [e for e in before_kill if e["kind"] in ("worker.exited", "agent.tool_call", "worker.done")]
+    pid = d.status(sid)["workers"][0]["pid"]
+    assert pid and _alive(pid)
+    group = _group(pid)
+    assert pid in group
+    last_seq_before = max(e["seq"] for e in _replay_all(d))
+
+    d.kill9()
+    # claude itself dies with the daemon (parent-death signal)
+    wait_for(lambda: not _alive(pid), 10, f"claude (pid {pid}) to die with the daemon")
+
+    d2 = type(d)(d.state_dir, d.runtime_dir, d.config, env=env).start()
+    try:
+        # whatever claude had started in its group is gone once the new daemon is up
+        wait_for(lambda: not _group(pid), 10, f"claude's process group {pid} to be gone")
+        events = _watch(d2, sid)
+        assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "done", \
+            f"{_kinds(events)}\n--- orchctl logs {sid} --json ---\n{_logs(d2, sid)}"
+
+        gen0 = _of(events, name, gen=0)
+        assert _kinds([e for e in gen0 if e["kind"] != "worker.log"]) == \
+            ["worker.launching", "worker.started", "agent.session"], _kinds(gen0)
+        assert gen0[0]["resume"] is False
+        # generation 1: relaunched with claude's resume flag, then the clean run
+        gen1 = _of(events, name, gen=1)
+        _check_clean_run(gen1, "claude", name, gen=1, resumed_from=asid)
+        started = _one(gen1, "worker.started")
+        assert started["argv"][started["argv"].index("--resume") + 1] == asid
+        assert "orchd restarted while you were working" in started["argv"][-1]
+        assert started["pid"] != pid
+        assert {e["gen"] for e in events if e["worker"]} == {0, 1}
+
+        status = d2.status(sid)
+        assert status["state"] == "done"
+        (w,) = status["workers"]
+        assert (w["state"], w["exit_code"], w["gen"]) == ("done", 0, 1)
+        assert w["input_tokens"] > 0 and w["output_tokens"] > 0
+        assert _git(git_repo, "show", f"orchd/{sid}:{name}.txt") == f"written after the restart by {name}\n"
+
+        # the log: seq continuous from 1, no duplicate, the restart recorded after the last pre-kill event
+        log = _replay_all(d2)
+        seqs = [e["seq"] for e in log]
+        assert seqs == list(range(1, len(seqs) + 1)), "seq is not continuous in the log"
+        restarted = [e for e in log if e["kind"] == "daemon.started" and e["seq"] > last_seq_before]
+        assert len(restarted) == 1 and restarted[0]["last_seq"] == restarted[0]["seq"] - 1 >= last_seq_before
+        assert [e for e in log if e["session"] == sid] == events
+    finally:
+        assert d2.stop() == 0, d2.log()[-3000:]
