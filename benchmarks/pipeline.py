@@ -174,19 +174,25 @@ class Daemon:
             [sys.executable, *prof, "-m", "orchd.app", "run", "--state-dir", str(tmp / "state"),
              "--runtime-dir", str(self.rt)], env=self.env, cwd=ROOT, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
-        self.profile = profile
+        self.profile, self.plans = profile, 0
+        try:
+            self._ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> None:
         deadline = time.monotonic() + 30
         while self.ctl("status", "--json").returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"daemon did not start:\n{(tmp / 'daemon.log').read_text()[-3000:]}")
+                raise SystemExit(f"daemon did not start:\n{(self.tmp / 'daemon.log').read_text()[-3000:]}")
             time.sleep(0.05)
-        self.repo = tmp / "target"
+        self.repo = self.tmp / "target"
         git = ["git", "-c", "user.name=b", "-c", "user.email=b@b", "-C", str(self.repo)]
         subprocess.run(["git", "init", "-q", "-b", "main", str(self.repo)], check=True)
         (self.repo / "README.md").write_text("benchmark target\n")
         subprocess.run(git + ["add", "-A"], check=True)
         subprocess.run(git + ["commit", "-qm", "init"], check=True)
-        self.plans = 0
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "orchctl.cli", *args, "--runtime-dir", str(self.rt)],
@@ -208,7 +214,8 @@ class Daemon:
 
     def stop(self) -> None:
         # cProfile writes its file only on an orderly exit: SIGINT (SIGTERM is handled the same)
-        self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
