@@ -36,7 +36,7 @@ from actors.sessions import Projection, SessionView, WorkerView
 from actors.worker import Worker, WorkerSpec, mailbox_endpoint
 from orchd import log, metrics, wire
 from orchd import protocol as p
-from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor, sync_view
+from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor, Waker, drain, sync_view
 from orchd.config import Config
 from orchd.store import LogReader
 from orchd.supervision import Restart
@@ -84,14 +84,12 @@ class SessionSupervisor:
             router_raw = sync_view(router)
             self._rebuild()
             await self._reconcile()
-            poller = zmq.asyncio.Poller()
-            poller.register(router, zmq.POLLIN)
-            poller.register(inbox.sock, zmq.POLLIN)
+            waker = Waker(router_raw, inbox.raw)
             esc = asyncio.ensure_future(self.workers.wait_escalation())
             try:
                 while True:
-                    await poller.poll(1000)
-                    for raw in self._drain(inbox.raw):
+                    await waker.wait(1.0)
+                    for raw in drain(inbox.raw):
                         await self._on_message(raw)
                     for frames in self._drain_multipart(router_raw):
                         await self._on_request(router_raw, frames)
@@ -100,22 +98,13 @@ class SessionSupervisor:
                         esc.result()
             finally:
                 esc.cancel()
+                waker.close()
         finally:
             await self.workers.shutdown()
             router.close(linger=0)
             inbox.close()
             self._out.close()
             self._reader.close()
-
-    @staticmethod
-    def _drain(sock, limit: int = 10_000) -> list[bytes]:
-        out = []
-        while len(out) < limit:
-            try:
-                out.append(sock.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        return out
 
     @staticmethod
     def _drain_multipart(sock, limit: int = 1000) -> list[list[bytes]]:

@@ -116,9 +116,7 @@ class Worker:
     # ------------------------------------------------------------ emitting
 
     def _frames(self, events: list[p.Ev], ts: float | None = None) -> list[bytes]:
-        ts = time.time() if ts is None else ts
-        topic, stamp = self._topic, self._stamp
-        return [wire.pending_frame(topic, stamp, ts, ev) for ev in events]
+        return wire.pending_frames(self._topic, self._stamp, time.time() if ts is None else ts, events)
 
     async def emit(self, *events: p.Ev) -> None:
         await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(list(events)))))

@@ -31,6 +31,55 @@ from orchd.supervision import Intensity, Restart, should_restart
 _log = log.get("orchd.actor")
 
 
+class Waker:
+    """Wakes one coroutine when any of some ZeroMQ sockets has a message.
+
+    A ZeroMQ socket's ``FD`` is edge-triggered: it signals that the socket's
+    state *may* have changed, and reading ``EVENTS`` is what re-arms it.  The
+    reader callback therefore reads ``EVENTS`` itself (so the fd never spins
+    the loop) and sets an event only when a message is really there.  This
+    costs one syscall-free check per wake-up, where zmq.asyncio's ``poll``
+    future costs several loop turns per message.
+    """
+
+    def __init__(self, *socks: zmq.Socket) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self._socks = socks
+        self._fds = []
+        for sock in socks:
+            fd = sock.getsockopt(zmq.FD)
+            self._loop.add_reader(fd, self._check, sock)
+            self._fds.append(fd)
+
+    def _check(self, sock: zmq.Socket) -> None:
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._event.set()
+
+    def readable(self) -> bool:
+        return any(s.getsockopt(zmq.EVENTS) & zmq.POLLIN for s in self._socks)
+
+    async def wait(self, timeout_s: float | None) -> bool:
+        """True when a socket is readable, False after ``timeout_s``."""
+        if self.readable():
+            return True
+        self._event.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    await self._event.wait()
+                    self._event.clear()
+                    if self.readable():
+                        return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
+        self._fds.clear()
+
+
 class Mailbox:
     """A PULL socket bound at ``endpoint``; drains in batches."""
 
@@ -41,26 +90,32 @@ class Mailbox:
         self.sock.rcvhwm = hwm
         self.sock.bind(endpoint)
         self.raw = sync_view(self.sock)
+        self._waker: Waker | None = None
 
     async def recv_batch(self, timeout_s: float | None = None, max_msgs: int = 10_000) -> list[bytes]:
         """Messages available now, waiting up to ``timeout_s`` for the first (``[]`` on timeout)."""
-        raw = self.raw
-        out: list[bytes] = []
-        try:
-            out.append(raw.recv(zmq.NOBLOCK))
-        except zmq.Again:
-            timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
-            if not await self.sock.poll(timeout_ms, zmq.POLLIN):
-                return out
-        while len(out) < max_msgs:
-            try:
-                out.append(raw.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-        return out
+        if self._waker is None:
+            self._waker = Waker(self.raw)
+        if not await self._waker.wait(timeout_s):
+            return []
+        return drain(self.raw, max_msgs)
 
     def close(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
         self.sock.close(linger=0)
+
+
+def drain(raw: zmq.Socket, max_msgs: int = 10_000) -> list[bytes]:
+    """Every message waiting on ``raw`` now (up to ``max_msgs``), without blocking."""
+    out: list[bytes] = []
+    recv = raw.recv
+    try:
+        while len(out) < max_msgs:
+            out.append(recv(zmq.NOBLOCK))
+    except zmq.Again:
+        pass
+    return out
 
 
 def sync_view(sock: zmq.asyncio.Socket) -> zmq.Socket:

@@ -34,6 +34,7 @@ _log = log.get("orchd.journal")
 FOLLOWED_PREFIX = b"worker."
 FOLLOWED_EXTRA = frozenset({b"agent.session", b"agent.usage", b"agent.result", b"agent.error"})
 SUPERVISOR_KINDS = frozenset({b"worker.launching"})
+CHECKPOINT_EVERY = 5000  # events between WAL checkpoints (run in a thread, off the commit path)
 
 
 class Journal:
@@ -46,6 +47,8 @@ class Journal:
         self.follower = follower
         self.pub_hwm = pub_hwm
         self._task_wakeup = None
+        self._since_ckpt = 0
+        self._ckpt_task: asyncio.Task | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
 
@@ -74,8 +77,9 @@ class Journal:
         try:
             for ep in self.publish_eps:
                 pub.bind(ep)
-            seq = events.last_seq()
-            metrics.last_seq.set(seq)
+            self._pub_send = sync_view(pub).send
+            seq = self.last_seq = events.last_seq()
+            metrics.last_seq.set_function(lambda: self.last_seq)
             _log.info("journal_started", last_seq=seq, restarts=restarts)
             while not self._stopping:
                 msgs = await inbox.recv_batch()
@@ -85,6 +89,8 @@ class Journal:
             seq = await self._handle(await inbox.recv_batch(timeout_s=0), seq, events, pub, out)
             _log.info("journal_flushed", last_seq=seq)
         finally:
+            if self._ckpt_task is not None:
+                await asyncio.wait({self._ckpt_task})
             self._stopped.set()
             self._task_wakeup.close(linger=0)
             inbox.close()
@@ -117,9 +123,12 @@ class Journal:
         if rows:
             events.append(rows)
             metrics.events.inc(len(rows))
-            metrics.event_batches.inc()
-            metrics.last_seq.set(seq)
-        send = sync_view(pub).send
+            self.last_seq = seq
+            self._since_ckpt += len(rows)
+            if self._since_ckpt >= CHECKPOINT_EVERY and (self._ckpt_task is None or self._ckpt_task.done()):
+                self._since_ckpt = 0
+                self._ckpt_task = asyncio.get_running_loop().create_task(asyncio.to_thread(events.checkpoint))
+        send = self._pub_send
         for frame in frames:
             send(frame, zmq.NOBLOCK, copy=False)
         if followed:

@@ -114,6 +114,14 @@ def pending_frame(topic_b: bytes, stamp: bytes, ts: float, ev: p.Ev) -> bytes:
     return b"%s %s \"ts\":%.6f,%s%s" % (topic_b, ev.__struct_config__.tag.encode(), ts, stamp, body[1:])
 
 
+def pending_frames(topic_b: bytes, stamp: bytes, ts: float, events) -> list[bytes]:
+    """``pending_frame`` for several events sharing one timestamp (one chunk of output)."""
+    head_ts = b"\"ts\":%.6f," % ts
+    enc = _json_enc.encode
+    return [b"%s %s %s%s%s" % (topic_b, ev.__struct_config__.tag.encode(), head_ts, stamp, enc(ev)[1:])
+            for ev in events]
+
+
 def sequence_frame(pending: bytes, seq: int) -> tuple[bytes, bytes, bytes, bytes]:
     """Complete a pending frame with its seq.
 
