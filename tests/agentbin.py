@@ -27,8 +27,11 @@ def agent_path(name: str) -> Path | None:
 
 
 def require_agent(name: str) -> Path:
-    """The installed CLI; skip the test (with the fix) when it is missing."""
+    """The installed CLI; fail the test (with the fix) when it is missing.
+
+    Not a skip: scripts/setup.sh installs the CLIs, so a missing one means a
+    broken setup, and a skipped test would hide it."""
     path = agent_path(name)
     if path is None:
-        pytest.skip(f"{name} not installed: run scripts/install-agents.sh")
+        pytest.fail(f"{name} not installed: run scripts/install-agents.sh")
     return path
