@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import time
+from collections import deque
 from pathlib import Path
 
 import msgspec
@@ -108,7 +109,7 @@ class Worker:
         self._paused_at: float | None = None
         self._stop: p.StopWorker | None = None
         self._stderr_tail: list[str] = []
-        self._agent_events: list[p.Ev] = []  # kept for the adapter's failure catalogue (bounded)
+        self._agent_events: deque[p.Ev] = deque(maxlen=1000)  # the last ones, for the failure catalogue
         self._result_ok: bool | None = None
         self._child: asyncio.subprocess.Process | None = None
         self._stopper: asyncio.Task | None = None
@@ -189,7 +190,7 @@ class Worker:
         else:
             state = "failed"
             reason = f"exit code {code}" if code is not None else f"killed by signal {sig}"
-            failure = self.adapter.classify(code, self._stderr_tail, self._agent_events)
+            failure = self.adapter.classify(code, self._stderr_tail, list(self._agent_events))
             if failure is not None:
                 await self.emit(p.WorkerFailure(code=failure.code, message=failure.message, action=failure.action))
                 reason = f"{failure.code}: {failure.message}"
@@ -241,8 +242,7 @@ class Worker:
                     for m in MARKERS.finditer(text):
                         out.append(MARKER_EVENTS[m.group(1)](text=m.group(2).strip()))
             elif type(ev) in (p.AgentError, p.AgentResult, p.AgentUsage, p.AgentSession):
-                if len(self._agent_events) < 1000:
-                    self._agent_events.append(ev)
+                self._agent_events.append(ev)
                 if type(ev) is p.AgentResult:
                     self._result_ok = ev.ok
         return out
