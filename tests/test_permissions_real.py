@@ -15,7 +15,9 @@ Then the filesystem is the judge: which files exist afterwards.  ``yolo``
 is the positive control (the outside writes DO happen, so the scenario
 really attempts them), and ``workspace`` must be able to write inside.
 Every scripted reply must have been consumed by the conversation, so each
-tool call was delivered to the CLI and answered.
+tool call was delivered to the CLI and answered.  A missing CLI, bwrap or
+socat fails the tests (scripts/setup.sh installs them): a skip would hide
+a broken setup.
 
 The expected table is the truth observed with claude 2.1.197, codex
 0.169.0 and gemini 0.61.0, including codex's known gap (see CODEX_TMP).
@@ -50,10 +52,8 @@ TARGETS = ("tmp/shell", "far/shell", "tmp/file", "far/file", "tmp/script", "far/
 @pytest.fixture
 def outside():
     """Two fresh dirs outside the repo: one under /tmp, one not under /tmp."""
-    made = [Path(tempfile.mkdtemp(prefix="orchd-perm-", dir="/tmp"))]
-    if not os.access("/var/tmp", os.W_OK):
-        pytest.skip("/var/tmp is not writable")
-    made.append(Path(tempfile.mkdtemp(prefix="orchd-perm-", dir="/var/tmp")))
+    assert os.access("/var/tmp", os.W_OK), "/var/tmp must be writable (FHS)"
+    made = [Path(tempfile.mkdtemp(prefix="orchd-perm-", dir=d)) for d in ("/tmp", "/var/tmp")]
     yield {"tmp": made[0], "far": made[1]}
     for d in made:
         shutil.rmtree(d, ignore_errors=True)
@@ -204,8 +204,8 @@ EVIDENCE = {
 def _require_sandbox_tools(agent: str, profile: str) -> None:
     if agent == "claude" and profile == "workspace":
         missing = [t for t in ("bwrap", "socat") if shutil.which(t) is None]
-        if missing:
-            pytest.skip(f"{', '.join(missing)} missing: claude's workspace sandbox needs them "
+        if missing:  # a broken setup, not a reason to skip (like tests.agentbin.require_agent)
+            pytest.fail(f"{', '.join(missing)} missing: claude's workspace sandbox needs them "
                         "(scripts/setup.sh installs them)")
 
 
@@ -247,7 +247,7 @@ def path_without_socat(tmp_path: Path) -> str:
     path = agent_env_path(str(links))
     assert shutil.which("socat", path=path) is None
     if shutil.which("bwrap", path=path) is None:
-        pytest.skip("bwrap missing: this test needs bubblewrap without socat")
+        pytest.fail("bwrap missing: scripts/setup.sh installs bubblewrap")
     return path
 
 
