@@ -29,7 +29,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from actors import plans, worktrees
+from actors import doctor, plans, worktrees
 from actors.agents import ADAPTERS
 from actors.agents.base import RunSpec
 from actors.sessions import Projection, SessionView, WorkerView
@@ -239,8 +239,12 @@ class SessionSupervisor:
             except plans.PlanError as exc:
                 error = str(exc)
             else:
-                await self.emit(s.id, p.SessionPlanned(assignments=assignments, source="planner"))
-                return
+                assignments, moved = self._preflight(assignments)
+                if isinstance(assignments, p.Error):
+                    error = assignments.detail
+                else:
+                    await self._planned(s, assignments, "planner", None, moved)
+                    return
         else:
             error = f"the planning run ended {w.state}: {w.reason}"
         self._plan_errors[s.id] = error
@@ -250,8 +254,17 @@ class SessionSupervisor:
             return
         assignments = plans.validate(plans.default_plan([r.model_dump() for r in self.cfg.roles], None),
                                      set(ADAPTERS))
-        await self.emit(s.id, p.SessionPlanned(assignments=assignments, source="default",
-                                               note=f"planner gave no valid plan ({error}); using the default plan"))
+        assignments, moved = self._preflight(assignments)
+        if isinstance(assignments, p.Error):
+            await self.emit(s.id, p.SessionStateChanged(state="failed", reason=assignments.detail))
+            return
+        await self._planned(s, assignments, "default",
+                            f"planner gave no valid plan ({error}); using the default plan", moved)
+
+    async def _planned(self, s: SessionView, assignments, source: str, note: str | None, moved) -> None:
+        await self.emit(s.id, p.SessionPlanned(assignments=assignments, source=source, note=note))
+        if moved:
+            await self._note_moved(s.id, moved)
 
     async def _check_budget(self, s: SessionView) -> None:
         limits = self._limits(s)
@@ -332,7 +345,12 @@ class SessionSupervisor:
         if resume_id:
             prompt = "orchd restarted while you were working. Continue your assignment where you left off.\n" \
                      f"orchd-assignment: {a.name}\n\n" + plans.MARKER_PROTOCOL
-        run = RunSpec(prompt=prompt, cwd=str(cwd), profile=a.profile or acfg.profile, binary=acfg.binary,
+        binary = acfg.binary
+        if a.agent != "command":
+            binary = doctor.find_binary(a.agent, acfg.binary) or acfg.binary
+            if binary:  # codex and gemini are node scripts whose helpers live beside them
+                extra_env["PATH"] = os.pathsep.join([os.path.dirname(binary), os.environ.get("PATH", os.defpath)])
+        run = RunSpec(prompt=prompt, cwd=str(cwd), profile=a.profile or acfg.profile, binary=binary,
                       model=acfg.model, max_turns=limits.max_turns, resume_id=resume_id, home=home,
                       config_dir=(str(Path(home) / ".codex") if home and a.agent == "codex" else None),
                       tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined,
@@ -463,6 +481,9 @@ class SessionSupervisor:
             type(self.cfg.limits).model_validate({**self.cfg.limits.model_dump(), **limits})
         except ValueError as exc:
             return p.Error(code=p.ErrorCode.BAD_REQUEST, detail=f"invalid limits: {exc}")
+        assignments, moved = self._preflight(assignments)
+        if isinstance(assignments, p.Error):
+            return assignments
         try:
             base = await asyncio.to_thread(worktrees.head_commit, target)
         except worktrees.GitError as exc:
@@ -473,10 +494,50 @@ class SessionSupervisor:
         await self.emit(sid, p.SessionSubmitted(task=req.task, target=str(target), assignments=assignments,
                                                 rehearse=req.rehearse, scenario=req.scenario, limits=limits,
                                                 base_commit=base, planner=req.planner))
+        if moved:
+            await self._note_moved(sid, moved)
         await self.emit(sid, p.SessionStateChanged(state="running"))
         _log.info("session_submitted", session=sid, assignments=len(assignments), target=str(target))
         await self._advance(self.proj.sessions[sid])
         return p.SubmitReply(session=sid, assignments=[a.name for a in assignments])
+
+    async def _note_moved(self, sid: str, moved: dict[str, tuple[str, str, str]]) -> None:
+        await self.emit(sid, p.SessionNote(
+            message="reassigned: " + "; ".join(f"{n} from {f} to {t} ({why})" for n, (f, t, why) in moved.items()),
+            data={"reassigned": {n: {"from": f, "to": t, "why": why} for n, (f, t, why) in moved.items()}}))
+
+    def _preflight(self, assignments: list[p.AssignmentSpec]):
+        """Move assignments whose agent CLI is missing to the next available agent.
+
+        The order is ``agent_preference`` from the config.  Returns the
+        assignments and ``{name: (from, to, why)}``, or an Error when no
+        agent CLI can take them.
+        """
+        cache: dict[str, str | None] = {}
+
+        def missing(agent: str) -> str | None:
+            if agent == "command":
+                return None
+            if agent not in cache:
+                found = doctor.find_binary(agent, self.cfg.agent(agent).binary)
+                cache[agent] = None if found else f"{agent} CLI not found"
+            return cache[agent]
+
+        moved: dict[str, tuple[str, str, str]] = {}
+        out = []
+        for a in assignments:
+            why = missing(a.agent)
+            if why is None:
+                out.append(a)
+                continue
+            to = next((c for c in self.cfg.agent_preference if c != a.agent and missing(c) is None), None)
+            if to is None:
+                return p.Error(code=p.ErrorCode.BAD_REQUEST,
+                               detail=f"assignment {a.name!r}: {why}, and no other agent CLI is available "
+                                      f"(preference: {', '.join(self.cfg.agent_preference)}); see 'orchd doctor'"), {}
+            moved[a.name] = (a.agent, to, why)
+            out.append(msgspec.structs.replace(a, agent=to))
+        return out, moved
 
     async def _command(self, s: SessionView, req: p.ControlRequest) -> p.ControlReply:
         match req:
