@@ -35,8 +35,9 @@ class AgentConfig(BaseModel):
     binary: str | None = None          # default: the agent's name on PATH
     profile: str = "workspace"         # workspace | readonly | yolo
     model: str | None = None
-    home: str | None = None            # HOME for runs (None: a private one per run under the state dir)
-    inherit_home: bool = False         # True: use the daemon's HOME (logged-in CLIs)
+    home: str | None = None            # HOME for this agent's runs; None: real runs inherit the daemon's
+                                       # HOME (so logged-in CLIs find their credentials), rehearsals get
+                                       # a private one per assignment under the state dir
 
 
 class Role(BaseModel):

@@ -35,7 +35,7 @@ def item(stage: str, **fields) -> str:
 # ---------------------------------------------------------------- launch
 
 @pytest.mark.parametrize("profile, flags, confined", [
-    ("workspace", ["--sandbox", "workspace-write"], True),
+    ("workspace", ["--sandbox", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true"], True),
     ("readonly", ["--sandbox", "read-only"], True),
     ("yolo", ["--dangerously-bypass-approvals-and-sandbox"], False),
 ])
@@ -52,7 +52,7 @@ def test_resume_puts_exec_options_before_the_subcommand():
                    binary="/b/codex", home="/h", tmpdir="/t", config_dir="/c", env={"X": "1"})
     launch = A.build_launch(spec)
     assert launch.argv == ["/b/codex"] + HEAD[1:] + [
-        "--sandbox", "workspace-write", "--model", "gpt-5.5", "resume", "01a2124d-d19e",
+        "--sandbox", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true", "--model", "gpt-5.5", "resume", "01a2124d-d19e",
         "--", "-go on"]
     assert launch.env == {"X": "1", "HOME": "/h", "TMPDIR": "/t", "CODEX_HOME": "/c"}
 

@@ -247,7 +247,9 @@ class CodexAdapter:
         argv = [spec.binary or self.name, "exec", "--json", "--skip-git-repo-check",
                 "-C", spec.cwd]
         if spec.profile == "workspace":
-            argv += ["--sandbox", "workspace-write"]
+            # workspace-write also makes /tmp writable; that is shared with other
+            # sessions (and may hold worktrees), so only the private $TMPDIR stays open
+            argv += ["--sandbox", "workspace-write", "-c", "sandbox_workspace_write.exclude_slash_tmp=true"]
         elif spec.profile == "readonly":
             argv += ["--sandbox", "read-only"]
         else:
