@@ -9,6 +9,7 @@ server runs in a thread of the daemon, answers from the session's scenario
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ class Rehearsals:
         if server is None:
             log_path = self.state_dir / "runs" / session / "modelserver.jsonl"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            server = ModelServer(scenario, log_path=log_path).start()
+            # a key of its own, so a CLI of another run that reaches this port is refused
+            server = ModelServer(scenario, log_path=log_path, key=f"sk-rehearsal-{secrets.token_hex(8)}").start()
             self._servers[session] = server
             _log.info("model_server_started", session=session, url=server.url)
         home.mkdir(parents=True, exist_ok=True)
         codex_home.mkdir(parents=True, exist_ok=True)
-        env = prepare_rehearsal(agent, server.url, home, codex_home)
+        env = prepare_rehearsal(agent, server.url, home, codex_home, key=server.key)
         env.setdefault("HOME", str(home))
         return env
 

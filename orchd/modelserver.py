@@ -147,9 +147,11 @@ class _Server(ThreadingHTTPServer):
     # reads return EOF).
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], script: Script, log_path: Path | None) -> None:
+    def __init__(self, addr: tuple[str, int], script: Script, log_path: Path | None,
+                 key: str | None = None) -> None:
         super().__init__(addr, _Handler)
         self.script = script
+        self.key = key
         self.stopping = threading.Event()
         self.log_path = log_path
         self.log_lock = threading.Lock()
@@ -211,6 +213,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # the JSONL request log replaces stderr access lines
 
+    def _presented_key(self) -> str | None:
+        h = self.headers
+        auth = h.get("authorization") or ""
+        return h.get("x-api-key") or h.get("x-goog-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else None)
+
     def do_HEAD(self) -> None:
         # claude's connectivity preflight is HEAD /.
         self._log(None, None)
@@ -235,6 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as e:  # the peer misbehaved: answer 400 and keep serving
             self._log(raw.decode("utf-8", "replace"), {"error": f"bad json: {e}"})
             self._send_json(400, {"error": {"code": 400, "message": f"invalid JSON body: {e}"}})
+            return
+        if self.server.key is not None and self._presented_key() != self.server.key:
+            # a CLI of another run (e.g. one retrying a port this server now holds) must not
+            # consume this scenario's replies
+            self._log(body, {"error": "wrong key"})
+            self._send_json(401, {"error": {"code": 401, "message": "API key not valid for this rehearsal server",
+                                            "type": "authentication_error"}})
             return
         route = dialects.route(self.path)
         if route is None:
@@ -316,10 +330,12 @@ class ModelServer:
     """
 
     def __init__(self, scenario: dict[str, Any] | None = None, log_path: str | Path | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, key: str | None = None) -> None:
+        """``key``: when set, requests presenting another API key get 401."""
         scenario = default_scenario() if scenario is None else scenario
         validate_scenario(scenario)
-        self._server = _Server((host, port), Script(scenario), Path(log_path) if log_path else None)
+        self.key = key
+        self._server = _Server((host, port), Script(scenario), Path(log_path) if log_path else None, key)
         self._thread: threading.Thread | None = None
 
     @property

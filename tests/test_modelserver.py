@@ -377,3 +377,25 @@ def test_malformed_shape_is_400_over_http() -> None:
         status, _, text = post(srv.url, "/v1/messages", {"messages": "not a list", "tools": 3})
         assert status == 400 and "malformed" in json.loads(text)["error"]["message"]
         assert post(srv.url, "/v1/messages", claude_body("x"))[0] == 200
+
+
+def test_a_keyed_server_refuses_other_keys():
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    from orchd.modelserver import ModelServer
+
+    with ModelServer(None, key="sk-mine") as srv:
+        body = _json.dumps({"model": "m", "stream": True, "max_tokens": 5,
+                            "messages": [{"role": "user", "content": "hi"}]}).encode()
+        for key, want in (("sk-other", 401), ("sk-mine", 200)):
+            req = urllib.request.Request(srv.url + "/v1/messages", data=body, method="POST",
+                                         headers={"x-api-key": key, "content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    status = resp.status
+                    resp.read()
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == want, (key, status)

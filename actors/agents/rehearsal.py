@@ -41,7 +41,8 @@ _GEMINI_SETTINGS = {
 }
 
 
-def prepare_rehearsal(agent: str, base_url: str, home: Path, codex_home: Path) -> dict[str, str]:
+def prepare_rehearsal(agent: str, base_url: str, home: Path, codex_home: Path,
+                      key: str = FAKE_KEY) -> dict[str, str]:
     """Write ``agent``'s config under the per-run dirs; return the env to add.
 
     ``home`` becomes the CLI's HOME and ``codex_home`` its CODEX_HOME; both
@@ -54,7 +55,7 @@ def prepare_rehearsal(agent: str, base_url: str, home: Path, codex_home: Path) -
     if agent == "claude":
         env |= {
             "ANTHROPIC_BASE_URL": base_url,
-            "ANTHROPIC_API_KEY": FAKE_KEY,
+            "ANTHROPIC_API_KEY": key,
             # a scripted error must fail the run now, not after minutes of retries
             "CLAUDE_CODE_MAX_RETRIES": "0",
         }
@@ -62,12 +63,12 @@ def prepare_rehearsal(agent: str, base_url: str, home: Path, codex_home: Path) -
         codex_home = Path(codex_home)
         codex_home.mkdir(parents=True, exist_ok=True)
         (codex_home / "config.toml").write_text(_CODEX_CONFIG.format(base_url=base_url), encoding="utf-8")
-        env |= {"CODEX_HOME": str(codex_home), "FAKE_OPENAI_API_KEY": FAKE_KEY}
+        env |= {"CODEX_HOME": str(codex_home), "FAKE_OPENAI_API_KEY": key}
     elif agent == "gemini":
         settings = home / ".gemini" / "settings.json"
         settings.parent.mkdir(parents=True, exist_ok=True)
         settings.write_text(json.dumps(_GEMINI_SETTINGS, indent=2) + "\n", encoding="utf-8")
-        env |= {"GOOGLE_GEMINI_BASE_URL": base_url, "GEMINI_API_KEY": FAKE_KEY}
+        env |= {"GOOGLE_GEMINI_BASE_URL": base_url, "GEMINI_API_KEY": key}
     else:
         raise ValueError(f"no rehearsal setup for agent {agent!r}")
     return env
