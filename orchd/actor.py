@@ -190,6 +190,7 @@ class Supervisor:
         self.on_exit = on_exit
         self._tasks: dict[str, tuple[ChildSpec, asyncio.Task]] = {}
         self._escalated: asyncio.Future | None = None
+        self._shutting_down = False
 
     def start_child(self, spec: ChildSpec) -> None:
         if spec.name in self._tasks:
@@ -212,7 +213,7 @@ class Supervisor:
                 except Exception:  # the one broad catch: a child's bug is the supervisor's business
                     crashed = True
                     _log.error("actor_crashed", exc_info=True, supervisor=self.name, actor=spec.name)
-                if not should_restart(spec.restart, crashed):
+                if self._shutting_down or not should_restart(spec.restart, crashed):
                     break
                 if not self.intensity.allow(time.monotonic()):
                     _log.error("restart_intensity_exceeded", supervisor=self.name, actor=spec.name,
@@ -252,7 +253,12 @@ class Supervisor:
             _log.warning("actor_stop_timeout", supervisor=self.name, actor=name, grace_s=spec.shutdown_s)
         self._tasks.pop(name, None)
 
+    def begin_shutdown(self) -> None:
+        """From now on no child is restarted: one that ends during shutdown stays ended."""
+        self._shutting_down = True
+
     async def shutdown(self) -> None:
         """Stop children in reverse start order, each within its grace period."""
+        self._shutting_down = True
         for name in reversed(list(self._tasks)):
             await self.stop_child(name)

@@ -124,6 +124,7 @@ async def serve(cfg: config.Config) -> int:
         await announce(p.DaemonStopping(reason="escalation" if code else "signal"))
         _log.info("orchd_stopping")
         # supervisor first (it stops the workers), then the journal, which flushes its inbox
+        root.begin_shutdown()
         await root.stop_child("supervisor")
         await journal.flush_and_stop()
         await root.shutdown()

@@ -140,6 +140,7 @@ def test_sigterm_stops_agents_and_exits_0(daemon_factory, git_repo, tmp_path):
     assert time.monotonic() - t0 < 20
     assert _proc_state(pid) in ("gone", "Z")
     assert "orchd_stopped" in d.log()
+    assert "actor_restarting" not in d.log() and "actor_crashed" not in d.log()
 
 
 def test_second_daemon_refuses_and_stale_socket_does_not_block(daemon_factory, tmp_path):
