@@ -66,6 +66,8 @@ class SessionView:
     state: str = "queued"
     reason: str | None = None
     branch: str | None = None
+    stop_reason: str | None = None  # a stop was asked for; the session ends once nothing runs
+    stop_state: str = "stopped"     # ... in this state (a budget stop ends it "failed")
     workers: dict[str, WorkerView] = field(default_factory=dict)
 
     def assignments(self) -> list[WorkerView]:
@@ -88,7 +90,7 @@ class SessionView:
 
     def ready(self) -> list[str]:
         """Pending assignments whose ``after`` have all finished ``done``."""
-        if self.state != "running" or not self.planned:
+        if self.state != "running" or not self.planned or self.stop_reason is not None:
             return []
         return [name for name, w in self.workers.items()
                 if w.state == "pending" and w.gen < 0 and not name.startswith("_")
@@ -99,7 +101,11 @@ class SessionView:
 
     def outcome(self) -> tuple[str, str | None] | None:
         """The state the session should end in, once nothing more can run."""
-        if self.state in p.SESSION_TERMINAL or self.running() or not self.planned:
+        if self.state in p.SESSION_TERMINAL or self.running():
+            return None
+        if self.stop_reason is not None:  # a stop ends the session once its workers have exited
+            return self.stop_state, self.stop_reason
+        if not self.planned:
             return None
         states = {w.state for w in self.assignments()}
         if states <= {"done"}:
@@ -150,6 +156,10 @@ class Projection:
             case p.SessionPlanned(assignments=assignments):
                 s.workers.update({a.name: WorkerView(spec=a) for a in assignments})
                 s.planned = True
+                return
+            case p.SessionNote(data=data) if data and "stop_requested" in data:
+                s.stop_reason = data["stop_requested"]
+                s.stop_state = data.get("end_state", "stopped")
                 return
             case p.SessionNote(data=data) if data and "branch" in data:
                 s.branch = data["branch"]

@@ -143,7 +143,10 @@ class SessionSupervisor:
             if s.state in p.SESSION_TERMINAL:
                 continue
             for w in s.workers.values():
-                if w.state in ("running", "paused"):
+                if w.state in ("running", "paused") and s.stop_reason is not None:
+                    await self.emit(s.id, p.WorkerExited(state="stopped", reason=f"{s.stop_reason} (orchd restarted)"),
+                                    worker=w.spec.name, agent=w.spec.agent, gen=w.gen)
+                elif w.state in ("running", "paused"):
                     _log.info("relaunching_after_restart", session=s.id, worker=w.spec.name, gen=w.gen)
                     await self._launch(s, w, resume=True)
             await self._advance(s)
@@ -274,13 +277,15 @@ class SessionSupervisor:
             over = ("tokens", f"session used {tokens} tokens, budget {limits.max_tokens}")
         elif limits.max_cost_usd is not None and cost is not None and cost > limits.max_cost_usd:
             over = ("cost", f"session cost ${cost:.4f}, budget ${limits.max_cost_usd:.4f}")
-        if over is None:
+        if over is None or s.stop_reason is not None:
             return
+        await self.emit(s.id, p.SessionNote(message=f"budget exceeded: {over[1]}",
+                                            data={"stop_requested": f"budget exceeded: {over[1]}",
+                                                  "end_state": "failed"}))
         for w in s.running():
             await self.emit(s.id, p.WorkerLimit(limit=over[0], detail=over[1]),
                             worker=w.spec.name, agent=w.spec.agent, gen=w.gen)
             await self._tell(s, w, p.StopWorker(reason=f"limit {over[0]}: {over[1]}", state="failed"))
-        await self.emit(s.id, p.SessionStateChanged(state="failed", reason=f"budget exceeded: {over[1]}"))
 
     def _limits(self, s: SessionView):
         return self.cfg.limits.model_copy(update=s.limits) if s.limits else self.cfg.limits
@@ -557,9 +562,15 @@ class SessionSupervisor:
             case p.Stop():
                 if s.state in p.SESSION_TERMINAL:
                     return p.Error(code=p.ErrorCode.BAD_STATE, detail=f"session {s.id} is already {s.state}")
+                if s.stop_reason is not None:
+                    return p.Error(code=p.ErrorCode.BAD_STATE, detail=f"session {s.id} is already stopping")
+                # logged first, so a restarted daemon finishes the stop instead of relaunching
+                await self.emit(s.id, p.SessionNote(message="stop requested by user",
+                                                    data={"stop_requested": "stopped by user"}))
                 for w in s.running():
                     await self._tell(s, w, p.StopWorker(reason="stopped by user"))
-                await self.emit(s.id, p.SessionStateChanged(state="stopped", reason="stopped by user"))
+                # session.state "stopped" once every worker has exited (now, if none runs)
+                await self._advance(s)
             case p.Clean():
                 if s.state not in p.SESSION_TERMINAL:
                     return p.Error(code=p.ErrorCode.BAD_STATE, detail=f"session {s.id} is {s.state}; stop it first")

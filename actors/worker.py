@@ -160,6 +160,7 @@ class Worker:
             await self.emit(p.WorkerExited(state="failed", reason=f"cannot start {launch.argv[0]!r}: {exc}"))
             return
         self._child = child
+        self._last_output = time.monotonic()  # the stall clock starts with the process, not the version probe
         metrics.workers_running.inc()
         try:
             await self.emit(p.WorkerStarted(pid=child.pid, argv=launch.argv, cwd=launch.cwd,

@@ -62,8 +62,11 @@ def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, 
         client = Client(f"ipc://{d.runtime_dir}/control")
         wait_for(lambda: client.call(p.Sync(token="t")) and sub.poll(100), 10, "sync marker")
         client.close()
+        # the agent waits for `release` after its flood, so it is still running when the daemon is
+        # killed however fast the flood went; the relaunched generation finds it and finishes
+        release = tmp_path / "release"
         plan = write_plan(tmp_path / "plan.json", [
-            {"name": "flood", "agent": "command", "argv": fake("json:60000", "exit:0")}])
+            {"name": "flood", "agent": "command", "argv": fake("json:60000", f"waitfile:{release}", "exit:0")}])
         sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
         wait_for(lambda: drain(50) >= 0 and len(received) > 5000, 60, "5000 events")
         agent_pid = d.status(sid)["workers"][0]["pid"]
@@ -75,6 +78,7 @@ def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, 
         # the agent died with the daemon (parent-death signal)
         wait_for(lambda: not os.path.exists(f"/proc/{agent_pid}") or _zombie(agent_pid), 10, "agent to die")
 
+        release.touch()
         d2 = type(d)(d.state_dir, d.runtime_dir).start()
         try:
             log = _replay_all(f"ipc://{d2.runtime_dir}/control")

@@ -438,9 +438,6 @@ def test_sigterm_after_a_real_run_restarts_no_actor(cli_daemon, git_repo, tmp_pa
     assert not restarts, f"a clean SIGTERM shutdown restarted actors: {restarts}"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Stop emits the terminal session.state 'stopped' before the "
-                   "workers have exited, so watch --until-done ends without their worker.exited, and status "
-                   "and clean treat the session as over while its agents may still run")
 def test_stop_ends_the_session_after_its_real_cli_has_exited(cli_daemon, git_repo, tmp_path):
     require_agent("claude")
     name = "hang"
