@@ -1,0 +1,53 @@
+"""Merging a session's branches: a conflict escalates with the files listed; clean keeps branches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.conftest import fake, write_plan
+
+
+def _git(repo, *args) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_conflicting_assignments_escalate_and_keep_branches(daemon, git_repo, tmp_path):
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "left", "agent": "command", "argv": fake("write:shared.txt:left version", "exit:0")},
+        {"name": "right", "agent": "command", "argv": fake("write:shared.txt:right version", "exit:0")},
+    ])
+    sid = daemon.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    s = daemon.wait_session(sid)
+    assert s["state"] == "escalated", s
+    assert "shared.txt" in s["reason"]
+    events = [json.loads(x) for x in daemon.ctl("watch", sid, "--until-done", "--json").stdout.splitlines()]
+    conflict = [e for e in events if e["kind"] == "session.note" and (e.get("data") or {}).get("conflicts")]
+    assert conflict and conflict[0]["data"]["conflicts"] == ["shared.txt"]
+    branches = _git(git_repo, "branch", "--list", f"orchd/{sid}*").split()
+    assert f"orchd/{sid}.left" in branches and f"orchd/{sid}.right" in branches
+    assert _git(git_repo, "show", f"orchd/{sid}.left:shared.txt") == "left version"
+    assert _git(git_repo, "show", f"orchd/{sid}.right:shared.txt") == "right version"
+    # the target is untouched
+    assert _git(git_repo, "status", "--porcelain") == ""
+    assert not (git_repo / "shared.txt").exists()
+
+    trees = [w["worktree"] for w in s["workers"]]
+    assert all(t and (tmp_path / "state" / "worktrees") in Path(t).parents for t in trees)
+    out = daemon.ctl_json("clean", sid)
+    assert out["ok"] is True
+    assert not any(os.path.exists(t) for t in trees)
+    assert f"orchd/{sid}.left" in _git(git_repo, "branch", "--list", f"orchd/{sid}*")
+
+
+def test_clean_refuses_a_running_session(daemon, git_repo, tmp_path):
+    marker = tmp_path / "started"
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "long", "agent": "command", "argv": fake(f"touch:{marker}", "hang")}])
+    sid = daemon.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    res = daemon.ctl("clean", sid, "--json", check=False)
+    assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "bad_state"
+    daemon.ctl("stop", sid)
+    assert daemon.wait_session(sid)["state"] == "stopped"
