@@ -427,7 +427,7 @@ def test_sigterm_after_a_real_run_restarts_no_actor(cli_daemon, git_repo, tmp_pa
     """Regression (fixed in 51493cc): the journal returning after its flush was restarted on SIGTERM."""
     agent = next((a for a in ("codex", "claude", "gemini") if agent_path(a)), None)
     if agent is None:
-        pytest.skip("no agent CLI installed: run scripts/install-agents.sh")
+        pytest.fail("no agent CLI installed: run scripts/install-agents.sh")
     plan = write_plan(tmp_path / "plan.json", [{"name": "quick", "agent": agent, "prompt": "Write the file."}])
     sid = _submit(cli_daemon, "--plan", str(plan), "--target", str(git_repo), "--rehearse")["session"]
     assert _watch(cli_daemon, sid)[-1]["state"] == "done"
