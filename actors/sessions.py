@@ -174,6 +174,7 @@ class Projection:
                 w.gen, w.state = stamp.gen, "running"
                 w.exit_code = w.signal = w.pid = None
                 w.reason = None
+                w.failure = None
                 w.branch, w.worktree = ev.branch or w.branch, ev.worktree or w.worktree
             return
         if stamp.gen != w.gen:

@@ -29,7 +29,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from actors import doctor, plans, worktrees
+from actors import doctor, plans, recovery, worktrees
 from actors.agents import ADAPTERS
 from actors.agents.base import RunSpec
 from actors.sessions import Projection, SessionView, WorkerView
@@ -148,7 +148,7 @@ class SessionSupervisor:
                                     worker=w.spec.name, agent=w.spec.agent, gen=w.gen)
                 elif w.state in ("running", "paused"):
                     _log.info("relaunching_after_restart", session=s.id, worker=w.spec.name, gen=w.gen)
-                    await self._launch(s, w, resume=True)
+                    await self._launch(s, w, resume=True, reason="orchd restarted")
             await self._advance(s)
 
     # ------------------------------------------------------------ emitting
@@ -215,6 +215,8 @@ class SessionSupervisor:
             return
         if not s.planned:
             await self._plan_step(s)
+        if s.state == "running" and s.stop_reason is None:
+            await self._recover(s)
         if s.state == "running":
             for name in s.ready():
                 await self._launch(s, s.workers[name], resume=False)
@@ -269,6 +271,19 @@ class SessionSupervisor:
         if moved:
             await self._note_moved(s.id, moved)
 
+    async def _recover(self, s: SessionView) -> None:
+        """Relaunch failed runs whose failure a relaunch can fix (policy: actors/recovery.py)."""
+        limits = self._limits(s)
+        for w in s.assignments():
+            if w.state != "failed":
+                continue
+            d = recovery.decide(w.failure, w.spec.agent, w.relaunches, limits.max_relaunches,
+                                bool(w.agent_session_id), limits.backoff_cap_s)
+            if d is not None:
+                _log.info("relaunching_after_failure", session=s.id, worker=w.spec.name, reason=d.reason,
+                          delay_s=d.delay_s)
+                await self._launch(s, w, resume=d.resume, reason=d.reason, delay_s=d.delay_s, env=d.env)
+
     async def _check_budget(self, s: SessionView) -> None:
         limits = self._limits(s)
         tokens, cost = s.tokens()
@@ -310,7 +325,8 @@ class SessionSupervisor:
                                             data={"branch": res.branch, "commit": res.commit}))
         return "done", None
 
-    async def _launch(self, s: SessionView, w: WorkerView, resume: bool) -> None:
+    async def _launch(self, s: SessionView, w: WorkerView, resume: bool, reason: str | None = None,
+                      delay_s: float = 0.0, env: dict[str, str] | None = None) -> None:
         a = w.spec
         gen = w.gen + 1
         limits = self._limits(s)
@@ -336,6 +352,7 @@ class SessionSupervisor:
                                                 Path(home) / ".codex")
         if home:
             Path(home).mkdir(parents=True, exist_ok=True)
+        extra_env.update(env or {})
         resume_id = None
         if resume and a.agent != "command" and w.agent_session_id:
             resume_id = "latest" if a.agent == "gemini" else w.agent_session_id
@@ -348,7 +365,9 @@ class SessionSupervisor:
         else:
             prompt = plans.prompt_for(s.task, a, before)
         if resume_id:
-            prompt = "orchd restarted while you were working. Continue your assignment where you left off.\n" \
+            lead = ("orchd restarted while you were working." if reason in (None, "orchd restarted")
+                    else f"Your previous run stopped ({reason}).")
+            prompt = f"{lead} Continue your assignment where you left off.\n" \
                      f"orchd-assignment: {a.name}\n\n" + plans.MARKER_PROTOCOL
         binary = acfg.binary
         if a.agent != "command":
@@ -364,9 +383,10 @@ class SessionSupervisor:
                           wall_time_s=limits.wall_time_s, stall_s=limits.stall_s,
                           max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s,
                           state_dir=str(cfg.state_dir), allow_unconfined=cfg.allow_unconfined,
-                          extra_env=extra_env)
+                          extra_env=extra_env, start_delay_s=delay_s)
         await self.emit(s.id, p.WorkerLaunching(resume=bool(resume_id), worktree=str(cwd) if branch else None,
-                                                branch=branch), worker=a.name, agent=a.agent, gen=gen)
+                                                branch=branch, reason=reason, delay_s=delay_s),
+                        worker=a.name, agent=a.agent, gen=gen)
         worker = Worker(self.ctx, spec, self.journal)
         self.workers.start_child(ChildSpec(name=f"{s.id}/{a.name}/{gen}", start=worker.run,
                                            restart=Restart.TEMPORARY, shutdown_s=cfg.stop_grace_s + 5))

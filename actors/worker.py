@@ -69,6 +69,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: str = ""
     allow_unconfined: bool = False
     extra_env: dict[str, str] = {}
+    start_delay_s: float = 0.0  # a recovery backoff: wait (stoppable) before starting the agent
 
 
 def mailbox_endpoint(session: str, name: str, gen: int) -> str:
@@ -136,6 +137,8 @@ class Worker:
 
     async def _run(self, inbox: Mailbox) -> None:
         spec = self.spec
+        if spec.start_delay_s > 0 and await self._stopped_while_waiting(inbox, spec.start_delay_s):
+            return
         try:
             launch = self.adapter.build_launch(spec.run)
         except (ValueError, OSError) as exc:
@@ -181,6 +184,21 @@ class Worker:
             metrics.workers_running.dec()
         await self._exited(child.returncode)
 
+    async def _stopped_while_waiting(self, inbox: Mailbox, delay_s: float) -> bool:
+        """Wait out a backoff on the mailbox; True (and the run ended) if told to stop meanwhile."""
+        deadline = time.monotonic() + delay_s
+        while (left := deadline - time.monotonic()) > 0:
+            for raw in await inbox.recv_batch(timeout_s=left):
+                try:
+                    msg = wire.worker_inbox.decode(raw)
+                except msgspec.DecodeError as exc:
+                    _log.warning("worker_bad_message", worker=self.spec.name, error=str(exc))
+                    continue
+                if isinstance(msg, p.StopWorker):
+                    await self.emit(p.WorkerExited(state=msg.state, reason=msg.reason))
+                    return True
+        return False
+
     async def _exited(self, rc: int | None) -> None:
         code = rc if rc is not None and rc >= 0 else None
         sig = -rc if rc is not None and rc < 0 else None
@@ -193,7 +211,8 @@ class Worker:
             reason = f"exit code {code}" if code is not None else f"killed by signal {sig}"
             failure = self.adapter.classify(code, self._stderr_tail, list(self._agent_events))
             if failure is not None:
-                await self.emit(p.WorkerFailure(code=failure.code, message=failure.message, action=failure.action))
+                await self.emit(p.WorkerFailure(code=failure.code, message=failure.message, action=failure.action,
+                                                fix=failure.fix))
                 reason = f"{failure.code}: {failure.message}"
         _log.info("agent_exited", session=self.spec.session, worker=self.spec.name, state=state,
                   exit_code=code, signal=sig)

@@ -27,7 +27,8 @@ class Limits(BaseModel):
     max_tokens: int | None = None     # per session, from agent.usage
     max_cost_usd: float | None = None  # per session, from agent.usage
     max_review_rounds: int = 3
-    max_relaunches: int = 2           # recovery relaunches per assignment
+    max_relaunches: int = 2           # recovery relaunches per assignment (actors/recovery.py)
+    backoff_cap_s: float = 60.0       # longest wait before a recovery relaunch
 
 
 class AgentConfig(BaseModel):

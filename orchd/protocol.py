@@ -420,6 +420,7 @@ class WorkerFailure(Ev, tag="worker.failure"):
     code: str
     message: str
     action: str = "escalate"  # relaunch | escalate
+    fix: dict[str, str] | None = None  # env.NAME / backoff_s / resume_id (see actors.agents.base.Failure)
 
 
 # --- session events (emitted by the supervisor)
@@ -475,6 +476,8 @@ class WorkerLaunching(Ev, tag="worker.launching"):
     resume: bool = False
     worktree: str | None = None
     branch: str | None = None
+    reason: str | None = None   # why a relaunch (a recovered failure, a daemon restart)
+    delay_s: float = 0.0        # the worker waits this long before starting the agent (backoff)
 
 
 # --- daemon events
