@@ -91,6 +91,26 @@ class Config(BaseModel):
         return self.agents.get(name) or AgentConfig()
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Refuse plaintext tcp beyond loopback (DESIGN: tcp off loopback needs CURVE).
+
+    CURVE is not implemented yet, so a non-loopback tcp endpoint is an error
+    rather than a silently unauthenticated socket.
+    """
+    if endpoint.startswith("ipc://") or endpoint.startswith("inproc://"):
+        return
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        if host in LOOPBACK_HOSTS:
+            return
+        raise ValueError(f"{endpoint}: tcp beyond loopback needs ZeroMQ CURVE keys, which this orchd "
+                         "does not support yet; use ipc:// or tcp://127.0.0.1:PORT")
+    raise ValueError(f"{endpoint}: unsupported endpoint (use ipc:// or tcp://127.0.0.1:PORT)")
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in environ.items():
@@ -122,4 +142,7 @@ def load(config_file: Path | None = None, flags: dict[str, Any] | None = None,
             data = tomllib.load(fh)
     data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
     data = _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
-    return Config.model_validate(data)
+    cfg = Config.model_validate(data)
+    check_endpoint(cfg.control())
+    check_endpoint(cfg.events())
+    return cfg

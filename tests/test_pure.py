@@ -168,3 +168,22 @@ def test_wire_event_frames_round_trip():
     st_, ev = wire.decode_event(js)
     assert (st_.seq, st_.ts, st_.session, st_.worker, st_.agent, st_.gen) == (42, 12.5, "s-1", "w", "claude", 3)
     assert ev == p.AgentText(text='say "hi"\n')
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_layers_and_endpoint_rules(tmp_path):
+    from orchd import config
+
+    f = tmp_path / "orchd.toml"
+    f.write_text('stop_grace_s = 2.5\n[limits]\nstall_s = 30\n')
+    cfg = config.load(f, {"stop_grace_s": 1.0}, environ={"ORCHD_LIMITS__STALL_S": "20", "ORCHD_LOG_LEVEL": "debug"})
+    assert (cfg.stop_grace_s, cfg.limits.stall_s, cfg.log_level) == (1.0, 20.0, "debug")
+    ok = config.load(None, {"control_endpoint": "tcp://127.0.0.1:5555"}, environ={})
+    assert ok.control() == "tcp://127.0.0.1:5555"
+    with pytest.raises(ValueError, match="CURVE"):
+        config.load(None, {"events_endpoint": "tcp://0.0.0.0:5556"}, environ={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no_such_field = 1\n")
+    with pytest.raises(ValueError, match="no_such_field"):
+        config.load(bad, environ={})
