@@ -227,6 +227,9 @@ class SessionSupervisor:
         if state == "done" and s.base_commit:
             state, reason = await self._merge(s)
         await self.emit(s.id, p.SessionStateChanged(state=state, reason=reason))
+        if s.rehearse and self.rehearsals is not None:
+            # its scripted model server has nobody left to serve (stop joins its threads: off the loop)
+            await asyncio.to_thread(self.rehearsals.stop, s.id)
         self._update_gauges()
 
     async def _plan_step(self, s: SessionView) -> None:
