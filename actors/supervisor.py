@@ -61,10 +61,8 @@ class SessionSupervisor:
         self.rehearsals = rehearsals  # actors.rehearse.Rehearsals or None
         self.proj = Projection()
         self.workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=self._child_exited)
-        self._pending_exits: list[tuple[str, bool]] = []
         self._out: Outbox | None = None
         self._reader: LogReader | None = None
-        self.bad_requests = 0
         self._plan_errors: dict[str, str] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -93,7 +91,6 @@ class SessionSupervisor:
                         await self._on_message(raw)
                     for frames in self._drain_multipart(router_raw):
                         await self._on_request(router_raw, frames)
-                    self._flush_child_exits()
                     if esc.done():
                         esc.result()
             finally:
@@ -182,14 +179,10 @@ class SessionSupervisor:
                 await self._worker_ended(msg)
 
     def _child_exited(self, name: str, crashed: bool) -> None:
-        self._pending_exits.append((name, crashed))
-
-    def _flush_child_exits(self) -> None:
-        exits, self._pending_exits = self._pending_exits, []
-        for name, crashed in exits:
-            session, worker, gen = name.split("/")
-            msg = p.WorkerEnded(session=session, worker=worker, gen=int(gen), crashed=crashed)
-            asyncio.ensure_future(self._out.send(self.inbox_ep, wire.pack(msg)))
+        """A worker task ended for good: tell ourselves, as a mailbox message (it wakes the loop)."""
+        session, worker, gen = name.split("/")
+        msg = p.WorkerEnded(session=session, worker=worker, gen=int(gen), crashed=crashed)
+        self._out.send_nowait(self.inbox_ep, wire.pack(msg))
 
     async def _worker_ended(self, msg: p.WorkerEnded) -> None:
         s = self.proj.sessions.get(msg.session)
@@ -393,7 +386,6 @@ class SessionSupervisor:
         worker = Worker(self.ctx, spec, self.journal)
         self.workers.start_child(ChildSpec(name=f"{s.id}/{a.name}/{gen}", start=worker.run,
                                            restart=Restart.TEMPORARY, shutdown_s=cfg.stop_grace_s + 5))
-        metrics.requests.labels("launch").inc()
 
     def _prepare_worktree(self, s: SessionView, w: WorkerView) -> tuple[Path, str]:
         root = self.cfg.worktrees()
@@ -443,7 +435,6 @@ class SessionSupervisor:
         router.send_multipart([ident, *delim, wire.encode_reply(reply, req.id)])
 
     async def _reject(self, router, ident, delim, code, detail, request_id) -> None:
-        self.bad_requests += 1
         metrics.bad_requests.labels(code).inc()
         _log.warning("bad_request", code=code, detail=detail[:200])
         router.send_multipart([ident, *delim, wire.encode_reply(p.Error(code=code, detail=detail), request_id)])

@@ -153,6 +153,10 @@ class Outbox:
         except zmq.Again:
             await sock.send(data, copy=False)
 
+    def send_nowait(self, endpoint: str, data: bytes) -> None:
+        """Send now; ``zmq.Again`` if the peer's queue is full (callers that cannot await)."""
+        self._sock(endpoint)[1].send(data, zmq.NOBLOCK, copy=False)
+
     def drop(self, endpoint: str) -> None:
         pair = self._socks.pop(endpoint, None)
         if pair is not None:
