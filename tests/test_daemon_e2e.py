@@ -191,3 +191,20 @@ def test_stale_socket_without_daemon_is_exit_3_within_2s(short_tmp):
                          capture_output=True, timeout=10)
     assert res.returncode == 3
     assert time.monotonic() - t0 < 2.0
+
+
+def test_bad_flags_and_config_are_clear_errors(tmp_path, short_tmp):
+    base = [sys.executable, "-m", "orchd.app", "run", "--state-dir", str(tmp_path / "s"),
+            "--runtime-dir", str(short_tmp / "rt")]
+    res = subprocess.run(base + ["--no-such-flag"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "unrecognized arguments: --no-such-flag" in res.stderr
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("max_line_bytes = 'lots'\n")
+    res = subprocess.run(base + ["--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "bad configuration" in res.stderr and "max_line_bytes" in res.stderr
+    res = subprocess.run(base + ["--config", str(tmp_path / "missing.toml")], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 2 and "missing.toml" in res.stderr
+    cfg.write_text("this is = = not toml\n")
+    res = subprocess.run(base + ["--config", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "bad configuration" in res.stderr
