@@ -70,7 +70,7 @@ async def serve(cfg: config.Config) -> int:
     from actors.rehearse import Rehearsals
     from actors.supervisor import SessionSupervisor
     from orchd import proc, protocol as p, wire
-    from orchd.actor import ChildSpec, Escalation, Outbox, Supervisor
+    from orchd.actor import ChildSpec, Outbox, Supervisor
     from orchd.journal import Journal
     from orchd.store import EventLog
 

@@ -30,7 +30,7 @@ is ever retyped or renamed.  The protocol version lives in ``VERSION``.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 import msgspec
 

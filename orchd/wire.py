@@ -110,8 +110,7 @@ def pending_frame(topic_b: bytes, stamp: bytes, ts: float, ev: p.Ev) -> bytes:
 
     The journal completes it with ``{"seq":N,`` (see ``sequence_frame``).
     """
-    body = _json_enc.encode(ev)
-    return b"%s %s \"ts\":%.6f,%s%s" % (topic_b, ev.__struct_config__.tag.encode(), ts, stamp, body[1:])
+    return pending_frames(topic_b, stamp, ts, (ev,))[0]
 
 
 def pending_frames(topic_b: bytes, stamp: bytes, ts: float, events) -> list[bytes]:

@@ -335,3 +335,23 @@ def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
     if exit_code == 0:
         return Failure(code="failed", message=headline, action="escalate")
     return Failure(code="crashed", message=headline, action="relaunch")
+
+
+class CliAdapter:
+    """What the three agent-CLI adapters share: ``--version``, a fresh parser,
+    and classification by the adapter's catalogue (``rules``, ``noise``)."""
+
+    name: str
+    parser_class: type[StreamParser]
+    rules: tuple = ()
+    noise: str | None = None
+
+    def version_argv(self, binary: str | None = None) -> list[str]:
+        return [binary or self.name, "--version"]
+
+    def new_parser(self) -> StreamParser:
+        return self.parser_class()
+
+    def classify(self, exit_code: int | None, stderr_lines: list[str],
+                 events: list) -> Failure | None:
+        return match_catalogue(self.rules, exit_code, stderr_lines, events, self.noise)

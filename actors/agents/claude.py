@@ -40,8 +40,8 @@ from orchd.protocol import (
 )
 
 from .base import (
-    RESUME_FIX, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
-    base_env, check_profile, load, match_catalogue, strip_ansi,
+    CliAdapter, RESUME_FIX, NETWORK, RATE_LIMITED, Launch, Rule, RunSpec, StreamParser,
+    base_env, check_profile, load, strip_ansi,
 )
 
 MAX_RETRIES = "2"
@@ -229,7 +229,9 @@ def _sandbox_settings(spec: RunSpec) -> str:
     return json.dumps({"sandbox": sandbox}, separators=(",", ":"))
 
 
-class ClaudeAdapter:
+class ClaudeAdapter(CliAdapter):
+    parser_class = ClaudeParser
+    rules = RULES
     """``allow_unconfined`` (workspace profile only): when False the sandbox
     settings carry ``failIfUnavailable`` so claude refuses to run without
     bubblewrap/socat; when True it warns ("Sandbox disabled: ...", caught
@@ -258,16 +260,6 @@ class ClaudeAdapter:
         # "--" so a prompt starting with "-" is not read as an option
         argv += ["--", spec.prompt]
         return Launch(argv=argv, env=env, cwd=spec.cwd, confined=spec.profile != "yolo")
-
-    def version_argv(self, binary: str | None = None) -> list[str]:
-        return [binary or self.name, "--version"]
-
-    def new_parser(self) -> ClaudeParser:
-        return ClaudeParser()
-
-    def classify(self, exit_code: int | None, stderr_lines: list[str],
-                 events: list) -> Failure | None:
-        return match_catalogue(RULES, exit_code, stderr_lines, events)
 
     def check_stderr(self, line: str) -> str | None:
         m = _SANDBOX_DISABLED.search(strip_ansi(line))

@@ -41,8 +41,8 @@ from orchd.protocol import (
 )
 
 from .base import (
-    RESUME_FIX, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec, StreamParser,
-    base_env, check_profile, load, match_catalogue,
+    CliAdapter, RESUME_FIX, NETWORK, RATE_LIMITED, Launch, Rule, RunSpec, StreamParser,
+    base_env, check_profile, load,
 )
 
 MAX_OPEN_CALLS = 4096
@@ -232,7 +232,10 @@ RULES = (
 NOISE = r"^Reading additional input from stdin|^WARNING: proceeding, even though"
 
 
-class CodexAdapter:
+class CodexAdapter(CliAdapter):
+    parser_class = CodexParser
+    rules = RULES
+    noise = NOISE
     name = "codex"
     tested_version: str | None = "0.169.0"
 
@@ -261,16 +264,6 @@ class CodexAdapter:
         argv += ["--", spec.prompt]
         return Launch(argv=argv, env=base_env(spec, "CODEX_HOME"), cwd=spec.cwd,
                       confined=spec.profile != "yolo")
-
-    def version_argv(self, binary: str | None = None) -> list[str]:
-        return [binary or self.name, "--version"]
-
-    def new_parser(self) -> CodexParser:
-        return CodexParser()
-
-    def classify(self, exit_code: int | None, stderr_lines: list[str],
-                 events: list) -> Failure | None:
-        return match_catalogue(RULES, exit_code, stderr_lines, events, NOISE)
 
     def check_stderr(self, line: str) -> str | None:
         # codex's sandbox never degrades to running unconfined: a missing

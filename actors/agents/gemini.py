@@ -34,8 +34,8 @@ from orchd.protocol import (
 )
 
 from .base import (
-    RESUME_FIX, MAX_TEXT_CHARS, NETWORK, RATE_LIMITED, Failure, Launch, Rule, RunSpec,
-    StreamParser, base_env, cap_tail, check_profile, load, match_catalogue,
+    CliAdapter, RESUME_FIX, MAX_TEXT_CHARS, NETWORK, RATE_LIMITED, Launch, Rule, RunSpec,
+    StreamParser, base_env, cap_tail, check_profile, load,
 )
 
 
@@ -221,7 +221,10 @@ NOISE = (r"^Warning: 256-color support|^YOLO mode is enabled|^Ripgrep is not ava
          r"|^\[STARTUP\]")
 
 
-class GeminiAdapter:
+class GeminiAdapter(CliAdapter):
+    parser_class = GeminiParser
+    rules = RULES
+    noise = NOISE
     name = "gemini"
     tested_version: str | None = "0.61.0"
 
@@ -245,16 +248,6 @@ class GeminiAdapter:
             argv += ["--resume", spec.resume_id]
         return Launch(argv=argv, env=base_env(spec, "GEMINI_CLI_HOME"), cwd=spec.cwd,
                       confined=spec.profile != "yolo")
-
-    def version_argv(self, binary: str | None = None) -> list[str]:
-        return [binary or self.name, "--version"]
-
-    def new_parser(self) -> GeminiParser:
-        return GeminiParser()
-
-    def classify(self, exit_code: int | None, stderr_lines: list[str],
-                 events: list) -> Failure | None:
-        return match_catalogue(RULES, exit_code, stderr_lines, events, NOISE)
 
     def check_stderr(self, line: str) -> str | None:
         # gemini's confinement is which tools it offers; a downgrade
