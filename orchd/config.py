@@ -73,6 +73,7 @@ class Config(BaseModel):
     log_format: str = "auto"              # auto | json | console
     metrics_port: int | None = None       # e.g. 9464; None: no metrics endpoint
     allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
+    fault_injection: bool = False         # testing only: accept the InjectFault control request
     agent_preference: list[str] = ["claude", "codex", "gemini"]
     limits: Limits = Field(default_factory=Limits)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)

@@ -30,12 +30,18 @@ is ever retyped or renamed.  The protocol version lives in ``VERSION``.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
 VERSION = 1
 """Protocol version carried in every control envelope."""
+
+SessionState = Literal["queued", "running", "paused", "done", "failed", "stopped", "escalated"]
+WorkerState = Literal["pending", "running", "paused", "done", "failed", "stopped"]
+RunKind = Literal["assignment", "planner", "reviewer"]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A log sequence number: SQLite's INTEGER range, so no request can overflow it."""
 
 
 class Wire(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,9 +148,9 @@ class Replay(Req, tag="replay"):
     Reply: ``ReplayReply``.
     """
 
-    since: int = 0
+    since: Seq = 0
     session: str | None = None
-    limit: int = 5000
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5000
 
 
 class Sync(Req, tag="sync"):
@@ -158,8 +164,18 @@ class Sync(Req, tag="sync"):
     token: str
 
 
+class InjectFault(Req, tag="inject_fault"):
+    """Testing only: make ``actor`` (``journal`` | ``supervisor``) raise, as a bug would.
+
+    Refused with ``bad_state`` unless the daemon runs with ``fault_injection = true``.
+    Reply: ``Ok``.
+    """
+
+    actor: Literal["journal", "supervisor"]
+
+
 ControlRequest = Union[
-    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync
+    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault
 ]
 
 
@@ -194,6 +210,7 @@ class Pong(Rep, tag="pong"):
     version: int
     pid: int
     last_seq: int
+    log_error: str | None = None  # set while the event log cannot be written (nothing new is launched)
 
 
 class SubmitReply(Rep, tag="submitted"):
@@ -206,7 +223,7 @@ class WorkerInfo(Wire):
 
     name: str
     agent: str
-    state: str  # pending | running | paused | done | failed | stopped
+    state: WorkerState
     exit_code: int | None = None
     signal: int | None = None
     role: str = ""
@@ -228,7 +245,7 @@ class SessionInfo(Wire):
     """One session as ``orchctl status --json`` shows it."""
 
     id: str
-    state: str  # queued | running | paused | done | failed | stopped | escalated
+    state: SessionState
     task: str = ""
     target: str = ""
     reason: str | None = None
@@ -274,6 +291,10 @@ class Stamp(Wire):
     worker: str | None = None
     agent: str | None = None
     gen: int = 0
+    prev: int = 0
+    """The ``seq`` of the previous event of the same session, 0 when the journal
+    does not know it (the first since the daemon started).  A subscriber that
+    filters by session finds a gap where ``prev`` is above the last seq it saw."""
 
 
 # --- normalized agent events (field names are a contract, see DESIGN.md)
@@ -357,7 +378,7 @@ class WorkerStarted(Ev, tag="worker.started"):
 class WorkerExited(Ev, tag="worker.exited"):
     """The agent process ended.  ``state`` is the worker's final state."""
 
-    state: str  # done | failed | stopped
+    state: Literal["done", "failed", "stopped"]
     exit_code: int | None = None
     signal: int | None = None
     reason: str | None = None
@@ -366,7 +387,7 @@ class WorkerExited(Ev, tag="worker.exited"):
 class WorkerStateChanged(Ev, tag="worker.state"):
     """pending | running | paused (pause/resume and relaunch transitions)."""
 
-    state: str
+    state: WorkerState
     reason: str | None = None
 
 
@@ -414,13 +435,44 @@ class WorkerLimit(Ev, tag="worker.limit"):
     detail: str = ""
 
 
+class Fix(Wire):
+    """What a relaunch changes to fix a recognised failure.
+
+    ``env``: variables to set; ``flag``: a flag to add; ``backoff_s``: wait
+    this long first; ``fresh``: start a new agent session instead of resuming.
+    """
+
+    env: dict[str, str] = {}
+    flag: str | None = None
+    backoff_s: float = 0.0
+    fresh: bool = False
+
+    @classmethod
+    def from_legacy(cls, d: dict[str, str]) -> "Fix":
+        try:
+            backoff = float(d.get("backoff_s", 0) or 0)
+        except ValueError:
+            backoff = 0.0
+        if backoff != backoff or backoff < 0:  # NaN or negative
+            backoff = 0.0
+        return cls(env={k[4:]: v for k, v in d.items() if k.startswith("env.")}, flag=d.get("flag"),
+                   backoff_s=backoff, fresh=d.get("resume_id") == "")
+
+
 class WorkerFailure(Ev, tag="worker.failure"):
     """An agent failure recognised from the error catalogue (see actors.agents)."""
 
     code: str
     message: str
     action: str = "escalate"  # relaunch | escalate
-    fix: dict[str, str] | None = None  # env.NAME / backoff_s / resume_id (see actors.agents.base.Failure)
+    fix: dict[str, str] | None = None  # legacy (logs before ``remedy``): env.NAME / backoff_s / resume_id
+    remedy: Fix | None = None
+
+    def the_fix(self) -> Fix | None:
+        """The typed fix, also for events logged before ``remedy`` existed."""
+        if self.remedy is not None:
+            return self.remedy
+        return Fix.from_legacy(self.fix) if self.fix else None
 
 
 # --- session events (emitted by the supervisor)
@@ -437,6 +489,8 @@ class AssignmentSpec(Wire):
     argv: list[str] | None = None
     env: dict[str, str] | None = None
     profile: str | None = None
+    run_kind: RunKind = "assignment"
+    rerun: bool = False  # a ``command`` program may be started again from scratch after a daemon restart
 
 
 class SessionSubmitted(Ev, tag="session.submitted"):
@@ -459,8 +513,24 @@ class SessionPlanned(Ev, tag="session.planned"):
 
 
 class SessionStateChanged(Ev, tag="session.state"):
-    state: str  # queued | running | paused | done | failed | stopped | escalated
+    state: SessionState
     reason: str | None = None
+
+
+class SessionStopRequested(Ev, tag="session.stop_requested"):
+    """A stop was asked for (by the user, a budget...); logged before the workers are told,
+    so a restarted daemon finishes the stop instead of relaunching.  The session ends
+    ``end_state`` once no worker runs."""
+
+    reason: str
+    end_state: Literal["stopped", "failed"] = "stopped"
+
+
+class SessionMerged(Ev, tag="session.merged"):
+    """The session's assignments were merged into ``branch`` at ``commit``."""
+
+    branch: str
+    commit: str
 
 
 class SessionNote(Ev, tag="session.note"):
@@ -499,6 +569,7 @@ Event = Union[
     WorkerMilestone, WorkerBlocker, WorkerReviewRequest, WorkerDone,
     WorkerLimit, WorkerFailure, WorkerLaunching,
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
+    SessionStopRequested, SessionMerged,
     DaemonStarted, DaemonStopping,
 ]
 
@@ -529,7 +600,11 @@ class PublishSync(Msg, tag="publish_sync"):
     token: str
 
 
-JournalInbox = Union[Append, PublishSync]
+class Crash(Msg, tag="crash"):
+    """Testing only (``InjectFault``): the receiving actor raises, as a bug would."""
+
+
+JournalInbox = Union[Append, PublishSync, Crash]
 
 
 class Committed(Msg, tag="committed"):
@@ -547,7 +622,17 @@ class WorkerEnded(Msg, tag="worker_ended"):
     crashed: bool
 
 
-SupervisorInbox = Union[Committed, WorkerEnded]
+class LogHealth(Msg, tag="log_health"):
+    """Journal → supervisor: the event log cannot be written (``error``), or can again (None).
+
+    While it cannot, the journal retries with backoff and keeps every event
+    in order; the supervisor launches nothing new and ``status`` says why.
+    """
+
+    error: str | None = None
+
+
+SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, Crash]
 
 
 class StopWorker(Msg, tag="stop_worker"):
