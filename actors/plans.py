@@ -1,4 +1,4 @@
-"""Plans: validate a plan file, build the default plan, write the prompts (pure)."""
+"""Plans: validate a plan file, build the default plan, read a planner's answer (pure)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import msgspec
 from orchd import protocol as p
 
 
+MAX_ASSIGNMENTS = 1000
+MAX_WEIGHT = 1e6
 PLAN_TREE = "orchd-planner"  # the planning run's worktree/branch label; reserved
 
 
@@ -31,6 +33,8 @@ def load_plan(data: dict[str, Any], known_agents: set[str]) -> list[p.Assignment
 def validate(assignments: list[p.AssignmentSpec], known_agents: set[str]) -> list[p.AssignmentSpec]:
     if not assignments:
         raise PlanError("the plan has no assignments")
+    if len(assignments) > MAX_ASSIGNMENTS:
+        raise PlanError(f"the plan has {len(assignments)} assignments; at most {MAX_ASSIGNMENTS} are allowed")
     names = [a.name for a in assignments]
     for a in assignments:
         if not a.name or any(c in a.name for c in " /\\~^:?*[") or a.name.startswith((".", "-", "_")):
@@ -44,8 +48,10 @@ def validate(assignments: list[p.AssignmentSpec], known_agents: set[str]) -> lis
         for dep in a.after:
             if dep not in names:
                 raise PlanError(f"assignment {a.name!r} waits for {dep!r}, which is not in the plan")
-        if a.weight < 0:
-            raise PlanError(f"assignment {a.name!r}: weight must not be negative")
+        if not 0 <= a.weight <= MAX_WEIGHT:  # also refuses NaN and inf
+            raise PlanError(f"assignment {a.name!r}: weight must be a number from 0 to {MAX_WEIGHT:g}, got {a.weight}")
+        if a.run_kind != "assignment":
+            raise PlanError(f"assignment {a.name!r}: run_kind {a.run_kind!r} is reserved for orchd's own runs")
         if a.profile not in (None, "workspace", "readonly", "yolo"):
             raise PlanError(f"assignment {a.name!r}: unknown profile {a.profile!r}")
     _check_acyclic(assignments)
@@ -87,61 +93,6 @@ def default_plan(roles: list[dict[str, Any]], agents: list[str] | None) -> list[
                                     after=[prev] if prev else []))
         prev = r["name"]
     return out
-
-
-MARKER_PROTOCOL = """\
-Report progress by printing these markers, each on a line of its own:
-  MILESTONE: <what you just completed>
-  BLOCKER: <what stops you and what you need>
-  REQUEST_REVIEW: <what you want the other agents to look at>
-  DONE: <one-paragraph summary of what you did, and the files you changed>
-Print DONE exactly once, when your assignment is complete."""
-
-
-def prompt_for(task: str, a: p.AssignmentSpec, before: list[tuple[p.AssignmentSpec, str, str | None]]) -> str:
-    """The prompt of one assignment.
-
-    ``before``: the assignments it builds on, each with its summary (its
-    DONE text or final answer) and where its files are (branch/worktree).
-    """
-    lines = [
-        f"You are the {a.role or a.name} member of a team of coding agents working on one task, coordinated by orchd.",
-        f"orchd-assignment: {a.name}",
-        "",
-        "TASK:",
-        task or "(no task text given)",
-        "",
-        f"YOUR ASSIGNMENT: {a.prompt or a.role or a.name}",
-        "Work only inside the current directory: it is a git worktree made for you, holding the results of the assignments before yours.",
-    ]
-    if before:
-        lines += ["", "WHAT THE TEAM DID BEFORE YOU:"]
-        for spec, summary, where in before:
-            lines.append(f"- {spec.name} ({spec.agent}, {spec.role or 'no role'}): {summary.strip() or '(no summary)'}"
-                         + (f" [files: {where}]" if where else ""))
-    lines += ["", MARKER_PROTOCOL]
-    return "\n".join(lines)
-
-
-def planner_prompt(task: str, agents: list[str], error: str | None) -> str:
-    """The prompt of the planning run: answer with a plan as JSON, nothing else."""
-    lines = [
-        "You are the planner of a team of coding agents coordinated by orchd.",
-        "orchd-assignment: _plan",
-        "",
-        "TASK:",
-        task or "(no task text given)",
-        "",
-        "Split the task into assignments for these agents: " + ", ".join(agents) + ".",
-        "Answer with ONE JSON object and nothing else, of this shape:",
-        '{"assignments": [{"name": "design", "agent": "gemini", "role": "design and architecture",',
-        '  "prompt": "what to do", "weight": 40, "after": []}, ...]}',
-        "Names: letters, digits and dashes. 'after' lists the names an assignment waits for.",
-        "Weights are relative shares of the work. Do not modify any file.",
-    ]
-    if error:
-        lines += ["", f"Your previous answer was not a valid plan: {error}", "Answer again with valid JSON only."]
-    return "\n".join(lines)
 
 
 def plan_from_answer(text: str, known_agents: set[str]) -> list[p.AssignmentSpec]:

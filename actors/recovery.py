@@ -37,12 +37,7 @@ def decide(failure: p.WorkerFailure | None, agent: str, relaunches: int, max_rel
         return None
     if agent == "command":
         return None
-    fix = failure.fix or {}
-    env = {k[len("env."):]: v for k, v in fix.items() if k.startswith("env.")}
-    fresh = fix.get("resume_id") == ""
-    try:
-        delay = min(float(fix.get("backoff_s", 0)), backoff_cap_s)
-    except ValueError:
-        delay = 0.0
-    return Relaunch(reason=f"{failure.code}: {failure.message}"[:300], resume=has_session and not fresh,
-                    delay_s=max(delay, 0.0), env=env)
+    fix = failure.the_fix() or p.Fix()
+    delay = min(fix.backoff_s, backoff_cap_s)
+    return Relaunch(reason=f"{failure.code}: {failure.message}"[:300], resume=has_session and not fix.fresh,
+                    delay_s=max(delay, 0.0), env=dict(fix.env))

@@ -8,10 +8,22 @@ Generations: each (re)launch of an assignment has a generation number,
 carried in the stamp of every event its worker emits.  Events from an
 older generation than the assignment's current one are ignored, so a
 relaunched assignment cannot be confused by its predecessor's last words.
+
+Two fields are not derived from events but kept by the supervisor while
+work is under way elsewhere: ``WorkerView.preparing`` (its worktree is
+being made) and ``SessionView.merging``.  Decisions treat both as "busy",
+so nothing is launched or merged twice; a restarted daemon starts with
+neither and takes the decision again from the log.
+
+Events logged by older versions still load: a ``session.note`` carrying
+``stop_requested`` or ``branch`` in its data means what
+``session.stop_requested`` and ``session.merged`` mean now, and a worker
+named ``_plan`` is the planning run.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from orchd import protocol as p
@@ -20,7 +32,7 @@ from orchd import protocol as p
 @dataclass
 class WorkerView:
     spec: p.AssignmentSpec
-    state: str = "pending"  # pending | running | paused | done | failed | stopped
+    state: p.WorkerState = "pending"
     gen: int = -1           # current generation; -1: never launched
     exit_code: int | None = None
     signal: int | None = None
@@ -36,6 +48,14 @@ class WorkerView:
     failure: p.WorkerFailure | None = None
     relaunches: int = 0
     usage: dict[int, tuple[int, int, float | None]] = field(default_factory=dict)
+    ended_ts: float = 0.0    # when the current generation exited (stamp ts)
+    preparing: bool = False  # not from events: the supervisor is having its worktree made
+
+    @property
+    def run_kind(self) -> p.RunKind:
+        if self.spec.name.startswith("_"):  # logs before run_kind: the planning run was "_plan"
+            return "planner"
+        return self.spec.run_kind
 
     def tokens(self) -> tuple[int, int, float | None]:
         tin = sum(u[0] for u in self.usage.values())
@@ -63,21 +83,27 @@ class SessionView:
     base_commit: str | None = None
     planner: str | None = None
     planned: bool = True
-    state: str = "queued"
+    state: p.SessionState = "queued"
     reason: str | None = None
     branch: str | None = None
+    commit: str | None = None
     stop_reason: str | None = None  # a stop was asked for; the session ends once nothing runs
     stop_state: str = "stopped"     # ... in this state (a budget stop ends it "failed")
     workers: dict[str, WorkerView] = field(default_factory=dict)
+    merging: bool = False           # not from events: the supervisor is having it merged
 
     def assignments(self) -> list[WorkerView]:
-        """The plan's workers (the planning run, named ``_plan``, is not one)."""
-        return [w for name, w in self.workers.items() if not name.startswith("_")]
+        """The plan's workers (not the planning run)."""
+        return [w for w in self.workers.values() if w.run_kind == "assignment"]
 
     def progress(self) -> float:
         ws = self.assignments()
-        total = sum(w.spec.weight for w in ws) or 1.0
-        return sum(w.spec.weight * w.progress() for w in ws) / total
+        weights = [w.spec.weight if math.isfinite(w.spec.weight) and w.spec.weight > 0 else 0.0 for w in ws]
+        top = max(weights, default=0.0)
+        if top <= 0:
+            return 0.0
+        weights = [x / top for x in weights]  # scaled: huge weights cannot overflow to inf/inf
+        return sum(x * w.progress() for x, w in zip(weights, ws)) / sum(weights)
 
     def tokens(self) -> tuple[int, float | None]:
         tokens, costs = 0, []
@@ -93,15 +119,19 @@ class SessionView:
         if self.state != "running" or not self.planned or self.stop_reason is not None:
             return []
         return [name for name, w in self.workers.items()
-                if w.state == "pending" and w.gen < 0 and not name.startswith("_")
+                if w.state == "pending" and w.gen < 0 and not w.preparing and w.run_kind == "assignment"
                 and all(self.workers[dep].state == "done" for dep in w.spec.after)]
 
     def running(self) -> list[WorkerView]:
         return [w for w in self.workers.values() if w.state in ("running", "paused")]
 
+    def busy(self) -> bool:
+        """Something runs or is being prepared or merged."""
+        return bool(self.running()) or self.merging or any(w.preparing for w in self.workers.values())
+
     def outcome(self) -> tuple[str, str | None] | None:
         """The state the session should end in, once nothing more can run."""
-        if self.state in p.SESSION_TERMINAL or self.running():
+        if self.state in p.SESSION_TERMINAL or self.busy():
             return None
         if self.stop_reason is not None:  # a stop ends the session once its workers have exited
             return self.stop_state, self.stop_reason
@@ -133,8 +163,13 @@ class SessionView:
 class Projection:
     def __init__(self) -> None:
         self.sessions: dict[str, SessionView] = {}
+        self.last_seq = 0  # the highest logged seq applied (own events apply before they have one)
 
     def apply(self, stamp: p.Stamp, ev: p.Ev) -> None:
+        if stamp.seq:
+            if stamp.seq <= self.last_seq:
+                return  # already applied (a follower message that overlaps a log read)
+            self.last_seq = stamp.seq
         sid = stamp.session
         if sid is None:
             return
@@ -157,12 +192,18 @@ class Projection:
                 s.workers.update({a.name: WorkerView(spec=a) for a in assignments})
                 s.planned = True
                 return
-            case p.SessionNote(data=data) if data and "stop_requested" in data:
-                s.stop_reason = data["stop_requested"]
-                s.stop_state = data.get("end_state", "stopped")
+            case p.SessionStopRequested(reason=reason, end_state=end_state):
+                s.stop_reason, s.stop_state = reason, end_state
                 return
-            case p.SessionNote(data=data) if data and "branch" in data:
-                s.branch = data["branch"]
+            case p.SessionMerged(branch=branch, commit=commit):
+                s.branch, s.commit = branch, commit
+                return
+            case p.SessionNote(data=data) if data and "stop_requested" in data:  # logs before stop_requested
+                s.stop_reason = str(data["stop_requested"])
+                s.stop_state = "failed" if data.get("end_state") == "failed" else "stopped"
+                return
+            case p.SessionNote(data=data) if data and "branch" in data:  # logs before session.merged
+                s.branch = str(data["branch"])
                 return
         w = s.workers.get(stamp.worker or "")
         if w is None:
@@ -171,7 +212,7 @@ class Projection:
             if stamp.gen > w.gen:
                 if w.gen >= 0:
                     w.relaunches += 1
-                w.gen, w.state = stamp.gen, "running"
+                w.gen, w.state, w.preparing = stamp.gen, "running", False
                 w.exit_code = w.signal = w.pid = None
                 w.reason = None
                 w.failure = None
@@ -189,6 +230,7 @@ class Projection:
                     w.state, w.reason = state, reason
             case p.WorkerExited(state=state, exit_code=code, signal=sig, reason=reason):
                 w.state, w.exit_code, w.signal, w.reason, w.pid = state, code, sig, reason, None
+                w.ended_ts = stamp.ts
             case p.WorkerMilestone():
                 w.milestones += 1
             case p.WorkerDone():

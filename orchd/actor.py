@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import zmq
 import zmq.asyncio
 
-from orchd import log, metrics
+from orchd import bus, log, metrics
 from orchd.supervision import Intensity, Restart, should_restart
 
 _log = log.get("orchd.actor")
@@ -85,10 +85,7 @@ class Mailbox:
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, hwm: int = 100_000) -> None:
         self.endpoint = endpoint
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.linger = 0
-        self.sock.rcvhwm = hwm
-        self.sock.bind(endpoint)
+        self.sock = bus.mailbox(ctx, endpoint, hwm)
         self.raw = sync_view(self.sock)
         self._waker: Waker | None = None
 
@@ -130,18 +127,16 @@ def sync_view(sock: zmq.asyncio.Socket) -> zmq.Socket:
 class Outbox:
     """PUSH sockets to other actors' mailboxes, connected lazily by endpoint."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, hwm: int = 100_000) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, hwm: int = 100_000, linger_s: float = 0.0) -> None:
         self._ctx = ctx
         self._hwm = hwm
+        self._linger_s = linger_s
         self._socks: dict[str, tuple[zmq.asyncio.Socket, zmq.Socket]] = {}
 
     def _sock(self, endpoint: str) -> tuple[zmq.asyncio.Socket, zmq.Socket]:
         pair = self._socks.get(endpoint)
         if pair is None:
-            sock = self._ctx.socket(zmq.PUSH)
-            sock.linger = 0
-            sock.sndhwm = self._hwm
-            sock.connect(endpoint)
+            sock = bus.push(self._ctx, endpoint, self._hwm, self._linger_s)
             pair = self._socks[endpoint] = (sock, sync_view(sock))
         return pair
 
@@ -164,7 +159,7 @@ class Outbox:
 
     def close(self) -> None:
         for sock, _ in self._socks.values():
-            sock.close(linger=0)
+            sock.close()
         self._socks.clear()
 
 
@@ -243,8 +238,12 @@ class Supervisor:
         return self._escalated
 
     async def wait_escalation(self) -> None:
-        """Returns never; raises ``Escalation`` when a child exceeds the restart intensity."""
-        await self._future()
+        """Returns never; raises ``Escalation`` when a child exceeds the restart intensity.
+
+        Cancelling a waiter leaves the escalation itself pending, so the next
+        waiter (a restarted parent) still sees it.
+        """
+        await asyncio.shield(self._future())
 
     async def stop_child(self, name: str) -> None:
         entry = self._tasks.get(name)
@@ -261,8 +260,16 @@ class Supervisor:
         """From now on no child is restarted: one that ends during shutdown stays ended."""
         self._shutting_down = True
 
-    async def shutdown(self) -> None:
-        """Stop children in reverse start order, each within its grace period."""
+    async def shutdown(self, concurrent: bool = False) -> None:
+        """Stop children in reverse start order, each within its grace period.
+
+        ``concurrent``: stop them all at once (independent children, like
+        worker actors, so shutdown takes one grace period, not one per child).
+        """
         self._shutting_down = True
-        for name in reversed(list(self._tasks)):
+        names = list(reversed(list(self._tasks)))
+        if concurrent:
+            await asyncio.gather(*(self.stop_child(n) for n in names))
+            return
+        for name in names:
             await self.stop_child(name)

@@ -35,11 +35,12 @@ def prepare_runtime_dir(path: Path) -> None:
     os.chmod(path, 0o700)
 
 
-def take_lock(runtime_dir: Path):
-    """An exclusive lock on ``<runtime_dir>/orchd.lock``; the kernel drops it if we die.
+def take_lock(runtime_dir: Path, what: str = "runtime dir"):
+    """An exclusive lock on ``<dir>/orchd.lock``; the kernel drops it if we die.
 
-    So a second daemon refuses to start, and a stale socket left by a
-    crashed one does not block a restart.
+    Taken on the runtime dir (so a stale socket left by a crashed daemon
+    does not block a restart) and on the state dir (so two daemons never
+    write one event log, whatever their runtime dirs).
     """
     fh = open(runtime_dir / "orchd.lock", "a+")
     try:
@@ -48,7 +49,7 @@ def take_lock(runtime_dir: Path):
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()
-        raise StartupError(f"another orchd (pid {holder}) is already running with runtime dir {runtime_dir}") from None
+        raise StartupError(f"another orchd (pid {holder}) is already running with {what} {runtime_dir}") from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"{os.getpid()}\n")
@@ -65,12 +66,11 @@ def _remove_stale_ipc(endpoint: str) -> None:
 
 async def serve(cfg: config.Config) -> int:
     import zmq
-    import zmq.asyncio
 
     from actors.rehearse import Rehearsals
-    from actors.supervisor import SessionSupervisor
-    from orchd import proc, protocol as p, wire
-    from orchd.actor import ChildSpec, Outbox, Supervisor
+    from actors.supervisor import Ports, SessionSupervisor
+    from orchd import bus, proc, protocol as p, wire
+    from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
     from orchd.journal import Journal
     from orchd.store import EventLog
 
@@ -85,13 +85,30 @@ async def serve(cfg: config.Config) -> int:
     for ep in (cfg.control(), cfg.events()):
         _remove_stale_ipc(ep)  # we hold the lock: any socket file is a dead daemon's
 
-    ctx = zmq.asyncio.Context()
+    ctx = bus.context()
     rehearsals = Rehearsals(cfg.state_dir)
     old_umask = os.umask(0o077)  # ipc socket files: owner only
     root = Supervisor("root", max_restarts=3, period_s=10.0)
-    journal = Journal(ctx, log_path, "inproc://journal", [cfg.events()], "inproc://supervisor", cfg.pub_hwm)
-    sup = SessionSupervisor(ctx, cfg, log_path, "inproc://supervisor", "inproc://journal", rehearsals)
-    out = Outbox(ctx)
+    journal = Journal(ctx, log_path, JOURNAL, [cfg.events()], SUPERVISOR, cfg.pub_hwm)
+    # what outlives a restart of the session supervisor: its mailbox, its PUSH to the journal, the workers
+    out = Outbox(ctx, linger_s=cfg.stop_grace_s)
+
+    def worker_ended(name: str, crashed: bool) -> None:
+        session, worker, gen = name.split("/")
+        try:
+            out.send_nowait(SUPERVISOR, wire.pack(p.WorkerEnded(session=session, worker=worker, gen=int(gen),
+                                                                crashed=crashed)))
+        except zmq.Again:
+            _log.error("worker_end_lost", actor=name, reason="the supervisor's mailbox is full")
+
+    workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=worker_ended)
+    ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers)
+    sup_ready = asyncio.Event()
+
+    def start_supervisor(restarts: int):
+        # a fresh actor on every (re)start: nothing of a crashed one is reused
+        return SessionSupervisor(ctx, cfg, log_path, ports, rehearsals).run(sup_ready)
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,7 +116,7 @@ async def serve(cfg: config.Config) -> int:
     code = 0
     try:
         root.start_child(ChildSpec("journal", journal.run, shutdown_s=5.0))
-        root.start_child(ChildSpec("supervisor", sup.run, shutdown_s=cfg.stop_grace_s + 10))
+        root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         if cfg.metrics_port:
             from prometheus_client import start_http_server
 
@@ -108,33 +125,43 @@ async def serve(cfg: config.Config) -> int:
 
         async def announce(ev):
             frame = wire.pending_frame(wire.topic(None), wire.stamp_prefix(None, None, None, 0), _now(), ev)
-            await out.send("inproc://journal", wire.pack(p.Append(frames=[frame])))
+            await out.send(JOURNAL, wire.pack(p.Append(frames=[frame])))
 
         await announce(p.DaemonStarted(pid=os.getpid(), version=__version__, last_seq=last_seq))
-        _log.info("orchd_started", pid=os.getpid(), control=cfg.control(), events=cfg.events(),
-                  state_dir=str(cfg.state_dir), last_seq=last_seq)
         esc = asyncio.ensure_future(root.wait_escalation())
         waiter = asyncio.ensure_future(stop.wait())
+        ready = asyncio.ensure_future(sup_ready.wait())
+        await asyncio.wait({esc, waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            _log.info("orchd_started", pid=os.getpid(), control=cfg.control(), events=cfg.events(),
+                      state_dir=str(cfg.state_dir), last_seq=last_seq)
         await asyncio.wait({esc, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if esc.done():
             _log.error("orchd_escalation", error=str(esc.exception()))
             code = 1
-        esc.cancel()
-        waiter.cancel()
+        for fut in (esc, waiter, ready):
+            fut.cancel()
         await announce(p.DaemonStopping(reason="escalation" if code else "signal"))
         _log.info("orchd_stopping")
-        # supervisor first (it stops the workers), then the journal, which flushes its inbox
+        # the supervisor first (no new launches), then the workers (they stop their agents and log
+        # how they ended), then the journal, which flushes its inbox
         root.begin_shutdown()
         await root.stop_child("supervisor")
+        await workers.shutdown(concurrent=True)
         await journal.flush_and_stop()
         await root.shutdown()
     finally:
         os.umask(old_umask)
+        ports.inbox.close()
         out.close()
         rehearsals.close()
         ctx.destroy(linger=0)
     _log.info("orchd_stopped", code=code)
     return code
+
+
+JOURNAL = "inproc://journal"
+SUPERVISOR = "inproc://supervisor"
 
 
 def _now() -> float:
@@ -157,8 +184,16 @@ def cmd_run(args) -> int:
         print(f"orchd: {exc}", file=sys.stderr)
         return 1
     try:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state_lock = take_lock(cfg.state_dir, "state dir")
+    except (StartupError, OSError) as exc:
+        lock.close()
+        print(f"orchd: {exc}", file=sys.stderr)
+        return 1
+    try:
         return asyncio.run(serve(cfg))
     finally:
+        state_lock.close()
         lock.close()
 
 

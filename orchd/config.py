@@ -20,15 +20,15 @@ from orchd import paths
 class Limits(BaseModel):
     """Per-assignment and per-session limits (nothing loops forever)."""
 
-    model_config = ConfigDict(extra="forbid")
-    wall_time_s: float = 3600.0       # per assignment run
-    stall_s: float = 600.0            # no output for this long → stop
-    max_turns: int | None = 60        # passed to CLIs that support it
-    max_tokens: int | None = None     # per session, from agent.usage
-    max_cost_usd: float | None = None  # per session, from agent.usage
-    max_review_rounds: int = 3
-    max_relaunches: int = 2           # recovery relaunches per assignment (actors/recovery.py)
-    backoff_cap_s: float = 60.0       # longest wait before a recovery relaunch
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    wall_time_s: float = Field(3600.0, gt=0)          # per assignment run
+    stall_s: float = Field(600.0, gt=0)               # no output for this long → stop
+    max_turns: int | None = Field(60, ge=1)           # passed to CLIs that support it
+    max_tokens: int | None = Field(None, ge=0)        # per session, from agent.usage
+    max_cost_usd: float | None = Field(None, ge=0)    # per session, from agent.usage
+    max_review_rounds: int = Field(3, ge=0)
+    max_relaunches: int = Field(2, ge=0)              # recovery relaunches per assignment (actors/recovery.py)
+    backoff_cap_s: float = Field(60.0, ge=0)          # longest wait before a recovery relaunch
 
 
 class AgentConfig(BaseModel):

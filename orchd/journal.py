@@ -102,6 +102,8 @@ class Journal:
         rows = []
         frames = []
         followed = []
+        barriers = []
+        crash = False
         for raw in msgs:
             try:
                 msg = wire.journal_inbox.decode(raw)
@@ -120,6 +122,10 @@ class Journal:
                             followed.append(js)
                 case p.PublishSync(token=token):
                     frames.append(wire.SYNC_TOPIC + b" " + token.encode())
+                case p.Barrier(token=token):
+                    barriers.append(token)
+                case p.Crash():
+                    crash = True  # raised once this batch is logged: an injected bug loses nothing
         if rows:
             events.append(rows)
             metrics.events.inc(len(rows))
@@ -133,4 +139,9 @@ class Journal:
             send(frame, zmq.NOBLOCK, copy=False)
         if followed:
             await out.send(self.follower, wire.pack(p.Committed(events=followed)))
+        for token in barriers:
+            if self.follower:
+                await out.send(self.follower, wire.pack(p.BarrierReached(token=token, last_seq=seq)))
+        if crash:
+            raise RuntimeError("injected fault")
         return seq

@@ -257,6 +257,7 @@ class SessionInfo(Wire):
 
 class StatusReply(Rep, tag="status"):
     sessions: list[SessionInfo]
+    log_error: str | None = None  # set while the event log cannot be written
 
 
 class ReplayReply(Rep, tag="replay"):
@@ -600,11 +601,21 @@ class PublishSync(Msg, tag="publish_sync"):
     token: str
 
 
+class Barrier(Msg, tag="barrier"):
+    """Supervisor → journal: answer ``BarrierReached`` once everything sent before is logged.
+
+    A restarted supervisor sends it on the same PUSH socket as its events,
+    so when the answer comes the log holds every event its predecessor sent.
+    """
+
+    token: str
+
+
 class Crash(Msg, tag="crash"):
     """Testing only (``InjectFault``): the receiving actor raises, as a bug would."""
 
 
-JournalInbox = Union[Append, PublishSync, Crash]
+JournalInbox = Union[Append, PublishSync, Barrier, Crash]
 
 
 class Committed(Msg, tag="committed"):
@@ -632,7 +643,54 @@ class LogHealth(Msg, tag="log_health"):
     error: str | None = None
 
 
-SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, Crash]
+class BarrierReached(Msg, tag="barrier_reached"):
+    """Journal → supervisor: everything sent before ``Barrier(token)`` is logged."""
+
+    token: str
+    last_seq: int = 0
+
+
+class WorktreeReady(Msg, tag="worktree_ready"):
+    """Workspace → supervisor: the worktree for generation ``gen`` of ``worker`` (or why not)."""
+
+    session: str
+    worker: str
+    gen: int
+    cwd: str | None = None
+    branch: str | None = None
+    error: str | None = None
+
+
+class MergeFinished(Msg, tag="merge_finished"):
+    """Workspace → supervisor: the session's branches merged (``ok``), or the conflicts/error."""
+
+    session: str
+    ok: bool
+    branch: str | None = None
+    commit: str | None = None
+    conflicts: list[str] = []
+    error: str | None = None
+
+
+class CleanFinished(Msg, tag="clean_finished"):
+    """Workspace → supervisor: a ``clean`` request's worktrees are removed; ``call`` is the request to answer."""
+
+    session: str
+    call: str
+    removed: int = 0
+    error: str | None = None
+
+
+class TargetChecked(Msg, tag="target_checked"):
+    """Workspace → supervisor: a submitted target's HEAD (or why it cannot be used)."""
+
+    call: str
+    base_commit: str | None = None
+    error: str | None = None
+
+
+SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, BarrierReached, WorktreeReady, MergeFinished,
+                        CleanFinished, TargetChecked, Crash]
 
 
 class StopWorker(Msg, tag="stop_worker"):

@@ -66,7 +66,8 @@ def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, 
         # killed however fast the flood went; the relaunched generation finds it and finishes
         release = tmp_path / "release"
         plan = write_plan(tmp_path / "plan.json", [
-            {"name": "flood", "agent": "command", "argv": fake("json:60000", f"waitfile:{release}", "exit:0")}])
+            {"name": "flood", "agent": "command", "rerun": True,  # may run again from scratch after a crash
+             "argv": fake("json:60000", f"waitfile:{release}", "exit:0")}])
         sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
         wait_for(lambda: drain(50) >= 0 and len(received) > 5000, 60, "5000 events")
         agent_pid = d.status(sid)["workers"][0]["pid"]

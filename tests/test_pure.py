@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import plans
+from actors import plans, prompts
 from actors.sessions import Projection
 from orchd import protocol as p
 from orchd import wire
@@ -117,7 +117,7 @@ def test_default_plan_follows_roles_in_order():
 def test_prompt_carries_task_role_history_and_markers():
     a = p.AssignmentSpec(name="implement", agent="claude", role="implementation and tests", after=["design"])
     d = p.AssignmentSpec(name="design", agent="gemini", role="design")
-    text = plans.prompt_for("Add a cache", a, [(d, "Designed an LRU cache in docs/cache.md", "orchd/s-1.design")])
+    text = prompts.prompt_for("Add a cache", a, [(d, "Designed an LRU cache in docs/cache.md", "orchd/s-1.design")])
     for needle in ("Add a cache", "implementation and tests", "orchd-assignment: implement",
                    "Designed an LRU cache", "orchd/s-1.design", "MILESTONE:", "BLOCKER:", "REQUEST_REVIEW:", "DONE:"):
         assert needle in text

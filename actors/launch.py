@@ -1,0 +1,96 @@
+"""The launch recipe: everything one run of one assignment needs (pure).
+
+Given the session, the assignment, the decision to launch it and what the
+supervisor found out beforehand (its worktree, the agent's binary, the
+rehearsal environment), ``recipe`` returns the ``WorkerSpec`` the worker
+actor runs and the ``worker.launching`` event that records it.  No file,
+process or clock is touched here; ``run_dirs`` names the directories the
+caller must create.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors import prompts
+from actors.agents.base import RunSpec
+from actors.decide import Launch
+from actors.sessions import SessionView, WorkerView
+from actors.worker import WorkerSpec
+from orchd import protocol as p
+from orchd.config import Config, Limits
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the supervisor looked up before launching (the impure part)."""
+
+    cwd: str                      # the worktree, or the target when it is not a git repository
+    branch: str | None
+    binary: str | None            # the agent CLI's absolute path (None: let the adapter decide)
+    home: str | None              # HOME for the run (rehearsals get their own)
+    rehearsal_env: dict[str, str]  # env pointing the CLI at the session's scripted model server
+    plan_error: str | None = None  # the planner's previous invalid answer, when asking again
+
+
+def run_dirs(cfg: Config, session: str, assignment: str, gen: int) -> tuple[Path, Path]:
+    """(run dir, private TMPDIR) of one generation of one assignment."""
+    run_dir = cfg.state_dir / "runs" / session / assignment / str(gen)
+    return run_dir, run_dir / "tmp"
+
+
+def rehearsal_home(cfg: Config, session: str, assignment: str) -> Path:
+    return cfg.state_dir / "homes" / session / assignment
+
+
+def resume_id(w: WorkerView, resume: bool) -> str | None:
+    """The agent's own session to resume, in its CLI's terms (gemini resumes ``latest``)."""
+    if not resume or w.spec.agent == "command" or not w.agent_session_id:
+        return None
+    return "latest" if w.spec.agent == "gemini" else w.agent_session_id
+
+
+def prompt(s: SessionView, w: WorkerView, rid: str | None, reason: str | None, plan_error: str | None,
+           agents: list[str]) -> str:
+    a = w.spec
+    if rid:
+        return prompts.resume_prompt(a.name, reason)
+    if w.run_kind == "planner":
+        return prompts.planner_prompt(s.task, agents, plan_error)
+    if a.agent == "command":
+        return a.prompt
+    before = [(s.workers[d].spec, s.workers[d].result_text, s.workers[d].branch) for d in a.after]
+    return prompts.prompt_for(s.task, a, before)
+
+
+def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Launch, found: Found,
+           agents: list[str], start_paused: bool = False) -> tuple[WorkerSpec, p.WorkerLaunching]:
+    a = w.spec
+    gen = w.gen + 1
+    acfg = cfg.agent(a.agent)
+    rid = resume_id(w, cmd.resume)
+    _, tmpdir = run_dirs(cfg, s.id, a.name, gen)
+    extra_env = dict(found.rehearsal_env)
+    if found.binary and a.agent != "command":  # codex and gemini are node scripts whose helpers live beside them
+        extra_env["PATH"] = os.pathsep.join([os.path.dirname(found.binary), os.environ.get("PATH", os.defpath)])
+    extra_env.update(cmd.env)
+    run = RunSpec(prompt=prompt(s, w, rid, cmd.reason, found.plan_error, agents), cwd=found.cwd,
+                  profile=a.profile or acfg.profile, binary=found.binary, model=acfg.model,
+                  max_turns=limits.max_turns, resume_id=rid, home=found.home,
+                  config_dir=(str(Path(found.home) / ".codex") if found.home and a.agent == "codex" else None),
+                  tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined, argv=a.argv, env=a.env)
+    spec = WorkerSpec(session=s.id, name=a.name, agent=a.agent, gen=gen, run=run,
+                      wall_time_s=limits.wall_time_s, stall_s=limits.stall_s,
+                      max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s,
+                      state_dir=str(cfg.state_dir), allow_unconfined=cfg.allow_unconfined,
+                      extra_env=extra_env, start_delay_s=cmd.delay_s, **_paused(start_paused))
+    ev = p.WorkerLaunching(resume=bool(rid), worktree=found.cwd if found.branch else None, branch=found.branch,
+                           reason=cmd.reason, delay_s=cmd.delay_s)
+    return spec, ev
+
+
+def _paused(start_paused: bool) -> dict:
+    """``start_paused`` only when set, so this works with workers that predate the field."""
+    return {"start_paused": True} if start_paused and "start_paused" in WorkerSpec.__struct_fields__ else {}
