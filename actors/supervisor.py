@@ -92,9 +92,11 @@ class SessionSupervisor:
         self._workspace = workspace.Workspace(self._post)
         self._replayer = Replayer(self.log_path)
         control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes)
-        waker = Waker(control.raw, self.ports.inbox.raw)
+        waker = Waker(self.ports.inbox.raw)
         try:
-            early = await self._barrier()
+            early = await self._barrier(waker)
+            waker.close()
+            waker = Waker(control.raw, self.ports.inbox.raw)
             await self._rebuild()
             self._reconcile()
             for raw in early:
@@ -122,14 +124,18 @@ class SessionSupervisor:
             self._replayer.close()
             await self._workspace.close(grace_s=1.0)
 
-    async def _barrier(self) -> list[bytes]:
-        """Wait until the log holds everything sent before; return the messages that came meanwhile."""
+    async def _barrier(self, waker: Waker) -> list[bytes]:
+        """Wait until the log holds everything sent before; return the messages that came meanwhile.
+
+        Control requests wait in the socket meanwhile and are answered once the state is loaded.
+        """
         token = secrets.token_hex(8)
         await self.ports.out.send(self.ports.journal_ep, wire.pack(p.Barrier(token=token)))
         early: list[bytes] = []
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0:
-            for raw in await self.ports.inbox.recv_batch(timeout_s=left):
+            await waker.wait(left)
+            for raw in drain(self.ports.inbox.raw, 1000):
                 try:
                     msg = wire.supervisor_inbox.decode(raw)
                 except msgspec.DecodeError:
@@ -270,7 +276,7 @@ class SessionSupervisor:
         except Exception as exc:  # one session's bug must not take the others down
             _log.error("session_handler_crashed", exc_info=True, session=s.id if s else None)
             if s is not None and s.state not in p.SESSION_TERMINAL:
-                self._fail(s, f"internal error: {type(exc).__name__}: {exc}"[:500])
+                self._fail(s, f"orchd could not handle this session: {type(exc).__name__}: {exc}"[:500])
             return p.Error(code=p.ErrorCode.INTERNAL, detail=f"{type(exc).__name__}: {exc}"[:500])
 
     def _control_guarded(self, call: Call, fn, *args) -> None:

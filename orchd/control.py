@@ -77,6 +77,9 @@ class ControlSocket:
         except wire.WireError as exc:
             self._reject(ident, delim, exc.code, exc.detail, exc.request_id)
             return None
+        except RecursionError:  # msgspec recurses once per nesting level
+            self._reject(ident, delim, p.ErrorCode.BAD_JSON, "JSON nested too deeply", "")
+            return None
         call = Call(ident=ident, delim=delim, request_id=req.id, body=req.body, received_at=time.monotonic())
         metrics.requests.labels(call.kind).inc()
         return call
