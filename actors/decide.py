@@ -12,6 +12,10 @@ the planning run (planner mode); then failed runs a relaunch can fix
 (``actors.recovery``); then assignments whose ``after`` are done; last, the
 session's end (merging first when it ended ``done`` in a git target).
 Nothing new starts while the event log cannot be written (``log_ok``).
+
+``now`` (wall-clock seconds, comparable with event timestamps) is an
+argument so that time-based rules stay pure; none of today's rules reads
+it (a recovery backoff is waited by the worker, counted from the launch).
 """
 
 from __future__ import annotations
