@@ -67,7 +67,7 @@ async def serve(cfg: config.Config) -> int:
     import zmq
     import zmq.asyncio
 
-    from actors.rehearse import Rehearsals
+    from actors.rehearsal.sessions import Rehearsals
     from actors.supervisor import SessionSupervisor
     from orchd import proc, protocol as p, wire
     from orchd.actor import ChildSpec, Outbox, Supervisor

@@ -45,7 +45,7 @@ from typing import Any, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
-from orchd import modeldialects as dialects
+from actors.rehearsal import dialects
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "x-goog-api-key", "cookie", "proxy-authorization"})
 REPLY_KINDS = ("text", "tool", "http_error", "stall")
@@ -57,7 +57,7 @@ class ScenarioError(ValueError):
 
 def default_scenario() -> dict[str, Any]:
     """The packaged default: every agent writes ``{assignment}.txt`` and finishes."""
-    text = resources.files("orchd").joinpath("scenarios/default.json").read_text(encoding="utf-8")
+    text = resources.files("actors.rehearsal").joinpath("scenarios/default.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -391,7 +391,7 @@ class ModelServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m orchd.modelserver", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m actors.rehearsal.modelserver", description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", help="scenario file (.json or .toml); default: the packaged default")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)

@@ -1,6 +1,6 @@
 """Rehearsal sessions: one built-in scripted model server per session.
 
-A rehearsal runs the real agent CLIs against ``orchd.modelserver`` on
+A rehearsal runs the real agent CLIs against ``actors.rehearsal.modelserver`` on
 127.0.0.1, so a whole session runs end to end and spends no tokens.  The
 server runs in a thread of the daemon, answers from the session's scenario
 (the default one when the user gave none) and logs what it received to
@@ -15,9 +15,9 @@ from typing import Any
 
 from actors.agents.rehearsal import prepare_rehearsal
 from orchd import log
-from orchd.modelserver import ModelServer
+from actors.rehearsal.modelserver import ModelServer
 
-_log = log.get("actors.rehearse")
+_log = log.get("actors.rehearsal.sessions")
 
 
 class Rehearsals:
