@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from actors.rehearsal.modelserver import ModelServer, ScenarioError, default_scenario, validate_scenario
+from actors.rehearsal.modelserver import ModelServer
+from actors.rehearsal.scenario import ScenarioError, default_scenario, validate_scenario
 
 CWD = "/work/somewhere/repo"
 CLAUDE_SYSTEM = [{"type": "text", "text": f"Environment\n - Primary working directory: {CWD}\n - Is a git repository: true"}]
