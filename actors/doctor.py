@@ -40,7 +40,7 @@ import msgspec
 from actors.agents import RunSpec, get_adapter
 from actors.agents.rehearsal import prepare_rehearsal
 from orchd import config as orchd_config
-from orchd.modelserver import ModelServer
+from actors.rehearsal.modelserver import ModelServer
 from orchd.protocol import AgentResult, AgentUnknown
 
 AGENTS = ("claude", "codex", "gemini")

@@ -74,7 +74,7 @@ class Ports:
 class SessionSupervisor(Conduct):
     def __init__(self, ctx, cfg: Config, log_path: Path, ports: Ports, rehearsals=None) -> None:
         self.ctx, self.cfg, self.log_path, self.ports = ctx, cfg, log_path, ports
-        self.rehearsals = rehearsals  # actors.rehearse.Rehearsals or None
+        self.rehearsals = rehearsals  # actors.rehearsal.sessions.Rehearsals or None
         self.proj = Projection()
         self.log_error: str | None = None
         self._calls: dict[str, tuple[Call, object]] = {}   # requests answered when git is done
@@ -344,7 +344,7 @@ class SessionSupervisor(Conduct):
         self._control.reply(call, await self._replayer.serve(req))
 
     def _submit(self, call: Call, req: p.Submit) -> None:
-        from orchd.modelserver import validate_scenario
+        from actors.rehearsal.scenario import validate_scenario
         checked = submit.check(req, self.cfg, set(ADAPTERS), self._find, self.rehearsals is not None,
                                validate_scenario)
         if isinstance(checked, p.Error):

@@ -83,7 +83,15 @@ def cmd_submit(args) -> int:
     """
     plan = _load_file(args.plan) if args.plan else None
     rehearse = args.rehearse is not None
-    scenario = _load_file(args.rehearse) if isinstance(args.rehearse, str) else None
+    scenario = None
+    if isinstance(args.rehearse, str):
+        # checked here, so a typo is a usage error before anything is sent; imported
+        # only now, so orchctl starts fast
+        from actors.rehearsal.scenario import ScenarioError, load_scenario
+        try:
+            scenario = load_scenario(args.rehearse)
+        except ScenarioError as exc:
+            raise UsageError(f"bad scenario {args.rehearse}: {exc}") from None
     limits = {}
     for item in args.limit or []:
         key, sep, value = item.partition("=")

@@ -67,7 +67,7 @@ def _remove_stale_ipc(endpoint: str) -> None:
 async def serve(cfg: config.Config) -> int:
     import zmq
 
-    from actors.rehearse import Rehearsals
+    from actors.rehearsal.sessions import Rehearsals
     from actors.supervisor import Ports, SessionSupervisor
     from orchd import bus, proc, protocol as p, wire
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor

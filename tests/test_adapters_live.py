@@ -16,7 +16,7 @@ import pytest
 
 from actors.agents import RunSpec, get_adapter
 from actors.agents.rehearsal import prepare_rehearsal
-from orchd.modelserver import ModelServer
+from actors.rehearsal.modelserver import ModelServer
 from orchd.protocol import (
     AgentResult, AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
 )

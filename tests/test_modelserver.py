@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from orchd.modelserver import ModelServer, ScenarioError, default_scenario, validate_scenario
+from actors.rehearsal.modelserver import ModelServer
+from actors.rehearsal.scenario import ScenarioError, default_scenario, validate_scenario
 
 CWD = "/work/somewhere/repo"
 CLAUDE_SYSTEM = [{"type": "text", "text": f"Environment\n - Primary working directory: {CWD}\n - Is a git repository: true"}]
@@ -322,7 +323,7 @@ def test_validate_scenario() -> None:
 def test_cli_prints_url_and_stops_on_sigterm(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
     scenario.write_text('[[agents."*"]]\ntext = "from toml {assignment}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "orchd.modelserver", "--scenario", str(scenario),
+    proc = subprocess.Popen([sys.executable, "-m", "actors.rehearsal.modelserver", "--scenario", str(scenario),
                              "--log", str(tmp_path / "log.jsonl")], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     try:
@@ -344,7 +345,7 @@ def test_cli_prints_url_and_stops_on_sigterm(tmp_path: Path) -> None:
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from orchd import modeldialects  # noqa: E402
+from actors.rehearsal import dialects as modeldialects  # noqa: E402
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
@@ -384,7 +385,7 @@ def test_a_keyed_server_refuses_other_keys():
     import urllib.error
     import urllib.request
 
-    from orchd.modelserver import ModelServer
+    from actors.rehearsal.modelserver import ModelServer
 
     with ModelServer(None, key="sk-mine") as srv:
         body = _json.dumps({"model": "m", "stream": True, "max_tokens": 5,

@@ -39,7 +39,7 @@ import pytest
 
 from actors.agents import RunSpec, get_adapter
 from actors.agents.rehearsal import prepare_rehearsal
-from orchd.modelserver import ModelServer
+from actors.rehearsal.modelserver import ModelServer
 from orchd.protocol import AgentResult
 from tests.agentbin import AGENTS, agent_env_path, require_agent
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from actors.agents.rehearsal import prepare_rehearsal
-from orchd.modelserver import ModelServer
+from actors.rehearsal.modelserver import ModelServer
 from tests.agentbin import AGENTS, agent_env_path, require_agent
 
 RUN_TIMEOUT_S = 120

@@ -1,4 +1,4 @@
-"""Point a real agent CLI at the scripted model server (orchd.modelserver).
+"""Point a real agent CLI at the scripted model server (actors.rehearsal.modelserver).
 
 Rehearsal runs the real CLIs end to end but spends no tokens: each CLI gets a
 fake key and a base URL on loopback.  The adapters build argv per permission

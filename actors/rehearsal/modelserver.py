@@ -26,7 +26,8 @@ Each model call of a conversation takes the next matching reply; after a tool
 call the CLI calls again with the tool result, which takes the reply after
 it.  When the list runs out the answer is ``DONE: {assignment}``.
 
-The scenario format is documented in ``docs/scenarios.md``.
+The scenario format (and its validator) is ``actors.rehearsal.scenario``,
+documented in ``docs/scenarios.md``.
 """
 
 from __future__ import annotations
@@ -39,55 +40,15 @@ import socket
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
-from orchd import modeldialects as dialects
+from typing import Any, Callable
+
+from actors.rehearsal import dialects
+from actors.rehearsal.scenario import ScenarioError, default_scenario, load_scenario, validate_scenario
 
 SECRET_HEADERS = frozenset({"x-api-key", "authorization", "x-goog-api-key", "cookie", "proxy-authorization"})
-REPLY_KINDS = ("text", "tool", "http_error", "stall")
-
-
-class ScenarioError(ValueError):
-    """The scenario file is malformed (our input, not the peer's)."""
-
-
-def default_scenario() -> dict[str, Any]:
-    """The packaged default: every agent writes ``{assignment}.txt`` and finishes."""
-    text = resources.files("orchd").joinpath("scenarios/default.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-def load_scenario(path: str | Path) -> dict[str, Any]:
-    """Read a scenario from a ``.json`` or ``.toml`` file."""
-    p = Path(path)
-    raw = p.read_bytes()
-    data = tomllib.loads(raw.decode()) if p.suffix == ".toml" else json.loads(raw)
-    validate_scenario(data)
-    return data
-
-
-def validate_scenario(data: Any) -> None:
-    """Raise ``ScenarioError`` naming the first bad reply."""
-    if not isinstance(data, dict) or not isinstance(data.get("agents"), dict):
-        raise ScenarioError('a scenario is an object with an "agents" object')
-    for agent, replies in data["agents"].items():
-        if not isinstance(replies, list):
-            raise ScenarioError(f"agents.{agent} must be a list of replies")
-        for i, reply in enumerate(replies):
-            where = f"agents.{agent}[{i}]"
-            if not isinstance(reply, dict) or not any(k in reply for k in REPLY_KINDS):
-                raise ScenarioError(f"{where}: a reply needs one of {', '.join(REPLY_KINDS)}")
-            tool = reply.get("tool")
-            if tool == "write_file" and not {"path", "content"} <= reply.keys():
-                raise ScenarioError(f"{where}: write_file needs path and content")
-            if tool == "run" and "command" not in reply:
-                raise ScenarioError(f"{where}: run needs command")
-            if tool not in (None, "write_file", "run"):
-                raise ScenarioError(f"{where}: unknown tool {tool!r}")
 
 
 # ---------------------------------------------------------------- the script (pure)
@@ -391,13 +352,17 @@ class ModelServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m orchd.modelserver", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m actors.rehearsal.modelserver", description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", help="scenario file (.json or .toml); default: the packaged default")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--log", help="append every request received as JSONL to this file")
     args = ap.parse_args(argv)
-    scenario = load_scenario(args.scenario) if args.scenario else None
+    try:
+        scenario = load_scenario(args.scenario) if args.scenario else None
+    except ScenarioError as exc:
+        print(f"modelserver: bad scenario {args.scenario}: {exc}", file=sys.stderr)
+        return 2
     server = ModelServer(scenario, log_path=args.log, host=args.host, port=args.port)
 
     # SIGTERM ends serve_forever from the main thread; shutdown() must run elsewhere.

@@ -1,9 +1,10 @@
 """Rehearsal sessions: one built-in scripted model server per session.
 
-A rehearsal runs the real agent CLIs against ``orchd.modelserver`` on
-127.0.0.1, so a whole session runs end to end and spends no tokens.  The
-server runs in a thread of the daemon, answers from the session's scenario
-(the default one when the user gave none) and logs what it received to
+A rehearsal runs the real agent CLIs against the scripted model server
+(``actors.rehearsal.modelserver``) on 127.0.0.1, so a whole session runs end
+to end and spends no tokens.  The server runs in a thread of the daemon,
+answers from the session's scenario (the default one when the user gave
+none) and logs what it received to
 ``<state_dir>/runs/<session>/modelserver.jsonl``.
 """
 
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.agents.rehearsal import prepare_rehearsal
+from actors.rehearsal.modelserver import ModelServer
 from orchd import log
-from orchd.modelserver import ModelServer
 
-_log = log.get("actors.rehearse")
+_log = log.get("actors.rehearsal.sessions")
 
 
 class Rehearsals:
