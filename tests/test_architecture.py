@@ -268,3 +268,25 @@ def test_control_answers_while_a_million_events_are_replayed(daemon_factory):
     assert d.ctl_json("status")["sessions"] == []
     assert _p99(lat) < 0.05, f"ping p99 {_p99(lat) * 1000:.1f} ms over {len(lat)} pings"
     assert d.stop() == 0
+
+
+def test_submit_validates_scenario_and_limits_at_the_daemon(daemon, git_repo):
+    """A client other than orchctl gets the same checks: nothing bad is ever stored."""
+    c = _client(daemon)
+    plan = {"assignments": [{"name": "a", "agent": "command", "argv": ["true"]}]}
+    try:
+        r = c.call(p.Submit(target=str(git_repo), plan=plan, rehearse=True,
+                            scenario={"agents": {"claude": [{"tol": "write_file"}]}}))
+        assert isinstance(r, p.Error) and r.code == p.ErrorCode.BAD_REQUEST and "tol" in r.detail, r
+        r = c.call(p.Submit(target=str(git_repo), plan=plan, limits={"stall_s": "abc"}))
+        assert isinstance(r, p.Error) and r.code == p.ErrorCode.BAD_REQUEST and "stall_s" in r.detail, r
+        r = c.call(p.Submit(target=str(git_repo), plan=plan, limits={"nope": 1}))
+        assert isinstance(r, p.Error) and "nope" in r.detail, r
+        r = c.call(p.Submit(target=str(git_repo), plan=plan, limits={"stall_s": "30"}))
+        assert isinstance(r, p.SubmitReply), r
+        sid = r.session
+    finally:
+        c.close()
+    daemon.wait_session(sid)
+    submitted = [e for e in _all_events(daemon) if e["kind"] == "session.submitted"]
+    assert len(submitted) == 1 and submitted[0]["limits"] == {"stall_s": 30.0}  # stored validated
