@@ -24,7 +24,7 @@ from __future__ import annotations
 import zmq
 import zmq.asyncio
 
-CONTROL_SNDHWM = 64  # replies queued per control peer before ROUTER drops (not blocks)
+CONTROL_SNDHWM = 16  # replies queued per control peer (replay pages are <= 2 MiB) before ROUTER drops them
 
 
 def context() -> zmq.asyncio.Context:
