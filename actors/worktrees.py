@@ -1,4 +1,4 @@
-"""Git worktrees for assignments, and the merge of a session's branches.
+"""Git worktrees for assignments, and the git plumbing the merge shares.
 
 Theory of operation
 -------------------
@@ -9,6 +9,11 @@ user's checkout is never touched::
     <root>/<session>/<assignment>   branch orchd/<session>.<assignment>
     <root>/<session>/_merge         branch orchd/<session>   (the result)
     <root>/<session>/_base-<label>  detached, only while merged_base runs
+
+This module creates the assignment worktrees, commits what an agent left
+and cleans a session up; merging the branches (``_merge``, ``_base-*``) is
+``actors.merging``, built on the plumbing here: running git, name checks,
+the worktree list and the per-repository lock.
 
 Assignment branches are ``orchd/<session>.<assignment>``, not
 ``orchd/<session>/<assignment>``: git stores refs as paths, so a branch
@@ -22,11 +27,9 @@ daemon does.  Commands that write (merges, commits, checkouts) run with
 ``-C <worktree>``; commands run in the target only create or remove refs and
 worktree registrations, never its index, HEAD or working tree.
 
-``merge_session`` is all-or-nothing for refs: it merges on a detached HEAD
-and moves ``orchd/<session>`` only when every merge succeeded, so a conflict
-leaves every branch exactly where it was.  Every function may be called
-again after a daemon crash: stale worktrees left by an earlier attempt are
-reused (assignments) or replaced (``_merge``, ``_base-*``).
+Every function may be called again after a daemon crash: stale worktrees
+left by an earlier attempt are reused (assignments) or replaced (``_merge``,
+``_base-*``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import re
 import subprocess
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -78,8 +81,6 @@ _REPO_ENV = frozenset({
 _SESSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 _NOT_IN_NAME = frozenset(" ~^:?*[\\/\x7f") | {chr(c) for c in range(32)}
 
-MERGE_DIR = "_merge"
-
 
 class GitError(Exception):
     """A git command failed; ``message`` carries git's stderr."""
@@ -107,17 +108,6 @@ class MergeConflict(GitError):
     def __init__(self, files: list[str]) -> None:
         super().__init__("merge conflict in " + ", ".join(files))
         self.files = files
-
-
-@dataclass(frozen=True, kw_only=True)
-class MergeResult:
-    """What ``merge_session`` did.  ``assignment`` names the one that conflicted."""
-
-    ok: bool
-    commit: str | None
-    conflicts: list[str] = field(default_factory=list)
-    branch: str
-    assignment: str | None = None
 
 
 # ---------------------------------------------------------------- names
@@ -250,13 +240,6 @@ def _branch_exists(repo: Path, branch: str) -> bool:
     return _run(repo, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
-def _branch_head(repo: Path, branch: str) -> str:
-    r = _run(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
-    if r.returncode != 0:
-        raise GitError(f"there is no branch {branch} in {repo}")
-    return r.stdout.strip()
-
-
 # ---------------------------------------------------------------- worktree list
 
 @dataclass(frozen=True)
@@ -303,40 +286,8 @@ def _remove(repo: Path, wt: _Worktree) -> None:
     _git(repo, "worktree", "remove", *force, str(wt.path))
 
 
-def _discard(repo: Path, path: Path) -> None:
-    """Remove our scratch worktree at ``path`` if registered (ours: -f -f)."""
-    wt = _worktree_at(repo, path)
-    if wt is not None:
-        _git(repo, "worktree", "remove", "--force", "--force", str(wt.path))
-
-
 def _session_dir(root: Path, session: str) -> Path:
     return Path(os.path.abspath(root)) / _check_session(session)
-
-
-def _refuse_checked_out(repo: Path, branch: str) -> None:
-    for wt in _worktrees(repo):
-        if wt.branch == branch:
-            raise GitError(f"{branch} is checked out at {wt.path}; orchd will not move it")
-
-
-# ---------------------------------------------------------------- merging
-
-def _merge(worktree: Path, commit: str, message: str) -> None:
-    """Merge ``commit`` into HEAD (fast-forward when possible).
-
-    Raises ``MergeConflict`` after aborting, so the worktree is clean again.
-    """
-    args = ("merge", "--ff", "--no-edit", "--no-verify-signatures", "-m", message, commit)
-    r = _run(worktree, *args)
-    if r.returncode == 0:
-        return
-    raw = _git(worktree, "diff", "--name-only", "--diff-filter=U", "-z")
-    files = sorted({f for f in raw.split("\0") if f})
-    if not files:
-        raise _fail(worktree, args, r)
-    _git(worktree, "merge", "--abort")
-    raise MergeConflict(files)
 
 
 # ---------------------------------------------------------------- public API
@@ -371,34 +322,6 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
         return path, branch
 
 
-def merged_base(target: Path, root: Path, session: str, label: str, commits: list[str]) -> str:
-    """A commit that merges ``commits``, to start an assignment that waited for them.
-
-    One distinct commit is returned as is; if one commit contains another
-    the result is a fast-forward, not a new commit.  The merging happens in
-    a detached scratch worktree ``_base-<label>`` that is removed afterwards,
-    so no branch is created.  Raises ``MergeConflict`` on a conflict.
-    """
-    top = _toplevel(target)
-    with _exclusive(top):
-        _check_assignment(label)
-        shas = list(dict.fromkeys(_commit(top, c) for c in commits))
-        if not shas:
-            raise ValueError("merged_base needs at least one commit")
-        if len(shas) == 1:
-            return shas[0]
-        path = _session_dir(root, session) / f"_base-{label}"
-        _discard(top, path)  # left behind by a daemon that died mid-merge
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _git(top, "worktree", "add", "--detach", str(path), shas[0])
-        try:
-            for sha in shas[1:]:
-                _merge(path, sha, f"orchd: base of {label}: merge {sha[:12]}")
-            return _git(path, "rev-parse", "HEAD")
-        finally:
-            _discard(top, path)
-
-
 def commit_all(worktree: Path, message: str) -> str:
     """Commit everything the agent left in ``worktree``; return the branch's head.
 
@@ -431,45 +354,6 @@ def commit_all(worktree: Path, message: str) -> str:
     return _git(wt, "rev-parse", "--verify", "HEAD^{commit}")
 
 
-def merge_session(target: Path, root: Path, session: str, assignments: list[str],
-                  base: str) -> MergeResult:
-    """Set ``orchd/<session>`` to ``base`` plus each assignment's branch, merged in order.
-
-    Works in ``<root>/<session>/_merge`` and leaves that worktree on the
-    session branch when it succeeds.  On a conflict the merge is aborted,
-    the scratch worktree removed and every branch, ``orchd/<session>``
-    included, is left where it was.  Raises ``GitError`` if the session
-    branch is checked out elsewhere (e.g. in the user's own checkout).
-    """
-    top = _toplevel(target)
-    with _exclusive(top):
-        branch = session_branch(session)
-        start = _commit(top, base)
-        heads = [(a, _branch_head(top, branch_name(session, a))) for a in assignments]
-        path = _session_dir(root, session) / MERGE_DIR
-        _discard(top, path)  # the previous attempt's, on the session branch or detached
-        _refuse_checked_out(top, branch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _git(top, "worktree", "add", "--detach", str(path), start)
-        try:
-            for name, sha in heads:
-                try:
-                    _merge(path, sha, f"Merge branch '{branch_name(session, name)}' into {branch}")
-                except MergeConflict as e:
-                    _discard(top, path)
-                    return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
-                                       assignment=name)
-            # Only now does the session branch move: to exactly this HEAD.
-            # ``checkout -B`` does not look at other worktrees (git 2.39 moves a
-            # branch the user has checked out), hence the check just before.
-            _refuse_checked_out(top, branch)
-            _git(path, "checkout", "--quiet", "-B", branch)
-        except BaseException:
-            _discard(top, path)
-            raise
-        return MergeResult(ok=True, commit=_git(path, "rev-parse", "HEAD"), conflicts=[], branch=branch)
-
-
 def clean(target: Path, root: Path, session: str) -> list[Path]:
     """Remove the session's worktrees, keep its branches; return the removed paths.
 
@@ -490,3 +374,18 @@ def clean(target: Path, root: Path, session: str) -> list[Path]:
         if sdir.is_dir() and not any(sdir.iterdir()):
             sdir.rmdir()
         return sorted(removed)
+
+
+# ---------------------------------------------------------------- merge names
+
+# Callers that still reach the merge through this module get it from
+# ``actors.merging``.  Looked up on first use, not imported at the top:
+# ``actors.merging`` imports this module, so either may be imported first.
+_MERGING = frozenset({"MERGE_DIR", "MergeResult", "merge_session", "merged_base"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _MERGING:
+        from actors import merging
+        return getattr(merging, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
