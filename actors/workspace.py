@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from actors import worktrees
+from actors import merging, worktrees
 from actors.sessions import SessionView, WorkerView
 from orchd import log
 from orchd import protocol as p
@@ -35,7 +35,7 @@ def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, dep
     """Commit what the assignments before left, base a worktree on their merge, create it."""
     try:
         commits = [worktrees.commit_all(Path(tree), f"orchd: {Path(tree).name}") for tree in deps]
-        base = worktrees.merged_base(Path(target), Path(root), s_id, label, commits) if commits else base_commit
+        base = merging.merged_base(Path(target), Path(root), s_id, label, commits) if commits else base_commit
         cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base)
     except worktrees.GitError as exc:
         return p.WorktreeReady(session=s_id, worker=worker, gen=gen, error=f"worktree: {exc}")
@@ -47,7 +47,7 @@ def merge(s_id: str, target: str, root: str, base_commit: str, names: list[str],
     try:
         for tree in trees:
             worktrees.commit_all(Path(tree), f"orchd: {Path(tree).name}")
-        res = worktrees.merge_session(Path(target), Path(root), s_id, names, base_commit)
+        res = merging.merge_session(Path(target), Path(root), s_id, names, base_commit)
     except worktrees.GitError as exc:
         return p.MergeFinished(session=s_id, ok=False, error=f"merge failed: {exc}")
     return p.MergeFinished(session=s_id, ok=res.ok, branch=res.branch, commit=res.commit,

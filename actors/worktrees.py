@@ -374,18 +374,3 @@ def clean(target: Path, root: Path, session: str) -> list[Path]:
         if sdir.is_dir() and not any(sdir.iterdir()):
             sdir.rmdir()
         return sorted(removed)
-
-
-# ---------------------------------------------------------------- merge names
-
-# Callers that still reach the merge through this module get it from
-# ``actors.merging``.  Looked up on first use, not imported at the top:
-# ``actors.merging`` imports this module, so either may be imported first.
-_MERGING = frozenset({"MERGE_DIR", "MergeResult", "merge_session", "merged_base"})
-
-
-def __getattr__(name: str) -> object:
-    if name in _MERGING:
-        from actors import merging
-        return getattr(merging, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from actors import merging
 from actors import worktrees as wt
 from actors.worktrees import BadName, GitError, MergeConflict, NotARepo
 
@@ -163,7 +164,7 @@ def test_unusual_but_safe_assignment_names_work(repo, root, assignment):
     assert git(repo, "check-ref-format", f"refs/heads/{branch}") == ""
     write(path / "x.txt", "x\n")
     head = wt.commit_all(path, "x")
-    assert wt.merge_session(repo, root, S, [assignment], wt.head_commit(repo)).commit == head
+    assert merging.merge_session(repo, root, S, [assignment], wt.head_commit(repo)).commit == head
 
 
 # ---------------------------------------------------------------- create_worktree
@@ -253,7 +254,7 @@ def test_commit_all_in_a_repository_that_is_not_ours(tmp_path, repo):
 
 def test_merging_an_assignment_without_a_branch(repo, root):
     with pytest.raises(GitError, match=f"no branch orchd/{S}.ghost"):
-        wt.merge_session(repo, root, S, ["ghost"], wt.head_commit(repo))
+        merging.merge_session(repo, root, S, ["ghost"], wt.head_commit(repo))
 
 
 def test_commit_all_refuses_unresolved_conflicts(repo, root):
@@ -297,9 +298,9 @@ def test_sequential_assignments_merge_without_touching_the_target(repo, root):
     write(second / "impl.py", "print('hi')\n")
     after_second = wt.commit_all(second, "impl")
 
-    result = wt.merge_session(repo, root, S, ["design", "impl"], base)
+    result = merging.merge_session(repo, root, S, ["design", "impl"], base)
 
-    assert result == wt.MergeResult(ok=True, commit=after_second, conflicts=[], branch=f"orchd/{S}")
+    assert result == merging.MergeResult(ok=True, commit=after_second, conflicts=[], branch=f"orchd/{S}")
     assert git(repo, "rev-parse", f"orchd/{S}") == after_second  # both fast-forwards
     assert {"design.md", "impl.py", "README"} <= branch_files(repo, f"orchd/{S}")
     assert snapshot(repo) == before
@@ -315,7 +316,7 @@ def test_parallel_assignments_with_disjoint_files_merge(repo, root):
     write(b / "b.txt", "b\n")
     head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
 
-    result = wt.merge_session(repo, root, S, ["a", "b"], base)
+    result = merging.merge_session(repo, root, S, ["a", "b"], base)
 
     assert result.ok and result.conflicts == [] and result.branch == f"orchd/{S}"
     assert git(repo, "rev-parse", f"orchd/{S}") == result.commit
@@ -330,10 +331,10 @@ def test_merging_again_rebuilds_the_session_branch(repo, root):
     a, _ = wt.create_worktree(repo, root, S, "a", base)
     write(a / "a.txt", "a\n")
     first = wt.commit_all(a, "a")
-    assert wt.merge_session(repo, root, S, ["a"], base).commit == first
+    assert merging.merge_session(repo, root, S, ["a"], base).commit == first
     write(a / "a.txt", "a, revised\n")
     second = wt.commit_all(a, "a again")
-    assert wt.merge_session(repo, root, S, ["a"], base).commit == second
+    assert merging.merge_session(repo, root, S, ["a"], base).commit == second
 
 
 def test_conflict_is_reported_and_moves_no_branch(repo, root):
@@ -346,12 +347,12 @@ def test_conflict_is_reported_and_moves_no_branch(repo, root):
     write(c / "c.txt", "c\n")
     heads = {name: wt.commit_all(p, name) for name, p in (("a", a), ("b", b), ("c", c))}
     # An earlier successful merge of just c, which the failed one must not move.
-    earlier = wt.merge_session(repo, root, S, ["c"], base)
+    earlier = merging.merge_session(repo, root, S, ["c"], base)
     before = snapshot(repo)
 
-    result = wt.merge_session(repo, root, S, ["c", "a", "b"], base)
+    result = merging.merge_session(repo, root, S, ["c", "a", "b"], base)
 
-    assert result == wt.MergeResult(ok=False, commit=None, conflicts=["shared.txt"],
+    assert result == merging.MergeResult(ok=False, commit=None, conflicts=["shared.txt"],
                                     branch=f"orchd/{S}", assignment="b")
     for name, head in heads.items():
         assert git(repo, "rev-parse", wt.branch_name(S, name)) == head
@@ -373,7 +374,7 @@ def test_merge_refuses_a_session_branch_checked_out_by_the_user(repo, root):
     before = snapshot(repo)
 
     with pytest.raises(GitError, match="checked out"):
-        wt.merge_session(repo, root, S, ["a"], base)
+        merging.merge_session(repo, root, S, ["a"], base)
 
     assert git(repo, "rev-parse", f"orchd/{S}") == base
     assert snapshot(repo) == before
@@ -397,7 +398,7 @@ def test_merge_ignores_hostile_repository_config(repo, root):
     write(b / "b.txt", "b\n")
     wt.commit_all(a, "a")
     wt.commit_all(b, "b")
-    result = wt.merge_session(repo, root, S, ["a", "b"], base)
+    result = merging.merge_session(repo, root, S, ["a", "b"], base)
     assert result.ok and {"a.txt", "b.txt"} <= branch_files(repo, f"orchd/{S}")
 
 
@@ -412,7 +413,7 @@ def test_merged_base_of_two_parallel_assignments(repo, root):
     head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
     branches = git(repo, "for-each-ref", "--format=%(refname)")
 
-    merged = wt.merged_base(repo, root, S, "review", [head_a, head_b])
+    merged = merging.merged_base(repo, root, S, "review", [head_a, head_b])
 
     assert git(repo, "rev-parse", f"{merged}^1", f"{merged}^2").split() == [head_a, head_b]
     assert {"a.txt", "b.txt"} <= branch_files(repo, merged)
@@ -428,9 +429,9 @@ def test_merged_base_of_one_commit_or_a_line_of_commits(repo, root):
     a, _ = wt.create_worktree(repo, root, S, "a", base)
     write(a / "a.txt", "a\n")
     head_a = wt.commit_all(a, "a")
-    assert wt.merged_base(repo, root, S, "next", [head_a]) == head_a
-    assert wt.merged_base(repo, root, S, "next", [head_a, head_a]) == head_a
-    assert wt.merged_base(repo, root, S, "next", [base, head_a]) == head_a  # fast-forward
+    assert merging.merged_base(repo, root, S, "next", [head_a]) == head_a
+    assert merging.merged_base(repo, root, S, "next", [head_a, head_a]) == head_a
+    assert merging.merged_base(repo, root, S, "next", [base, head_a]) == head_a  # fast-forward
 
 
 def test_merged_base_conflict_leaves_no_mess(repo, root):
@@ -443,7 +444,7 @@ def test_merged_base_conflict_leaves_no_mess(repo, root):
     branches = git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
 
     with pytest.raises(MergeConflict) as caught:
-        wt.merged_base(repo, root, S, "review", [head_a, head_b])
+        merging.merged_base(repo, root, S, "review", [head_a, head_b])
 
     assert caught.value.files == ["shared.txt"]
     assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
@@ -460,7 +461,7 @@ def test_clean_removes_worktrees_and_keeps_branches(repo, root):
     write(a / "a.txt", "a\n")
     head_a = wt.commit_all(a, "a")
     write(b / "dirty.txt", "left uncommitted\n")
-    assert wt.merge_session(repo, root, S, ["a", "b"], base).ok
+    assert merging.merge_session(repo, root, S, ["a", "b"], base).ok
 
     removed = wt.clean(repo, root, S)
 
