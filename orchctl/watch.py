@@ -45,8 +45,20 @@ _stamp = msgspec.json.Decoder(_Stamp)
 
 
 def _item(js: bytes) -> Item:
-    st = _stamp.decode(js)
+    """An event's JSON as the cursor's item; a malformed one is the daemon's fault (``WireError``)."""
+    try:
+        st = _stamp.decode(js)
+    except msgspec.DecodeError as exc:
+        raise wire.WireError(p.ErrorCode.BAD_JSON, f"malformed event from the daemon: {exc}") from None
     return Item(st.seq, st.prev, (js, st))
+
+
+def _frame_item(frame: bytes) -> Item:
+    """A PUB frame ``<topic> <kind> <json>`` as the cursor's item."""
+    parts = frame.split(b" ", 2)
+    if len(parts) != 3:
+        raise wire.WireError(p.ErrorCode.BAD_FRAMES, f"malformed event frame from the daemon: {frame[:80]!r}")
+    return _item(parts[2])
 
 
 class _Printer:
@@ -113,7 +125,7 @@ def _live(client: Client, sub: zmq.Socket, session: str | None, cursor: Cursor, 
         for frame in pending:
             if frame.startswith(wire.SYNC_TOPIC):
                 continue
-            if printer.emit(cursor.live(_item(frame.split(b" ", 2)[2]))):
+            if printer.emit(cursor.live(_frame_item(frame))):
                 return
         if _fetch(client, session, cursor, printer):
             return

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchd import __version__
 from tests.conftest import GIT_ENV, Daemon, fake, wait_for, write_plan
@@ -374,3 +376,32 @@ def test_a_well_formed_toml_plan_runs(shared, tmp_path):
     plan.write_text(f"[[assignments]]\nname = 'w'\nagent = 'command'\nargv = [{argv}]\n")
     sid = shared.ctl_json("submit", "--plan", str(plan), "--target", str(shared.repo))["session"]
     assert shared.ctl("watch", sid, "--until-done").returncode == 0
+
+
+# ---------------------------------------------------------------- a malformed event is the daemon's fault
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.builds(lambda t, js: t + b" k " + js, st.binary(max_size=10),
+                                           st.binary(max_size=100)))
+def test_any_event_frame_decodes_to_an_item_or_a_wire_error(frame):
+    from orchctl.cursor import Item
+    from orchctl.watch import _frame_item
+    from orchd.wire import WireError
+    try:
+        item = _frame_item(frame)
+    except WireError as exc:
+        assert exc.code in ("bad_frames", "bad_json")
+    else:
+        assert isinstance(item, Item) and isinstance(item.seq, int)
+
+
+def test_event_frames_decode():
+    from orchctl.watch import _frame_item
+    from orchd.wire import WireError
+    item = _frame_item(b's-1 agent.text {"seq":7,"prev":5,"session":"s-1","kind":"agent.text","text":"hi there"}')
+    assert (item.seq, item.prev, item.data[1].kind) == (7, 5, "agent.text")
+    assert _frame_item(b'- daemon.started {"seq":1,"kind":"daemon.started"}').prev == 0
+    for frame, code in ((b"garbage", "bad_frames"), (b"s-1 k {not json", "bad_json"), (b's-1 k {"kind":"x"}', "bad_json")):
+        with pytest.raises(WireError) as err:
+            _frame_item(frame)
+        assert err.value.code == code
