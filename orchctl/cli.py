@@ -107,6 +107,8 @@ def parse_limits(items: list[str]) -> dict:
     Keys and types are ``orchd.config.Limits``'s; a value must be a finite,
     non-negative number (or ``none`` where the limit may be off).
     """
+    if not items:
+        return {}  # pydantic is slow to import: only for limits to check
     import math
 
     import pydantic
