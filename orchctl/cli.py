@@ -1,9 +1,11 @@
 """``orchctl``: the command-line client of orchd.
 
-Exit codes: 0 ok; 1 the daemon answered with an error; 2 usage error;
-3 the daemon cannot be reached (said within 2 s).  Every command takes
-``--json``.  Only the protocol, wire and paths modules are imported, so it
-starts fast.
+Exit codes: 0 ok; 1 the daemon answered with an error, or is running but
+did not answer within the deadline; 2 usage error; 3 the daemon is not
+there (said within 2 s).  The global options (``--json``,
+``--runtime-dir``, ``--timeout``, ``--version``) work before or after the
+subcommand.  Only the protocol, wire and paths modules are imported, so it
+starts fast; the plan and limit checks of ``submit`` import more, lazily.
 """
 
 from __future__ import annotations
@@ -24,9 +26,17 @@ class UsageError(Exception):
     pass
 
 
+DEFAULT_TIMEOUT_S = 10.0
+SLOW_TIMEOUT_S = 30.0  # submit and the session commands: the daemon may run git first
+
+
 def _client(args):
     from orchctl.client import Client
-    return Client(_control(args))
+    return Client(_control(args), timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
+
+
+def _slow_timeout(args) -> float:
+    return args.timeout or SLOW_TIMEOUT_S
 
 
 def _control(args) -> str:
@@ -76,12 +86,63 @@ def _load_file(path: str) -> dict:
     return obj
 
 
+def _check_plan(path: str, plan: dict) -> None:
+    """The plan file's shape (fields, types, no unknown field): a malformed file is a usage error.
+
+    Whether the plan can run (agents, ``after`` links, cycles, names) is
+    the daemon's call: it answers ``bad_request`` (exit 1).
+    """
+    import msgspec
+
+    from actors.plans import PlanFile
+    try:
+        msgspec.convert(plan, PlanFile)
+    except msgspec.ValidationError as exc:
+        raise UsageError(f"invalid plan {path}: {exc}") from None
+
+
+def parse_limits(items: list[str]) -> dict:
+    """``--limit KEY=VALUE`` options as typed values (``stall_s=30`` → 30.0; ``none`` → None).
+
+    Keys and types are ``orchd.config.Limits``'s; a value must be a finite,
+    non-negative number (or ``none`` where the limit may be off).
+    """
+    if not items:
+        return {}  # pydantic is slow to import: only for limits to check
+    import math
+
+    import pydantic
+
+    from orchd.config import Limits
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep:
+            raise UsageError(f"--limit wants KEY=VALUE, got {item!r}")
+        if key not in Limits.model_fields:
+            raise UsageError(f"unknown limit {key!r} (known: {', '.join(Limits.model_fields)})")
+        raw = None if value.lower() in ("", "none", "null") else value
+        try:
+            typed = getattr(Limits.model_validate({key: raw}), key)
+        except pydantic.ValidationError as exc:
+            raise UsageError(f"invalid limit {item}: {exc.errors()[0]['msg']}") from None
+        if typed is not None and not (math.isfinite(typed) and typed >= 0):
+            raise UsageError(f"invalid limit {item}: must be a finite number, not negative")
+        out[key] = typed
+    return out
+
+
 def cmd_submit(args) -> int:
-    """``orchctl submit [TASK] --target DIR [--agents a,b] [--plan FILE] [--rehearse [SCENARIO]] --json``
+    """``orchctl submit [TASK] --target DIR [--agents a,b] [--plan FILE] [--rehearse [SCENARIO]] [--limit K=V] --json``
 
     Wire: ``Submit{target, task, agents, plan, rehearse, scenario, limits}`` → ``SubmitReply{session}``.
+    A malformed plan file or limit is a usage error (exit 2) before anything is sent;
+    limits are sent as typed JSON (``--limit stall_s=30`` → ``{"stall_s": 30.0}``).
     """
     plan = _load_file(args.plan) if args.plan else None
+    if plan is not None:
+        _check_plan(args.plan, plan)
     rehearse = args.rehearse is not None
     scenario = None
     if isinstance(args.rehearse, str):
@@ -92,12 +153,7 @@ def cmd_submit(args) -> int:
             scenario = load_scenario(args.rehearse)
         except ScenarioError as exc:
             raise UsageError(f"bad scenario {args.rehearse}: {exc}") from None
-    limits = {}
-    for item in args.limit or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--limit wants KEY=VALUE, got {item!r}")
-        limits[key] = json.loads(value) if value not in ("",) else None
+    limits = parse_limits(args.limit or [])
     agents = [a.strip() for a in args.agents.split(",") if a.strip()] if args.agents else None
     if not args.task and not plan:
         raise UsageError("give a TASK or --plan FILE")
@@ -105,7 +161,7 @@ def cmd_submit(args) -> int:
         raise UsageError("give either --plan or --planner, not both")
     req = p.Submit(target=str(Path(args.target).resolve()), task=args.task or "", agents=agents, plan=plan,
                    rehearse=rehearse, scenario=scenario, limits=limits or None, planner=args.planner)
-    reply = _client(args).call(req, timeout_s=30)
+    reply = _client(args).call(req, timeout_s=_slow_timeout(args))
     if (code := _reply_or_exit(args, reply)) is not None:
         return code
     if args.json:
@@ -133,7 +189,7 @@ def cmd_status(args) -> int:
 def _simple(req_type):
     def run(args) -> int:
         body = req_type(session=args.session, text=args.text) if req_type is p.Answer else req_type(session=args.session)
-        reply = _client(args).call(body, timeout_s=30)
+        reply = _client(args).call(body, timeout_s=_slow_timeout(args))
         if (code := _reply_or_exit(args, reply)) is not None:
             return code
         if args.json:
@@ -148,13 +204,25 @@ def _simple(req_type):
 def cmd_watch(args) -> int:
     """``orchctl watch [SESSION] [--since SEQ] [--until-done] --json``: history, then live.
 
-    Wire: ``Sync{token}`` until ``~sync <token>`` arrives on the SUB socket
-    (the subscription is live), then ``Replay{since, session}`` pages, then
-    the PUB frames with a higher ``seq`` (the Clone pattern).
+    Wire: ``Status{session}`` (an unknown SESSION is ``not_found``, exit 1),
+    ``Sync{token}`` until ``~sync <token>`` arrives on the SUB socket (the
+    subscription is live), then ``Replay{since, session}`` pages, then the
+    PUB frames, with gaps the PUB left read again from the log (the Clone
+    pattern).
+
+    ``--until-done`` exits when SESSION ends: 0 if it ended ``done``, 1 if
+    ``failed``, ``stopped`` or ``escalated`` (after printing every event up
+    to its end).  It needs a SESSION: without one it is a usage error
+    (exit 2), since "until done" has no single session to wait for and the
+    history holds other sessions' ends.  That check comes after the daemon
+    is found, so with no daemon the answer is still exit 3.
     """
     from orchctl.watch import watch
-    return watch(_client(args), _events(args), args.session, args.since, args.until_done, args.json,
-                 kinds=None)
+    client = _client(args)
+    if args.until_done and args.session is None:
+        client.ensure_reachable()
+        raise UsageError("watch --until-done needs a SESSION (which session's end to wait for)")
+    return watch(client, _events(args), args.session, args.since, args.until_done, args.json)
 
 
 def cmd_logs(args) -> int:
@@ -173,14 +241,55 @@ def cmd_parse(args) -> int:
     return parse_main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("--runtime-dir", help="the daemon's runtime dir (default: $ORCHD_RUNTIME_DIR, ...)")
-    ap = argparse.ArgumentParser(prog="orchctl", description="Control the orchd daemon.", parents=[common])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value < 86400):
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than a day: {text!r}")
+    return value
 
-    s = sub.add_parser("submit", parents=[common], help="start a session")
+
+def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options every command takes, before or after its name.
+
+    The top parser holds the defaults; each subcommand's copy has none
+    (``SUPPRESS``), so an option given before the subcommand is not reset
+    by the subcommand's parser.
+    """
+    def d(value):
+        return value if defaults else argparse.SUPPRESS
+    parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    parser.add_argument("--runtime-dir", default=d(None),
+                        help="the daemon's runtime dir (default: $ORCHD_RUNTIME_DIR, ...)")
+    parser.add_argument("--timeout", type=_seconds, default=d(None), metavar="SECONDS",
+                        help=f"how long to wait for the daemon's answer (default {DEFAULT_TIMEOUT_S:g}; "
+                             f"{SLOW_TIMEOUT_S:g} for submit and the session commands)")
+    parser.add_argument("--version", action="store_true", default=d(False), help="print the version and exit")
+
+
+def _seq(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seq number: {text!r}") from None
+    if not (0 <= value <= 2**63 - 1):
+        raise argparse.ArgumentTypeError(f"a seq is a number from 0 to 2**63-1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="orchctl", description="Control the orchd daemon.")
+    _global_options(ap, defaults=True)
+    commands = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, **kw)
+        _global_options(parser, defaults=False)  # so they work after the subcommand too
+        return parser
+
+    s = command("submit", help="start a session")
     s.add_argument("task", nargs="?", help="the task, in words")
     s.add_argument("--target", required=True, help="the git repository to work on")
     s.add_argument("--agents", help="comma-separated agents to use (default plan only)")
@@ -192,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a limit for this session (e.g. stall_s=30)")
     s.set_defaults(func=cmd_submit)
 
-    s = sub.add_parser("status", parents=[common], help="sessions and workers")
+    s = command("status", help="sessions and workers")
     s.add_argument("session", nargs="?")
     s.set_defaults(func=cmd_status)
 
@@ -201,26 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("stop", p.Stop, "stop a session"),
                                 ("review", p.Review, "ask for a review round now"),
                                 ("clean", p.Clean, "remove a finished session's worktrees")):
-        s = sub.add_parser(name, parents=[common], help=helptext)
+        s = command(name, help=helptext)
         s.add_argument("session")
         s.set_defaults(func=_simple(typ))
-    s = sub.add_parser("answer", parents=[common], help="answer a paused session's question")
+    s = command("answer", help="answer a paused session's question")
     s.add_argument("session")
     s.add_argument("text")
     s.set_defaults(func=_simple(p.Answer))
 
-    s = sub.add_parser("watch", parents=[common], help="events: history then live")
+    s = command("watch", help="events: history then live")
     s.add_argument("session", nargs="?")
-    s.add_argument("--since", type=int, default=0, metavar="SEQ", help="only events after this seq")
-    s.add_argument("--until-done", action="store_true", help="exit when the session(s) end")
+    s.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="only events after this seq")
+    s.add_argument("--until-done", action="store_true",
+                   help="exit when SESSION ends: 0 if it ended done, else 1 (needs SESSION)")
     s.set_defaults(func=cmd_watch)
 
-    s = sub.add_parser("logs", parents=[common], help="a session's agent output so far")
+    s = command("logs", help="a session's agent output so far")
     s.add_argument("session")
     s.add_argument("--worker")
     s.set_defaults(func=cmd_logs)
 
-    s = sub.add_parser("parse", parents=[common], help="normalize an agent's stream (no daemon)")
+    s = command("parse", help="normalize an agent's stream (no daemon)")
     s.add_argument("--agent", required=True)
     s.add_argument("file", help="a file, or - for stdin")
     s.set_defaults(func=cmd_parse)
@@ -228,20 +338,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchctl.client import Unreachable
+    from orchctl.client import Busy, Refused, Unreachable
     from orchd.wire import WireError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from orchd import __version__
+        if args.json:
+            _print_json({"version": __version__, "protocol": p.VERSION})
+        else:
+            print(f"orchctl {__version__}")
+        return EXIT_OK
+    if args.cmd is None:
+        parser.error("a command is required (see orchctl --help)")
     try:
         return args.func(args)
     except UsageError as exc:
         print(f"orchctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Unreachable as exc:
-        if getattr(args, "json", False):
+        if args.json:
             _print_json({"error": {"code": "unreachable", "detail": str(exc)}})
         print(str(exc), file=sys.stderr)
         return EXIT_UNREACHABLE
+    except Busy as exc:
+        if args.json:
+            _print_json({"error": {"code": "timeout", "detail": str(exc)}})
+        print(str(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except Refused as exc:
+        return _reply_or_exit(args, exc.error)
     except WireError as exc:
         print(f"orchctl: {exc.detail}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,63 +1,140 @@
-"""The control-socket client: one DEALER, every call with a deadline."""
+"""The control-socket client: one DEALER, every call with a deadline.
+
+"Not running" and "busy" are told apart at the process boundary.  A ZeroMQ
+``ipc://`` endpoint is a unix stream socket, so before the first request
+(and again after a deadline passes) the client connects a plain
+``AF_UNIX`` socket to its path: a missing file or a refused connect means
+nobody listens (``Unreachable``, exit 3, said at once); an accepted connect
+means the daemon is there, and a deadline that passes is ``Busy`` (exit 1).
+A ``tcp://`` endpoint cannot be probed that way: a short ``Ping`` comes
+first, and no answer in time is ``Unreachable``.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import socket
 
 import zmq
 
 from orchd import protocol as p
 from orchd import wire
 
+PROBE_TIMEOUT_S = 0.5
+
 
 class Unreachable(Exception):
-    """The daemon did not answer in time (or its socket does not exist)."""
+    """Nobody listens at the control endpoint (or a tcp daemon did not answer in time)."""
+
+
+class Busy(Exception):
+    """The daemon's socket accepts connections, but no answer came within the deadline."""
+
+
+class Refused(Exception):
+    """The daemon answered with ``Error`` where a command cannot go on (exit 1)."""
+
+    def __init__(self, error: p.Error) -> None:
+        super().__init__(f"{error.detail} [{error.code}]")
+        self.error = error
+
+
+def probe_ipc(endpoint: str) -> str | None:
+    """Whether something listens at an ``ipc://`` endpoint: None if so, else why not.
+
+    Connects (and at once closes) a plain unix stream socket: what a ZeroMQ
+    ipc endpoint is.  A full accept backlog (``EAGAIN``) or a slow kernel
+    counts as "listening": somebody is there.
+    """
+    path = endpoint[len("ipc://"):]
+    if path.startswith("@"):
+        address = "\0" + path[1:]  # Linux abstract namespace, as libzmq spells it
+    else:
+        address = path
+        if not os.path.exists(path):
+            return "not running"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(PROBE_TIMEOUT_S)
+    try:
+        sock.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return "not running"
+    except (BlockingIOError, TimeoutError):
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EINPROGRESS):
+            return None
+        return exc.strerror or str(exc)
+    finally:
+        sock.close()
+    return None
 
 
 class Client:
-    def __init__(self, control: str, timeout_s: float = 10.0, connect_timeout_s: float = 1.5) -> None:
+    def __init__(self, control: str, timeout_s: float = 10.0, connect_timeout_s: float = 1.0) -> None:
         self.control = control
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self._alive = False
+        self._checked = False
         self.ctx = zmq.Context.instance()
         self.sock: zmq.Socket | None = None
 
+    def _unreachable(self, why: str) -> Unreachable:
+        if why == "not running":
+            return Unreachable(f"orchd is not running at {self.control}: start it with 'orchd run'")
+        return Unreachable(f"orchd cannot be reached at {self.control}: {why}")
+
+    def ensure_reachable(self) -> None:
+        """Raise ``Unreachable`` unless a daemon listens at the control endpoint (once per client).
+
+        ipc: a probe connect, at once.  tcp: a ``Ping`` with the short
+        connect deadline, so a dead daemon is reported within 2 s even when
+        the request itself may take longer to serve (``submit``).
+        """
+        if self._checked:
+            return
+        if self.control.startswith("ipc://"):
+            if (why := probe_ipc(self.control)) is not None:
+                raise self._unreachable(why)
+            self._checked = True
+        else:
+            self._checked = True
+            self._call(p.Ping(), self.connect_timeout_s)
+
+    def call(self, body: p.ControlRequest, timeout_s: float | None = None) -> p.ControlReply:
+        """Send one request and wait for its reply (``timeout_s``, else the client's default)."""
+        self.ensure_reachable()
+        return self._call(body, self.timeout_s if timeout_s is None else timeout_s)
+
     def _socket(self) -> zmq.Socket:
         if self.sock is None:
-            if self.control.startswith("ipc://") and not os.path.exists(self.control[len("ipc://"):]):
-                raise Unreachable(f"orchd is not running at {self.control}: start it with 'orchd run'")
             self.sock = self.ctx.socket(zmq.DEALER)
             self.sock.linger = 0
             self.sock.connect(self.control)
         return self.sock
 
-    def call(self, body: p.ControlRequest, timeout_s: float | None = None) -> p.ControlReply:
-        """Send one request and wait for its reply.
-
-        The first call is preceded by a ``Ping`` with a short deadline, so a
-        dead daemon is reported within 2 s even when the request itself may
-        take longer to serve (``submit``).
-        """
-        if not self._alive:
-            self._alive = True
-            self._call(p.Ping(), self.connect_timeout_s)
-        return self._call(body, timeout_s)
-
-    def _call(self, body: p.ControlRequest, timeout_s: float | None) -> p.ControlReply:
+    def _call(self, body: p.ControlRequest, timeout_s: float) -> p.ControlReply:
         sock = self._socket()
         rid = secrets.token_hex(6)
         sock.send(wire.encode_request(body, rid))
-        deadline_ms = int((self.timeout_s if timeout_s is None else timeout_s) * 1000)
         while True:
-            if not sock.poll(deadline_ms, zmq.POLLIN):
+            if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
                 self.close()  # a late reply must not be read as the answer to the next call
-                self._alive = False
-                raise Unreachable(f"orchd is not running at {self.control}: start it with 'orchd run'")
+                self._checked = False
+                raise self._late(timeout_s)
             reply = wire.decode_reply(sock.recv())
             if reply.id == rid or reply.id == "":
                 return reply.body
+
+    def _late(self, timeout_s: float) -> Exception:
+        """What a passed deadline means: the daemon is gone, or it is busy."""
+        if not self.control.startswith("ipc://"):
+            return self._unreachable("not running")
+        if (why := probe_ipc(self.control)) is not None:
+            return self._unreachable(why)
+        return Busy(f"orchd at {self.control} did not answer within {timeout_s:g} s (it is running but busy)")
 
     def close(self) -> None:
         if self.sock is not None:

@@ -2,11 +2,13 @@
 
 The Clone pattern: subscribe first, make sure the subscription is live
 (``Sync`` → wait for ``~sync <token>`` on the SUB), then page through
-``Replay`` from ``--since``, then apply live frames whose ``seq`` is higher
-than the last one printed.  Nothing is missed (the subscription was live
-before the replay was read) and nothing is printed twice (``seq`` only goes
-up).  Watching everything (no SESSION), a jump in ``seq`` means the PUB
-dropped frames for us (high-water mark): the gap is filled from the log.
+``Replay`` from ``--since``, then apply live frames.  Which frame to print
+and which range to read again from the log is decided by the sans-I/O
+``orchctl.cursor.Cursor``: nothing is printed twice (``seq`` only goes up),
+and frames the PUB dropped for us (high-water mark) are found by ``seq``
+(watching everything) or by ``prev`` (watching one session) and read from
+the log.  After ``IDLE_S`` without a frame the log's tail is read too: it
+repairs a dropped tail and tells a dead daemon from a quiet one.
 """
 
 from __future__ import annotations
@@ -19,47 +21,68 @@ import time
 import msgspec
 import zmq
 
-from orchctl.client import Client, Unreachable
+from orchctl.client import Client, Refused, Unreachable
+from orchctl.cursor import Cursor, Item
 from orchd import protocol as p
 from orchd import wire
 
 SYNC_DEADLINE_S = 5.0
-IDLE_PING_S = 2.0
+IDLE_S = 2.0
+PAGE = 5000
+DRAIN_MAX = 10_000  # frames read from the SUB before they are handled
 
 
 class _Stamp(msgspec.Struct):
     seq: int
+    prev: int = 0
     kind: str = ""
     session: str | None = None
     state: str | None = None
+    reason: str | None = None
 
 
 _stamp = msgspec.json.Decoder(_Stamp)
 
 
+def _item(js: bytes) -> Item:
+    """An event's JSON as the cursor's item; a malformed one is the daemon's fault (``WireError``)."""
+    try:
+        st = _stamp.decode(js)
+    except msgspec.DecodeError as exc:
+        raise wire.WireError(p.ErrorCode.BAD_JSON, f"malformed event from the daemon: {exc}") from None
+    return Item(st.seq, st.prev, (js, st))
+
+
+def _frame_item(frame: bytes) -> Item:
+    """A PUB frame ``<topic> <kind> <json>`` as the cursor's item."""
+    parts = frame.split(b" ", 2)
+    if len(parts) != 3:
+        raise wire.WireError(p.ErrorCode.BAD_FRAMES, f"malformed event frame from the daemon: {frame[:80]!r}")
+    return _item(parts[2])
+
+
 class _Printer:
-    def __init__(self, as_json: bool, until_done: bool, sessions: set[str] | None) -> None:
+    """Prints handed-out events; notices the end of the session ``--until-done`` waits for."""
+
+    def __init__(self, as_json: bool, until: str | None) -> None:
         self.as_json = as_json
-        self.until_done = until_done
-        self.active = sessions  # sessions to wait for (--until-done)
-        self.cursor = 0
+        self.until = until
+        self.ended: _Stamp | None = None  # the watched session's terminal session.state, once printed
         self.out = sys.stdout.buffer
 
-    def event(self, js: bytes) -> bool:
-        """Print one event if new; True when --until-done is satisfied."""
-        st = _stamp.decode(js)
-        if st.seq <= self.cursor:
-            return False
-        self.cursor = st.seq
-        if self.as_json:
-            self.out.write(js + b"\n")
-        else:
-            from orchctl import render
-            self.out.write(render.event_line(json.loads(js)).encode() + b"\n")
-        if self.until_done and st.kind == "session.state" and st.state in p.SESSION_TERMINAL \
-                and self.active is not None:
-            self.active.discard(st.session)
-            return not self.active
+    def emit(self, items: list[Item]) -> bool:
+        """Print events in order; True once the watched session has ended (nothing after is printed)."""
+        for it in items:
+            js, st = it.data
+            if self.as_json:
+                self.out.write(js + b"\n")
+            else:
+                from orchctl import render
+                self.out.write(render.event_line(json.loads(js)).encode() + b"\n")
+            if self.until is not None and st.kind == "session.state" and st.session == self.until \
+                    and st.state in p.SESSION_TERMINAL:
+                self.ended = st
+                return True
         return False
 
 
@@ -70,7 +93,7 @@ def _sync(client: Client, sub: zmq.Socket, early: list[bytes]) -> None:
         want = wire.SYNC_TOPIC + b" " + token.encode()
         reply = client.call(p.Sync(token=token))
         if isinstance(reply, p.Error):
-            raise Unreachable(f"daemon refused sync: {reply.detail}")
+            raise Refused(reply)
         until = time.monotonic() + 0.2
         while (left := until - time.monotonic()) > 0:
             if not sub.poll(int(left * 1000) + 1, zmq.POLLIN):
@@ -83,32 +106,59 @@ def _sync(client: Client, sub: zmq.Socket, early: list[bytes]) -> None:
     raise Unreachable("the events socket did not deliver a sync marker in time")
 
 
-def _replay(client: Client, session: str | None, printer: _Printer) -> bool:
-    while True:
-        reply = client.call(p.Replay(since=printer.cursor, session=session, limit=5000), timeout_s=10)
+def _fetch(client: Client, session: str | None, cursor: Cursor, printer: _Printer) -> bool:
+    """Ask for replay pages while the cursor wants them; True once the watched session has ended."""
+    while (since := cursor.next_fetch()) is not None:
+        reply = client.call(p.Replay(since=since, session=session, limit=PAGE))
         if isinstance(reply, p.Error):
-            raise Unreachable(f"replay refused: {reply.detail}")
-        for raw in reply.events:
-            if printer.event(bytes(raw)):
-                return True
+            raise Refused(reply)
+        if printer.emit(cursor.page([_item(bytes(raw)) for raw in reply.events], reply.more)):
+            return True
         sys.stdout.flush()
-        if not reply.more:
-            return False
+    return False
+
+
+def _live(client: Client, sub: zmq.Socket, session: str | None, cursor: Cursor, printer: _Printer,
+          pending: list[bytes]) -> None:
+    """Live frames (and the log where they have gaps) until the watched session ends."""
+    while True:
+        for frame in pending:
+            if frame.startswith(wire.SYNC_TOPIC):
+                continue
+            if printer.emit(cursor.live(_frame_item(frame))):
+                return
+        if _fetch(client, session, cursor, printer):
+            return
+        sys.stdout.flush()
+        pending = []
+        if sub.poll(int(IDLE_S * 1000), zmq.POLLIN):
+            while len(pending) < DRAIN_MAX:
+                try:
+                    pending.append(sub.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+        else:
+            cursor.idle()  # a dropped tail, or a dead daemon: the replay call says which
 
 
 def watch(client: Client, events_ep: str, session: str | None, since: int, until_done: bool,
-          as_json: bool, kinds=None) -> int:
-    active = None
-    if until_done:
+          as_json: bool) -> int:
+    """Print events (history, then live) until interrupted or, with ``until_done``, the session ends.
+
+    A SESSION is looked up first (``Status``): an unknown one raises
+    ``Refused`` (``not_found``).  ``until_done`` needs a SESSION (the caller
+    checks).  Returns the exit code: 0, or with ``until_done`` 0 when the
+    session ended ``done`` and 1 when it ended otherwise (one line on stderr
+    says how), after printing every event up to its end.
+    """
+    initial = None
+    if session is not None:
         reply = client.call(p.Status(session=session))
         if isinstance(reply, p.Error):
-            print(f"orchctl: {reply.detail} [{reply.code}]", file=sys.stderr)
-            return 1
-        active = {s.id for s in reply.sessions if s.state not in p.SESSION_TERMINAL} if session is None else {session}
-    printer = _Printer(as_json, until_done, active)
-    printer.cursor = since
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
+            raise Refused(reply)
+        initial = reply.sessions[0]
+    printer = _Printer(as_json, session if until_done else None)
+    sub = zmq.Context.instance().socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = 0
     sub.setsockopt(zmq.SUBSCRIBE, wire.topic(session) + b" " if session else b"")
@@ -117,37 +167,23 @@ def watch(client: Client, events_ep: str, session: str | None, since: int, until
     try:
         early: list[bytes] = []
         _sync(client, sub, early)
-        if _replay(client, session, printer):
-            return 0
-        if until_done and active is not None and not active:
-            return 0
-        pending = early
-        last_seen = time.monotonic()
-        while True:
-            for frame in pending:
-                if frame.startswith(wire.SYNC_TOPIC):
-                    continue
-                js = frame.split(b" ", 2)[2]
-                if session is None and _stamp.decode(js).seq > printer.cursor + 1:
-                    if _replay(client, session, printer):  # a gap: PUB dropped frames for us
-                        return 0
-                if printer.event(js):
-                    sys.stdout.flush()
-                    return 0
-            sys.stdout.flush()
-            pending = []
-            if sub.poll(int(IDLE_PING_S * 1000), zmq.POLLIN):
-                last_seen = time.monotonic()
-                while len(pending) < 10_000:
-                    try:
-                        pending.append(sub.recv(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
-            elif time.monotonic() - last_seen >= IDLE_PING_S:
-                client.call(p.Ping())  # raises Unreachable if the daemon went away
-                last_seen = time.monotonic()
+        cursor = Cursor(since, by_session=session is not None)
+        # The history: everything logged up to now, which covers the early frames.
+        ended = _fetch(client, session, cursor, printer)
+        # Without its end in the history, a session that had ended when the
+        # watch began ended at or before --since: the status says how.
+        if not ended and not (until_done and initial.state in p.SESSION_TERMINAL):
+            _live(client, sub, session, cursor, printer, early)
     finally:
         sub.close(linger=0)
+    sys.stdout.flush()
+    if not until_done:
+        return 0  # not reached: without --until-done a watch ends by a signal or an error
+    state, reason = (printer.ended.state, printer.ended.reason) if printer.ended else (initial.state, initial.reason)
+    if state == "done":
+        return 0
+    print(f"orchctl: session {session} ended {state}" + (f": {reason}" if reason else ""), file=sys.stderr)
+    return 1
 
 
 def history(client: Client, session: str, worker: str | None, as_json: bool) -> int:
@@ -156,7 +192,7 @@ def history(client: Client, session: str, worker: str | None, as_json: bool) -> 
     keep = {"agent.text", "worker.log", "agent.error", "agent.result", "worker.exited", "worker.started"}
     out = sys.stdout.buffer
     while True:
-        reply = client.call(p.Replay(since=cursor, session=session, limit=5000), timeout_s=10)
+        reply = client.call(p.Replay(since=cursor, session=session, limit=PAGE))
         if isinstance(reply, p.Error):
             print(f"orchctl: {reply.detail} [{reply.code}]", file=sys.stderr)
             return 1

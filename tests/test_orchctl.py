@@ -12,17 +12,18 @@ HEAVY = ("pydantic", "asyncio", "sqlite3", "prometheus_client", "actors", "orchd
 
 
 def test_orchctl_imports_only_what_it_needs(short_tmp):
-    code = (
-        "import sys\n"
-        "from orchctl.cli import main\n"
-        f"rc = main(['status', '--runtime-dir', {str(short_tmp / 'none')!r}])\n"
-        f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {HEAVY!r}]\n"
-        "print(rc, heavy)\n"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
-    rc, _, heavy = res.stdout.strip().partition(" ")
-    assert rc == "3"
-    assert heavy == "[]", f"orchctl imported {heavy}"
+    for argv, want_rc in ((["status"], "3"), (["watch", "s-1"], "3"), (["--version"], "0")):
+        code = (
+            "import sys\n"
+            "from orchctl.cli import main\n"
+            f"rc = main({argv!r} + ['--runtime-dir', {str(short_tmp / 'none')!r}])\n"
+            f"heavy = [m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {HEAVY!r}]\n"
+            "print(rc, heavy)\n"
+        )
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        rc, _, heavy = res.stdout.strip().splitlines()[-1].partition(" ")
+        assert rc == want_rc, (argv, res.stderr)
+        assert heavy == "[]", f"orchctl {argv} imported {heavy}"
 
 
 def test_logs_and_tables(daemon, git_repo, tmp_path):
