@@ -89,6 +89,7 @@ class SessionSupervisor(Conduct):
         ready.clear()
         self._workspace = workspace.Workspace(self._post)
         self._replayer = Replayer(self.log_path)
+        self._seq_reader = None
         control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes)
         waker = Waker(self.ports.inbox.raw)
         try:
@@ -120,6 +121,8 @@ class SessionSupervisor(Conduct):
                 t.cancel()
             control.close()
             self._replayer.close()
+            if self._seq_reader is not None:
+                self._seq_reader.close()
             await self._workspace.close(grace_s=1.0)
 
     async def _barrier(self, waker: Waker) -> list[bytes]:
@@ -336,7 +339,11 @@ class SessionSupervisor(Conduct):
         return stamp.session
 
     def _last_seq(self) -> int:
-        return self.proj.last_seq
+        """The log's last seq: one B-tree lookup (WAL readers never wait for the writer)."""
+        if self._seq_reader is None:
+            from orchd.store import LogReader
+            self._seq_reader = LogReader(self.log_path)
+        return self._seq_reader.last_seq()
 
     # ------------------------------------------------------------ requests
 

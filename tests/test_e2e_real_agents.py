@@ -52,8 +52,9 @@ def _submit(d, *args: str) -> dict:
 
 def _watch(d, sid: str) -> list[dict]:
     """The session's whole history, until it ends (orchctl watch --until-done --json)."""
-    res = d.ctl("watch", sid, "--until-done", "--json", timeout=WATCH_TIMEOUT_S)
+    res = d.ctl("watch", sid, "--until-done", "--json", timeout=WATCH_TIMEOUT_S, check=False)
     events = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    assert res.returncode == (0 if events[-1]["state"] == "done" else 1), res.stderr  # 0 only for done
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(set(seqs)), "watch printed an event twice or out of order"
     assert all(e["session"] == sid for e in events)

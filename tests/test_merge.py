@@ -23,7 +23,9 @@ def test_conflicting_assignments_escalate_and_keep_branches(daemon, git_repo, tm
     s = daemon.wait_session(sid)
     assert s["state"] == "escalated", s
     assert "shared.txt" in s["reason"]
-    events = [json.loads(x) for x in daemon.ctl("watch", sid, "--until-done", "--json").stdout.splitlines()]
+    res = daemon.ctl("watch", sid, "--until-done", "--json", check=False)
+    assert res.returncode == 1, res.stderr  # watch --until-done exits 0 only for done
+    events = [json.loads(x) for x in res.stdout.splitlines()]
     conflict = [e for e in events if e["kind"] == "session.note" and (e.get("data") or {}).get("conflicts")]
     assert conflict and conflict[0]["data"]["conflicts"] == ["shared.txt"]
     branches = _git(git_repo, "branch", "--list", f"orchd/{sid}*").split()

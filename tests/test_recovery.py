@@ -27,7 +27,10 @@ def test_policy():
 
 
 def _events(d, sid):
-    return [json.loads(x) for x in d.ctl("watch", sid, "--until-done", "--json", timeout=300).stdout.splitlines()]
+    res = d.ctl("watch", sid, "--until-done", "--json", timeout=300, check=False)
+    events = [json.loads(x) for x in res.stdout.splitlines()]
+    assert res.returncode == (0 if events[-1]["state"] == "done" else 1), res.stderr  # 0 only for done
+    return events
 
 
 def test_rate_limited_real_cli_is_relaunched_and_finishes(daemon_factory, git_repo, tmp_path):

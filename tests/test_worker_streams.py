@@ -14,8 +14,10 @@ def _run(daemon, git_repo, tmp_path, argv, limits=()):
     for lim in limits:
         args += ["--limit", lim]
     sid = daemon.ctl_json(*args)["session"]
-    out = daemon.ctl("watch", sid, "--until-done", "--json", timeout=120).stdout
-    events = [json.loads(line) for line in out.splitlines()]
+    res = daemon.ctl("watch", sid, "--until-done", "--json", timeout=120, check=False)
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    # watch --until-done exits 0 only for a session that ended done
+    assert res.returncode == (0 if events[-1]["state"] == "done" else 1), res.stderr
     return sid, events
 
 
