@@ -218,7 +218,7 @@ class Worker:
         dl = self._deadlines
         while dl.expired(time.monotonic()) != "start":
             wait_s = self._deadline_wait_s()
-            await self._receive(inbox, await inbox.recv_batch(
+            await self._receive(await inbox.recv_batch(
                 timeout_s=MAILBOX_RECHECK_S if wait_s is None else min(wait_s, MAILBOX_RECHECK_S)))
             if self._stop is not None:
                 await self.emit(p.WorkerExited(state=self._stop.state, reason=self._stop.reason))
@@ -231,7 +231,7 @@ class Worker:
         # never a zero timeout: a busy loop here would starve the event loop's selector
         return None if timeout is None else max(timeout, 0.005)
 
-    async def _receive(self, inbox: Mailbox, raws: list[bytes]) -> None:
+    async def _receive(self, raws: list[bytes]) -> None:
         for raw in raws:
             try:
                 msg = wire.worker_inbox.decode(raw)
@@ -386,15 +386,17 @@ class Worker:
                                              return_when=asyncio.FIRST_COMPLETED)
                 if recv in done:
                     raws, recv = recv.result(), None
-                    await self._receive(inbox, raws)
+                    await self._receive(raws)
         finally:
             if recv is not None:
                 recv.cancel()
+                await asyncio.wait({recv})  # let it finish cancelling (its error, if any, is the cancel)
 
     def _kill_leftovers(self, child: proc.Child, now: float) -> None:
         """The exit grace is over (or a stop came after the exit): kill what the agent left in its group."""
         if child.kill_group():
             _log.info("agent_leftovers_killed", session=self.spec.session, worker=self.spec.name)
+        self._deadlines.exited(now)  # (a no-op unless the stop came before the loop saw the exit)
         self._deadlines.killed(now)
 
     async def _limit(self, limit: str, detail: str) -> None:
