@@ -3,7 +3,12 @@
 Theory of operation
 -------------------
 A worker owns exactly one agent process (a process group, see
-``orchd.proc``).  Three tasks run under one TaskGroup:
+``orchd.proc``).  Before it starts the agent it may wait: out a start delay
+(a recovery backoff) and, when the session is paused (``start_paused``, or
+a pause that arrives meanwhile), until it is resumed; a stop meanwhile ends
+it without starting anything.
+
+While the agent runs, three tasks run under one TaskGroup:
 
 * stdout: read in chunks of up to 1 MiB, cut into lines by the sans-I/O
   ``LineFramer``, each line fed to the agent adapter's sans-I/O parser; the
@@ -13,12 +18,17 @@ A worker owns exactly one agent process (a process group, see
 * stderr: every line becomes ``worker.log``; the adapter may say a line
   means "your sandbox is off", which ends an unconfined run that claimed
   to be confined (unless the user allowed unconfined runs).
-* control: the mailbox (stop, pause, resume from the supervisor) and the
-  stall and wall-time deadlines, checked on the monotonic clock.
+* control (the TaskGroup's body): the mailbox (stop, pause, resume from
+  the supervisor), the agent's exit, and the deadlines of
+  ``actors.deadlines`` (stall, wall time, exit grace), on the monotonic
+  clock.
 
-When the process has exited and both pipes are drained, the worker emits
-``worker.exited`` with the exit code or signal and ends.  An agent that
-fails is an event, not an exception; only a bug escapes ``run``.
+The worker ends when the agent's main process exits, not when its pipes
+close: a background process the agent left behind may hold them open.
+After the exit it reads on for ``exit_grace_s``, kills the process group,
+drains what is buffered, and emits ``worker.exited`` with the exit code or
+signal.  An agent that fails is an event, not an exception; only a bug
+escapes ``run``.
 """
 
 from __future__ import annotations
@@ -30,12 +40,14 @@ import signal
 import time
 from collections import deque
 from pathlib import Path
+from typing import assert_never
 
 import msgspec
 import zmq.asyncio
 
 from actors.agents import get_adapter
 from actors.agents.base import RunSpec
+from actors.deadlines import Deadlines
 from orchd import log, metrics, proc, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox
@@ -52,6 +64,9 @@ MARKER_EVENTS = {
 }
 READ_CHUNK = 1 << 20
 STDERR_TAIL = 50
+# the longest the control loop waits on its mailbox before looking again: a safety net in case a
+# ZeroMQ wake-up were missed (the deadlines themselves never need polling)
+MAILBOX_RECHECK_S = 1.0
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +85,8 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     allow_unconfined: bool = False
     extra_env: dict[str, str] = {}
     start_delay_s: float = 0.0  # a recovery backoff: wait (stoppable) before starting the agent
+    start_paused: bool = False  # the session is paused: wait for ResumeWorker before starting the agent
+    exit_grace_s: float = 2.0  # after the agent exits, how long to read on before killing what it left
 
 
 def mailbox_endpoint(session: str, name: str, gen: int) -> str:
@@ -106,14 +123,15 @@ class Worker:
         self._topic = wire.topic(spec.session)
         self._stamp = wire.stamp_prefix(spec.session, spec.name, spec.agent, spec.gen)
         self._out: Outbox | None = None
-        self._last_output = time.monotonic()
-        self._paused_at: float | None = None
+        self._deadlines: Deadlines | None = None  # made when run() starts: its clock starts then
         self._stop: p.StopWorker | None = None
         self._stderr_tail: list[str] = []
         self._agent_events: deque[p.Ev] = deque(maxlen=1000)  # the last ones, for the failure catalogue
         self._result_ok: bool | None = None
-        self._child: asyncio.subprocess.Process | None = None
+        self._child: proc.Child | None = None
         self._stopper: asyncio.Task | None = None
+        self._out_framer = LineFramer(spec.max_line_bytes)
+        self._parser = self.adapter.new_parser()
 
     # ------------------------------------------------------------ emitting
 
@@ -129,6 +147,9 @@ class Worker:
         spec = self.spec
         self._out = Outbox(self.ctx)
         inbox = Mailbox(self.ctx, mailbox_endpoint(spec.session, spec.name, spec.gen))
+        self._deadlines = Deadlines(time.monotonic(), start_delay_s=spec.start_delay_s,
+                                    wall_time_s=spec.wall_time_s, stall_s=spec.stall_s,
+                                    exit_grace_s=spec.exit_grace_s, paused=spec.start_paused)
         try:
             await self._run(inbox)
         finally:
@@ -137,7 +158,9 @@ class Worker:
 
     async def _run(self, inbox: Mailbox) -> None:
         spec = self.spec
-        if spec.start_delay_s > 0 and await self._stopped_while_waiting(inbox, spec.start_delay_s):
+        if spec.start_paused:
+            await self.emit(p.WorkerStateChanged(state="paused", reason="session paused"))
+        if not await self._wait_to_start(inbox):
             return
         try:
             launch = self.adapter.build_launch(spec.run)
@@ -163,7 +186,8 @@ class Worker:
             await self.emit(p.WorkerExited(state="failed", reason=f"cannot start {launch.argv[0]!r}: {exc}"))
             return
         self._child = child
-        self._last_output = time.monotonic()  # the stall clock starts with the process, not the version probe
+        # the stall clock starts with the process, not the version probe
+        self._deadlines.started(time.monotonic())
         metrics.workers_running.inc()
         try:
             await self.emit(p.WorkerStarted(pid=child.pid, argv=launch.argv, cwd=launch.cwd,
@@ -171,33 +195,50 @@ class Worker:
                                             confined=launch.confined))
             _log.info("agent_started", session=spec.session, worker=spec.name, gen=spec.gen, pid=child.pid)
             async with asyncio.TaskGroup() as tg:
-                control = tg.create_task(self._control(inbox, child))
-                out_task = tg.create_task(self._stdout(child))
-                tg.create_task(self._stderr(child, launch.confined))
-                await out_task  # stdout ends after the process has exited and the pipe drained
-                control.cancel()
+                readers = (tg.create_task(self._stdout(child)), tg.create_task(self._stderr(child, launch.confined)))
+                exit_task = tg.create_task(child.wait_exit())
+                await self._control(inbox, child, exit_task, readers)
         finally:
             if child.returncode is None:  # cancelled (daemon stopping): end the agent
                 await proc.terminate(child, spec.stop_grace_s)
+            else:  # whatever it left behind in its group goes with it
+                child.kill_group()
             if self._stopper is not None:
                 await self._stopper
+            child.close_pipes()
             metrics.workers_running.dec()
+        tail = self._stdout_lines(self._out_framer.close(), self._parser)
+        tail += self._agent(self._parser.finish(child.returncode))
+        if tail:
+            await self.emit(*tail)
         await self._exited(child.returncode)
 
-    async def _stopped_while_waiting(self, inbox: Mailbox, delay_s: float) -> bool:
-        """Wait out a backoff on the mailbox; True (and the run ended) if told to stop meanwhile."""
-        deadline = time.monotonic() + delay_s
-        while (left := deadline - time.monotonic()) > 0:
-            for raw in await inbox.recv_batch(timeout_s=left):
-                try:
-                    msg = wire.worker_inbox.decode(raw)
-                except msgspec.DecodeError as exc:
-                    _log.warning("worker_bad_message", worker=self.spec.name, error=str(exc))
-                    continue
-                if isinstance(msg, p.StopWorker):
-                    await self.emit(p.WorkerExited(state=msg.state, reason=msg.reason))
-                    return True
-        return False
+    async def _wait_to_start(self, inbox: Mailbox) -> bool:
+        """Wait out the start delay and any pause; False (and the run ended) if told to stop meanwhile."""
+        dl = self._deadlines
+        while dl.expired(time.monotonic()) != "start":
+            wait_s = self._deadline_wait_s()
+            await self._receive(await inbox.recv_batch(
+                timeout_s=MAILBOX_RECHECK_S if wait_s is None else min(wait_s, MAILBOX_RECHECK_S)))
+            if self._stop is not None:
+                await self.emit(p.WorkerExited(state=self._stop.state, reason=self._stop.reason))
+                return False
+        return True
+
+    def _deadline_wait_s(self) -> float | None:
+        """How long to wait for something else to happen before the next deadline (None: no deadline)."""
+        timeout = self._deadlines.timeout_s(time.monotonic())
+        # never a zero timeout: a busy loop here would starve the event loop's selector
+        return None if timeout is None else max(timeout, 0.005)
+
+    async def _receive(self, raws: list[bytes]) -> None:
+        for raw in raws:
+            try:
+                msg = wire.worker_inbox.decode(raw)
+            except msgspec.DecodeError as exc:
+                _log.warning("worker_bad_message", worker=self.spec.name, error=str(exc))
+                continue
+            await self._handle(msg)
 
     async def _exited(self, rc: int | None) -> None:
         code = rc if rc is not None and rc >= 0 else None
@@ -220,24 +261,17 @@ class Worker:
 
     # ------------------------------------------------------------ streams
 
-    async def _stdout(self, child: asyncio.subprocess.Process) -> None:
-        spec = self.spec
-        framer = LineFramer(spec.max_line_bytes)
-        parser = self.adapter.new_parser()
+    async def _stdout(self, child: proc.Child) -> None:
+        """Read stdout until EOF; the partial last line and the parser's end are ``_run``'s."""
         read = child.stdout.read
         while True:
             data = await read(READ_CHUNK)
             if not data:
-                break
-            self._last_output = time.monotonic()
-            events = self._stdout_lines(framer.feed(data), parser)
+                return
+            self._deadlines.output(time.monotonic())
+            events = self._stdout_lines(self._out_framer.feed(data), self._parser)
             if events:
                 await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events))))
-        await child.wait()
-        tail = self._stdout_lines(framer.close(), parser)
-        tail += self._agent(parser.finish(child.returncode))
-        if tail:
-            await self.emit(*tail)
 
     def _stdout_lines(self, lines, parser) -> list[p.Ev]:
         events: list[p.Ev] = []
@@ -274,14 +308,14 @@ class Worker:
             out.append(p.WorkerBadLine(problem=problem, stream=stream, size=size, preview=text[:200]))
         return out
 
-    async def _stderr(self, child: asyncio.subprocess.Process, confined: bool | None) -> None:
+    async def _stderr(self, child: proc.Child, confined: bool | None) -> None:
         framer = LineFramer(self.spec.max_line_bytes)
         read = child.stderr.read
         while True:
             data = await read(READ_CHUNK)
             lines = framer.feed(data) if data else framer.close()
             if data:
-                self._last_output = time.monotonic()
+                self._deadlines.output(time.monotonic())
             events: list[p.Ev] = []
             for text, problems, size in lines:
                 if problems:
@@ -308,57 +342,91 @@ class Worker:
     # ------------------------------------------------------------ control
 
     def _request_stop(self, msg: p.StopWorker) -> None:
-        """Record why, and start TERM → grace → KILL of the group (once)."""
+        """Record why, and (once started) TERM → grace → KILL the group (once)."""
         if self._stop is None:
             self._stop = msg
-            self._stopper = asyncio.get_running_loop().create_task(
-                proc.terminate(self._child, self.spec.stop_grace_s))
+            self._deadlines.stop()
+            if self._child is not None:
+                self._stopper = asyncio.get_running_loop().create_task(
+                    proc.terminate(self._child, self.spec.stop_grace_s))
 
-    async def _control(self, inbox: Mailbox, child: asyncio.subprocess.Process) -> None:
-        spec = self.spec
-        started = time.monotonic()
-        while True:
-            now = time.monotonic()
-            deadlines = []
-            if self._stop is None:  # once stopping, the limits have done their job
-                if spec.wall_time_s:
-                    deadlines.append(started + spec.wall_time_s)
-                if spec.stall_s and self._paused_at is None:
-                    deadlines.append(self._last_output + spec.stall_s)
-            timeout = max(0.0, min(deadlines) - now) if deadlines else None
-            # never a zero timeout: a busy loop here would starve the event loop's selector
-            msgs = await inbox.recv_batch(timeout_s=min(max(timeout, 0.005), 1.0) if timeout is not None else 1.0)
-            for raw in msgs:
-                try:
-                    msg = wire.worker_inbox.decode(raw)
-                except msgspec.DecodeError as exc:
-                    _log.warning("worker_bad_message", worker=spec.name, error=str(exc))
-                    continue
-                await self._handle(msg, child)
-            now = time.monotonic()
-            if self._stop is None:
-                if spec.wall_time_s and now - started >= spec.wall_time_s:
-                    await self._limit("wall_time", f"ran longer than {spec.wall_time_s:g} s")
-                elif spec.stall_s and self._paused_at is None and now - self._last_output >= spec.stall_s:
-                    await self._limit("stall", f"no output for {spec.stall_s:g} s")
+    async def _control(self, inbox: Mailbox, child: proc.Child, exit_task: asyncio.Task,
+                       readers: tuple[asyncio.Task, ...]) -> None:
+        """Mailbox, exit and deadlines, until the agent has exited and its pipes are drained (or given up)."""
+        dl = self._deadlines
+        recv: asyncio.Task | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if exit_task.done():
+                    dl.exited(now)
+                    if all(r.done() for r in readers):
+                        return
+                match dl.expired(now):
+                    case "wall_time":
+                        await self._limit("wall_time", f"ran longer than {self.spec.wall_time_s:g} s")
+                    case "stall":
+                        await self._limit("stall", f"no output for {self.spec.stall_s:g} s")
+                    case "exit_grace":
+                        self._kill_leftovers(child, now)
+                    case "drain":
+                        # something outside the group still holds a pipe: stop reading it
+                        _log.warning("agent_pipes_abandoned", session=self.spec.session, worker=self.spec.name)
+                        child.close_pipes()
+                        dl.pipes_closed()
+                    case "start" | None:
+                        pass
+                if recv is None:
+                    recv = asyncio.create_task(inbox.recv_batch(timeout_s=MAILBOX_RECHECK_S))
+                # wake on a message, the agent's exit, a pipe's EOF, or the next deadline
+                waits = {recv, *(r for r in readers if not r.done())}
+                if not exit_task.done():
+                    waits.add(exit_task)
+                done, _ = await asyncio.wait(waits, timeout=self._deadline_wait_s(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if recv in done:
+                    raws, recv = recv.result(), None
+                    await self._receive(raws)
+        finally:
+            if recv is not None:
+                recv.cancel()
+                await asyncio.wait({recv})  # let it finish cancelling (its error, if any, is the cancel)
+
+    def _kill_leftovers(self, child: proc.Child, now: float) -> None:
+        """The exit grace is over (or a stop came after the exit): kill what the agent left in its group."""
+        if child.kill_group():
+            _log.info("agent_leftovers_killed", session=self.spec.session, worker=self.spec.name)
+        self._deadlines.exited(now)  # (a no-op unless the stop came before the loop saw the exit)
+        self._deadlines.killed(now)
 
     async def _limit(self, limit: str, detail: str) -> None:
         _log.warning("worker_limit", session=self.spec.session, worker=self.spec.name, limit=limit)
         await self.emit(p.WorkerLimit(limit=limit, detail=detail))
         self._request_stop(p.StopWorker(reason=f"limit {limit}: {detail}", state="failed"))
 
-    async def _handle(self, msg: p.WorkerInbox, child: asyncio.subprocess.Process) -> None:
+    async def _handle(self, msg: p.WorkerInbox) -> None:
+        """One message from the supervisor, in whatever phase the worker is."""
+        dl = self._deadlines
+        child = self._child
+        exited = child is not None and child.returncode is not None
+        now = time.monotonic()
         match msg:
             case p.StopWorker():
-                self._request_stop(msg)
+                if not exited:
+                    self._request_stop(msg)
+                else:  # the agent already ended on its own, so its exit decides the state
+                    self._kill_leftovers(child, now)
             case p.PauseWorker():
-                if self._paused_at is None and proc.signal_group(child.pid, signal.SIGSTOP):
-                    self._paused_at = time.monotonic()
+                if exited or dl.paused:
+                    return
+                if child is None or proc.signal_group(child.pid, signal.SIGSTOP):
+                    dl.pause(now)
                     await self.emit(p.WorkerStateChanged(state="paused"))
             case p.ResumeWorker():
-                if self._paused_at is not None:
-                    proc.signal_group(child.pid, signal.SIGCONT)
-                    # time spent paused is not a stall
-                    self._last_output += time.monotonic() - self._paused_at
-                    self._paused_at = None
+                if dl.paused:
+                    if child is not None:
+                        proc.signal_group(child.pid, signal.SIGCONT)
+                    dl.resume(now)  # time spent paused is not a stall
                     await self.emit(p.WorkerStateChanged(state="running"))
+            case _:
+                assert_never(msg)

@@ -6,6 +6,12 @@ asks the kernel for SIGKILL when the daemon's thread that forked it dies
 (``PR_SET_PDEATHSIG``), and carries the env marker ``ORCHD_AGENT_OF=<state dir>`` so a
 restarted daemon can find and end any process that outlived a crash
 (``kill_orphans``): pdeathsig covers the agent itself, not its children.
+
+A ``Child`` tells apart two things asyncio's ``Process.wait`` mixes up
+(up to Python 3.11 it returns only once the process has exited AND every
+pipe is closed): the agent's main process exiting (``wait_exit``), and its
+pipes reaching EOF, which a background process it left behind can delay
+forever.  The worker ends on the first, with a grace for the second.
 """
 
 from __future__ import annotations
@@ -25,12 +31,52 @@ def _child_setup() -> None:  # runs in the child between fork and exec
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-async def spawn(argv: list[str], cwd: str, env: dict[str, str], limit: int) -> asyncio.subprocess.Process:
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's stream protocol, plus an event set when the process itself exits."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+class Child(asyncio.subprocess.Process):
+    """An agent process (the leader of its own process group)."""
+
+    def __init__(self, transport, protocol: _Protocol, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport, protocol, loop)
+        self._exited = protocol.exited
+        self._pipes = transport
+
+    async def wait_exit(self) -> int:
+        """The exit status, as soon as the main process has exited (its pipes may still be open)."""
+        await self._exited.wait()
+        return self.returncode
+
+    def kill_group(self) -> bool:
+        """SIGKILL whatever is left in the process group; False if nothing was."""
+        return signal_group(self.pid, signal.SIGKILL)
+
+    def close_pipes(self) -> None:
+        """Stop reading: each reader gets what is already buffered, then EOF.
+
+        Also kills the main process if it still runs (asyncio's transport
+        ``close``); call it once the worker is done with the process.
+        """
+        self._pipes.close()
+
+
+async def spawn(argv: list[str], cwd: str, env: dict[str, str], limit: int) -> Child:
     """Start ``argv`` in its own process group, stdin from /dev/null.
 
     Raises ``OSError`` (e.g. ``FileNotFoundError``) when it cannot start.
     """
-    return await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _Protocol(limit, loop),
         *argv,
         cwd=cwd,
         env=env,
@@ -39,8 +85,8 @@ async def spawn(argv: list[str], cwd: str, env: dict[str, str], limit: int) -> a
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         preexec_fn=_child_setup,
-        limit=limit,
     )
+    return Child(transport, protocol, loop)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
@@ -52,19 +98,20 @@ def signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-async def terminate(proc: asyncio.subprocess.Process, grace_s: float) -> int | None:
-    """SIGTERM the group (and SIGCONT in case it is stopped), wait ``grace_s``, then SIGKILL."""
-    if proc.returncode is None:
-        signal_group(proc.pid, signal.SIGTERM)
-        signal_group(proc.pid, signal.SIGCONT)
+async def terminate(child: Child, grace_s: float) -> int | None:
+    """SIGTERM the group (and SIGCONT in case it is stopped), wait ``grace_s`` for the main
+    process to exit, then SIGKILL; either way nothing is left in the group afterwards."""
+    if child.returncode is None:
+        signal_group(child.pid, signal.SIGTERM)
+        signal_group(child.pid, signal.SIGCONT)
         try:
-            await asyncio.wait_for(proc.wait(), grace_s)
+            await asyncio.wait_for(child.wait_exit(), grace_s)
         except TimeoutError:
-            signal_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            signal_group(child.pid, signal.SIGKILL)
+            await child.wait_exit()
     # the leader is gone; make sure nothing it started lingers in its group
-    signal_group(proc.pid, signal.SIGKILL)
-    return proc.returncode
+    child.kill_group()
+    return child.returncode
 
 
 def find_orphans(state_dir: str) -> list[int]:

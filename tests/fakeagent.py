@@ -14,6 +14,9 @@ Usage: fakeagent.py OP [OP ...], run in order:
   waitfile:PATH   wait (up to 60 s) until PATH exists
   write:NAME:TEXT write TEXT to NAME in the working directory
   hang            block until killed
+  bg:PIDFILE      start `sleep 1000` in the background (same process group, inheriting
+                  stdout and stderr, so the pipes stay open after we exit); its pid goes to PIDFILE
+  bgsid:PIDFILE   the same in a new session: out of reach of a kill of our process group
   exit:CODE       exit with CODE
   kill:SIG        kill itself with signal SIG
 """
@@ -21,6 +24,7 @@ Usage: fakeagent.py OP [OP ...], run in order:
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 
@@ -66,6 +70,11 @@ def main(ops: list[str]) -> int:
             fname, _, text = arg.partition(":")
             with open(fname, "w") as fh:
                 fh.write(text)
+        elif name in ("bg", "bgsid"):
+            out.flush()
+            child = subprocess.Popen(["sleep", "1000"], start_new_session=name == "bgsid")
+            with open(arg, "w") as fh:
+                fh.write(str(child.pid))
         elif name == "hang":
             out.flush()
             while True:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.conftest import fake, write_plan
+from tests.conftest import fake, wait_for, write_plan
 
 
 def _run(daemon, git_repo, tmp_path, argv, limits=()):
@@ -94,3 +94,27 @@ def test_token_budget_stops_the_session(daemon, git_repo, tmp_path):
     assert final["state"] == "failed" and "budget" in final["reason"]
     w = daemon.wait_session(sid)["workers"][0]
     assert w["state"] == "failed"
+
+
+def test_background_process_holding_stdout_does_not_hold_the_worker(daemon, git_repo, tmp_path):
+    # the agent prints DONE and exits 0, but a `sleep 1000` it started still holds its stdout
+    pidfile = tmp_path / "bg.pid"
+    sid, events = _run(daemon, git_repo, tmp_path, fake("line:DONE: finished", f"bg:{pidfile}", "exit:0"))
+    w = daemon.status(sid)["workers"][0]
+    assert (w["state"], w["exit_code"]) == ("done", 0)
+    assert [e["text"] for e in _kinds(events, "worker.done")] == ["finished"]
+    assert _kinds(events, "worker.limit") == []
+    exited = _kinds(events, "worker.exited")[-1]
+    assert (exited["state"], exited["exit_code"], exited["signal"]) == ("done", 0, None)
+    # ended by the exit and the 2 s exit grace, not by the background process's end
+    assert exited["ts"] - _kinds(events, "worker.started")[-1]["ts"] < 6
+    pid = int(pidfile.read_text())
+    wait_for(lambda: _dead(pid), 5, "the background process to be killed")
+
+
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"  # killed, not yet reaped by init
+    except FileNotFoundError:
+        return True
