@@ -85,12 +85,8 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
                       wall_time_s=limits.wall_time_s, stall_s=limits.stall_s,
                       max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s,
                       state_dir=str(cfg.state_dir), allow_unconfined=cfg.allow_unconfined,
-                      extra_env=extra_env, start_delay_s=cmd.delay_s, **_paused(start_paused))
+                      extra_env=extra_env, start_delay_s=cmd.delay_s, start_paused=start_paused)
     ev = p.WorkerLaunching(resume=bool(rid), worktree=found.cwd if found.branch else None, branch=found.branch,
                            reason=cmd.reason, delay_s=cmd.delay_s)
     return spec, ev
 
-
-def _paused(start_paused: bool) -> dict:
-    """``start_paused`` only when set, so this works with workers that predate the field."""
-    return {"start_paused": True} if start_paused and "start_paused" in WorkerSpec.__struct_fields__ else {}

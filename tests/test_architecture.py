@@ -290,3 +290,40 @@ def test_submit_validates_scenario_and_limits_at_the_daemon(daemon, git_repo):
     daemon.wait_session(sid)
     submitted = [e for e in _all_events(daemon) if e["kind"] == "session.submitted"]
     assert len(submitted) == 1 and submitted[0]["limits"] == {"stall_s": 30.0}  # stored validated
+
+
+def test_a_paused_session_stays_paused_across_a_daemon_restart(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory()
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "w", "agent": "command", "rerun": True, "argv": fake("line:started", "hang")}])
+    sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    wait_for(lambda: d.status(sid)["workers"][0]["pid"], 20, "the agent to start")
+    d.ctl("pause", sid)
+    d.kill9()
+    d2 = type(d)(d.state_dir, d.runtime_dir).start()
+    try:
+        w = wait_for(lambda: (w := d2.status(sid)["workers"][0])["gen"] == 1 and w["state"] == "paused" and w,
+                     20, "the relaunched worker to wait, paused")
+        assert d2.status(sid)["state"] == "paused" and w["pid"] is None  # nothing started
+        d2.ctl("resume", sid)
+        wait_for(lambda: d2.status(sid)["workers"][0]["pid"], 20, "the agent to start after resume")
+        d2.ctl("stop", sid)
+        assert d2.wait_session(sid)["state"] == "stopped"
+    finally:
+        assert d2.stop() == 0
+
+
+def test_a_command_is_not_run_again_after_a_daemon_crash_unless_allowed(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory()
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "w", "agent": "command", "argv": fake("line:started", "hang")}])
+    sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    wait_for(lambda: d.status(sid)["workers"][0]["pid"], 20, "the agent to start")
+    d.kill9()
+    d2 = type(d)(d.state_dir, d.runtime_dir).start()
+    try:
+        s = d2.wait_session(sid, timeout_s=30)
+        assert s["state"] == "failed" and s["workers"][0]["gen"] == 0, s
+        assert "rerun" in s["workers"][0]["reason"]
+    finally:
+        assert d2.stop() == 0
