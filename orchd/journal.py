@@ -70,6 +70,7 @@ CHECKPOINT_EVERY = 5000            # events between WAL checkpoints (run in a th
 SESSIONS_REMEMBERED = 10_000       # sessions whose last seq the journal keeps for ``prev`` (least recent go)
 BATCH_MAX_MSGS = 10_000            # one drained batch: at most this many messages...
 BATCH_MAX_BYTES = 8 * 1024 * 1024  # ...and about this many bytes (also what is held while the log fails)
+BATCH_MIN_EVENTS = 256             # a batch ends after max(this, SNDHWM / 2) events (see _handle)
 MAILBOX_HWM = 1000                 # the PULL's share of the mailbox high-water mark (producers add theirs)
 BACKOFF_FIRST_S = 0.05             # first retry of a failed append; doubles up to BACKOFF_CAP_S
 BACKOFF_CAP_S = 2.0
@@ -155,6 +156,7 @@ class JournalSockets:
         self.publish = list(publish)
         self.pub_inline_max_bytes = pub_inline_max_bytes
         self.pub_sndhwm = pub_sndhwm(pub_queue_bytes, pub_inline_max_bytes, pub_hwm)
+        self.batch_max_events = max(BATCH_MIN_EVENTS, self.pub_sndhwm // 2)
         self.mailbox_hwm = mailbox_hwm
         self.pull: zmq.Socket | None = None   # blocking views of the sockets (non-blocking calls only)
         self.pub: zmq.Socket | None = None
@@ -251,8 +253,8 @@ class JournalActor:
             _log.info("journal_started", last_seq=self.last_seq, restarts=restarts)
             batch, s.unhandled = s.unhandled, []
             while True:
-                if batch:
-                    await self._handle(batch)
+                while batch:
+                    batch = await self._handle(batch)
                 if s.stop_at is not None:
                     break
                 await waker.wait(None)
@@ -273,7 +275,10 @@ class JournalActor:
 
     # ------------------------------------------------------------ one batch
 
-    async def _handle(self, msgs: list[bytes]) -> None:
+    async def _handle(self, msgs: list[bytes]) -> list[bytes]:
+        """Log, publish and forward the events of ``msgs``; returns the messages it left for
+        the next batch (a batch ends after ``batch_max_events``, so that publishing it cannot
+        overrun the SNDHWM of a subscriber that keeps up)."""
         s = self.s
         rows = []
         frames = []
@@ -283,6 +288,7 @@ class JournalActor:
         inline_max = s.pub_inline_max_bytes
         seq = self.last_seq
         crash_at = -1
+        rest: list[bytes] = []
         not_published = 0
         self._uncommitted = True
         for i, raw in enumerate(msgs):
@@ -306,6 +312,9 @@ class JournalActor:
                             route = self._route(kind)
                         for f in route:
                             follow[f].append(js)
+                    if len(rows) >= s.batch_max_events:
+                        rest = msgs[i + 1:]
+                        break
                 case p.PublishSync(token=token):
                     frames.append(wire.SYNC_TOPIC + b" " + token.encode())
                 case p.Crash():
@@ -314,7 +323,7 @@ class JournalActor:
         if rows:
             if not await self._write(lambda: self._log.append(rows)):
                 self.unwritten += len(rows)
-                return
+                return rest
             self.last_seq = seq
             metrics.events.inc(len(rows))
             self._checkpoint_now_and_then(len(rows))
@@ -332,6 +341,7 @@ class JournalActor:
         if crash_at >= 0:
             s.unhandled = msgs[crash_at + 1:]
             raise RuntimeError("injected fault")
+        return rest
 
     def _route(self, kind: bytes) -> tuple[int, ...]:
         name = kind.decode()
@@ -341,11 +351,10 @@ class JournalActor:
     async def _flush(self) -> None:
         """After a stop request: log what the mailbox holds now, until the deadline."""
         s = self.s
-        while not self.unwritten and time.monotonic() < s.stop_at:
-            batch = drain(s.pull)
-            if not batch:
-                break
-            await self._handle(batch)
+        batch = drain(s.pull)
+        while batch and not self.unwritten and time.monotonic() < s.stop_at:
+            batch = await self._handle(batch) or drain(s.pull)
+        s.unhandled.extend(batch)
         left = self.unwritten + self._count_left()
         if left:
             _log.warning("journal_unwritten", events=left, error=s.log_error, last_seq=self.last_seq)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -295,3 +296,291 @@ def test_flush_and_stop_returns_in_time_while_the_log_is_locked(tmp_path, short_
     asyncio.run(main())
     unwritten = [r for r in caplog.records if r.getMessage() == "journal_unwritten"]
     assert unwritten and unwritten[0].kv["events"] == 50
+
+
+# ---------------------------------------------------------------- a real daemon
+
+CONFIG = 'worktree_dir = "{wt}"\nstop_grace_s = 2.0\nmetrics_port = {port}\n'
+STOP_WITHIN_S = 20.0  # supervisor (stop_grace_s + its margin) then the journal's flush deadline (5 s)
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def tmpfs_state(tmp_path):
+    """``tmp_path/state`` on a 20 MiB tmpfs (the daemon fixtures put the state dir there)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    state = tmp_path / "state"
+    state.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(state)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {res.stderr.decode().strip()}")
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=True)
+
+
+class _Sub:
+    """A SUB on the daemon's events that keeps everything it is sent (seq -> json)."""
+
+    def __init__(self, d, rcvhwm: int = 0) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.linger = 0
+        self.sock.rcvhwm = rcvhwm
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(f"ipc://{d.runtime_dir}/events")
+        self.client = Client(f"ipc://{d.runtime_dir}/control")
+        self.seen: dict[int, bytes] = {}
+        for attempt in range(100):  # the subscription is live once a sync marker comes through
+            self.client.call(p.Sync(token=str(attempt)))
+            if self.sock.poll(100):
+                while not self.sock.recv().startswith(wire.SYNC_TOPIC):
+                    pass
+                return
+        raise AssertionError("no sync marker on the events socket")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not frame.startswith(wire.SYNC_TOPIC):
+                js = wire.split_frame(frame)[2]
+                seq = json.loads(js)["seq"]
+                assert seq not in self.seen, f"seq {seq} published twice"
+                self.seen[seq] = js
+
+    def close(self) -> None:
+        self.client.close()
+        self.ctx.destroy(linger=0)
+
+
+def _until(sub: _Sub, cond, timeout_s: float, what: str):
+    def check():
+        sub.drain()
+        return cond()
+    return wait_for(check, timeout_s, what)
+
+
+def _config(tmp_path: Path) -> str:
+    with socket.socket() as s:  # a free loopback port for the metrics endpoint
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return CONFIG.format(wt=tmp_path / "wt", port=port)
+
+
+def _metric(d, name: str) -> float:
+    port = int(d.config.read_text().split("metrics_port = ")[1].split()[0])
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def _failing_for_a_while(d, sub: _Sub, error: str) -> None:
+    """The journal found the log unwritable, retried three times, and published nothing it could not log."""
+    _until(sub, lambda: _logged(d, "event_log_unwritable"), 30, "the journal to find the log unwritable")
+    failed = _logged(d, "event_log_unwritable")[0]
+    assert error in failed["error"]
+    _until(sub, lambda: _metric(d, "orchd_log_write_failures_total") >= 3, 30, "three failed appends")
+    assert _metric(d, "orchd_log_writable") == 0
+    assert max(sub.seen) <= failed["last_seq"], "published an event the log does not have"
+    assert not _logged(d, "actor_crashed")
+
+
+def _logged(d, event: str) -> list[dict]:
+    out = []
+    for line in d.log().splitlines():
+        if f'"event": "{event}"' in line:
+            out.append(json.loads(line))
+    return out
+
+
+def _submit(d, git_repo: Path, tmp_path: Path, argv: list[str]) -> str:
+    plan = write_plan(tmp_path / f"plan-{time.monotonic_ns()}.json", [{"name": "w", "agent": "command", "argv": argv}])
+    return d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+
+
+def _fill(mount: Path, leave_bytes: int) -> Path:
+    """A ballast file that leaves about ``leave_bytes`` free on ``mount``."""
+    st = os.statvfs(mount)
+    size = max(0, st.f_bavail * st.f_frsize - leave_bytes)
+    ballast = mount / "ballast"
+    with open(ballast, "wb") as fh:
+        chunk = b"\0" * MiB
+        while size > 0:
+            fh.write(chunk[:min(size, MiB)])
+            size -= MiB
+    return ballast
+
+
+def _stop(d) -> float:
+    t0 = time.monotonic()
+    code = d.stop(timeout_s=STOP_WITHIN_S + 10)
+    elapsed = time.monotonic() - t0
+    assert code == 0, f"daemon exited {code} on SIGTERM:\n{d.log()[-3000:]}"
+    assert elapsed < STOP_WITHIN_S, f"SIGTERM took {elapsed:.1f}s"
+    print(f"SIGTERM took {elapsed:.1f}s")
+    return elapsed
+
+
+def _check_daemon_log(state: Path, seen: dict[int, bytes]) -> list[dict]:
+    rows = _rows(state / "events.sqlite3")
+    assert rows, "empty log"
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1)), "the log's seq has a gap or a duplicate"
+    for seq, js in seen.items():
+        assert seq <= len(rows) and rows[seq - 1][2] == js, f"seq {seq} was published but is not in the log"
+    return [json.loads(r[2]) for r in rows]
+
+
+def _flood_session(d, git_repo, tmp_path, n: int) -> tuple[str, Path]:
+    """A session whose agent prints ``n`` JSON lines as fast as it can once ``go`` exists."""
+    go = tmp_path / "go"
+    sid = _submit(d, git_repo, tmp_path, fake(f"waitfile:{go}", f"json:{n}", "exit:0"))
+    wait_for(lambda: d.status(sid)["workers"][0]["state"] == "running", 30, "the agent to run")
+    return sid, go
+
+
+def test_a_full_disk_holds_the_events_until_space_is_freed(tmpfs_state, daemon_factory, git_repo, tmp_path):
+    d = daemon_factory(config=_config(tmp_path))
+    sub = _Sub(d)
+    try:
+        sid, go = _flood_session(d, git_repo, tmp_path, 30_000)
+        ballast = _fill(tmpfs_state, leave_bytes=512 * 1024)
+        go.touch()
+        _failing_for_a_while(d, sub, "database or disk is full")
+        ballast.unlink()
+        _until(sub, lambda: _logged(d, "event_log_writable"), 30, "the journal to write again")
+        assert _metric(d, "orchd_log_writable") == 1
+        d.wait_session(sid, timeout_s=60)
+        _until(sub, lambda: any(b'"worker.exited"' in js for js in sub.seen.values()), 30, "worker.exited")
+        assert d.status(sid)["state"] == "done"
+        _stop(d)
+        sub.drain()
+    finally:
+        sub.close()
+    events = _check_daemon_log(tmpfs_state, sub.seen)
+    outputs = [e["data"]["i"] for e in events if e["session"] == sid and e["kind"] == "agent.output"]
+    assert outputs == list(range(30_000)), "events were lost or reordered while the disk was full"
+    assert len(_logged(d, "event_log_unwritable")) == 1 and len(_logged(d, "event_log_writable")) == 1
+
+
+def test_sigterm_while_the_disk_is_full_then_a_restart(tmpfs_state, daemon_factory, git_repo, tmp_path):
+    config = _config(tmp_path)
+    d = daemon_factory(config=config)
+    sub = _Sub(d)
+    try:
+        sid, go = _flood_session(d, git_repo, tmp_path, 30_000)
+        ballast = _fill(tmpfs_state, leave_bytes=512 * 1024)
+        go.touch()
+        _failing_for_a_while(d, sub, "database or disk is full")
+        _stop(d)
+        sub.drain()
+    finally:
+        sub.close()
+    unwritten = _logged(d, "journal_unwritten")
+    assert unwritten and unwritten[0]["events"] > 0, d.log()[-3000:]
+    ballast.unlink()
+    again = daemon_factory(config=config)  # same state dir: numbering goes on from the log
+    _stop(again)
+    events = _check_daemon_log(tmpfs_state, sub.seen)
+    started = [e for e in events if e["kind"] == "daemon.started"]
+    assert len(started) == 2 and started[1]["last_seq"] == started[1]["seq"] - 1
+
+
+def test_a_log_locked_by_another_process_for_7s(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory(config=_config(tmp_path))
+    sub = _Sub(d)
+    holder = None
+    try:
+        sid, go = _flood_session(d, git_repo, tmp_path, 20_000)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys, time\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n"
+             "c.execute('BEGIN EXCLUSIVE')\nprint('locked', flush=True)\ntime.sleep(7)\nc.execute('ROLLBACK')\n",
+             str(d.state_dir / "events.sqlite3")], stdout=subprocess.PIPE)
+        assert holder.stdout.readline() == b"locked\n"
+        go.touch()
+        _failing_for_a_while(d, sub, "database is locked")
+        _until(sub, lambda: holder.poll() is not None, 30, "the lock holder to end")
+        assert holder.returncode == 0
+        _until(sub, lambda: _logged(d, "event_log_writable"), 30, "the journal to write again")
+        assert _metric(d, "orchd_log_writable") == 1
+        d.wait_session(sid, timeout_s=60)
+        _until(sub, lambda: any(b'"worker.exited"' in js for js in sub.seen.values()), 30, "worker.exited")
+        _stop(d)
+        sub.drain()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+        sub.close()
+    events = _check_daemon_log(d.state_dir, sub.seen)
+    outputs = [e["data"]["i"] for e in events if e["session"] == sid and e["kind"] == "agent.output"]
+    assert outputs == list(range(20_000))
+    assert not _logged(d, "actor_crashed")
+
+
+def _rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+FLOOD_8K = ("import sys\nline = b'x' * 7900 + b'\\n'\nw = sys.stdout.buffer.write\n"
+            "for _ in range(int(sys.argv[1])):\n    w(line)\n")
+
+
+def test_a_subscriber_that_never_reads_costs_the_daemon_under_100mb(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory(config=_config(tmp_path))
+    warm = _submit(d, git_repo, tmp_path, [sys.executable, "-c", FLOOD_8K, "100"])
+    d.wait_session(warm)
+    frozen = _Sub(d, rcvhwm=10)  # synced, then never read again
+    try:
+        base_kib = _rss_kib(d.proc.pid, "VmRSS")
+        n = 20_000  # 160 MB of events: a queue bounded in messages alone (100,000) would hold all of them
+        sid = _submit(d, git_repo, tmp_path, [sys.executable, "-c", FLOOD_8K, str(n)])
+        d.wait_session(sid, timeout_s=120)
+        grown_mib = (_rss_kib(d.proc.pid, "VmHWM") - base_kib) / 1024
+        assert grown_mib < 100, f"the daemon grew by {grown_mib:.0f} MB"
+        texts = [r for r in _rows(d.state_dir / "events.sqlite3") if r[1] == sid and b'"agent.text"' in r[2]]
+        assert len(texts) == n  # everything is in the log
+        # the subscriber reads again: it got the start of the flood and missed the rest...
+        while frozen.sock.poll(500):
+            frozen.drain()
+        got = sorted(s for s, js in frozen.seen.items() if json.loads(js)["session"] == sid)
+        assert 0 < len(got) < n and got == list(range(got[0], got[-1] + 1))
+        # ...which the next event it gets shows as a gap, filled from the log by Replay
+        last = max(frozen.seen)
+        after = _submit(d, git_repo, tmp_path, fake("exit:0"))
+        wait_for(lambda: frozen.sock.poll(100) and (frozen.drain() or max(frozen.seen) > last), 10, "a new event")
+        assert min(seq for seq in frozen.seen if seq > last) > last + 1
+        reply = frozen.client.call(p.Replay(since=last, limit=10))
+        assert isinstance(reply, p.ReplayReply) and json.loads(bytes(reply.events[0]))["seq"] == last + 1
+        d.wait_session(after)
+    finally:
+        frozen.close()
+    _stop(d)
+
+
+def test_an_event_too_big_to_publish_is_logged_and_leaves_a_gap(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory(config=_config(tmp_path))
+    sub = _Sub(d)
+    try:
+        sid = _submit(d, git_repo, tmp_path, fake("line:before", "long:20000", "line:after", "exit:0"))
+        d.wait_session(sid)
+        _until(sub, lambda: any(b'"worker.exited"' in js for js in sub.seen.values()), 30, "worker.exited")
+    finally:
+        sub.close()
+    _stop(d)
+    events = [e for e in _check_daemon_log(d.state_dir, sub.seen) if e["session"] == sid]
+    texts = [e for e in events if e["kind"] == "agent.text"]
+    assert [len(e["text"]) for e in texts] == [6, 20000, 5]
+    big, after = texts[1], texts[2]
+    assert big["seq"] not in sub.seen and after["seq"] in sub.seen
+    assert after["prev"] == big["seq"]  # what tells a session subscriber it missed one
+    assert all(e["seq"] in sub.seen for e in events if e is not big)
