@@ -247,7 +247,7 @@ class JournalActor:
         self._out = Outbox(s.ctx)
         metrics.last_seq.set_function(lambda: self.last_seq)
         try:
-            if not await self._write(self._open):
+            if not await self._write(self._open, proves_writable=False):
                 _log.warning("journal_unwritten", events=self._count_left(), reason="the log could not be opened")
                 return
             _log.info("journal_started", last_seq=self.last_seq, restarts=restarts)
@@ -365,7 +365,8 @@ class JournalActor:
         """Empty the mailbox, counting the events in it (they will not be logged)."""
         n = 0
         pending, self.s.unhandled = self.s.unhandled, []
-        while pending:
+        until = time.monotonic() + STOP_MARGIN_S / 2  # producers still sending must not keep us here
+        while pending and time.monotonic() < until:
             for raw in pending:
                 try:
                     msg = wire.journal_inbox.decode(raw)
@@ -387,11 +388,13 @@ class JournalActor:
             raise
         self._log = events
 
-    async def _write(self, write: Callable[[], None]) -> bool:
+    async def _write(self, write: Callable[[], None], proves_writable: bool = True) -> bool:
         """Run ``write`` until it succeeds (True), or until the stop deadline (False).
 
         While it fails, nothing else is drained from the mailbox: producers
-        feel it through their PUSH high-water mark.
+        feel it through their PUSH high-water mark.  Opening the log proves
+        nothing about writing it (``proves_writable=False``): only an append
+        ends a failure.
         """
         s = self.s
         attempt = 0
@@ -402,7 +405,7 @@ class JournalActor:
                 metrics.log_write_failures.inc()
                 await self._health(f"{type(exc).__name__}: {exc}")
             else:
-                if s.log_error is not None:
+                if s.log_error is not None and proves_writable:
                     await self._health(None, attempts=attempt + 1)
                 return True
             delay = backoff_s(attempt)

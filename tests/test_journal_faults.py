@@ -95,7 +95,7 @@ def _rows(db: Path) -> list[tuple[int, str, bytes]]:
 class _Harness:
     """JournalSockets bound once, a producer PUSH connected once, a follower PULL and a SUB."""
 
-    def __init__(self, tmp: Path, short: Path, producer_hwm: int = 1000) -> None:
+    def __init__(self, tmp: Path, short: Path, producer_hwm: int = 1000, followers=None) -> None:
         self.db = tmp / "events.sqlite3"
         self.ctx = zmq.asyncio.Context()
         self.sockets = JournalSockets(self.ctx, "inproc://journal", [f"ipc://{short}/ev"])
@@ -103,7 +103,7 @@ class _Harness:
         self.follower = self.ctx.socket(zmq.PULL)
         self.follower.linger = 0
         self.follower.bind("inproc://follower")
-        self.followers = [Follower("inproc://follower", Follows(prefixes=("worker.",)))]
+        self.followers = followers or [Follower("inproc://follower", Follows(prefixes=("worker.",)))]
         self.producer = self.ctx.socket(zmq.PUSH)
         self.producer.linger = 0
         self.producer.sndhwm = producer_hwm
@@ -298,6 +298,40 @@ def test_flush_and_stop_returns_in_time_while_the_log_is_locked(tmp_path, short_
     assert unwritten and unwritten[0].kv["events"] == 50
 
 
+def test_each_follower_gets_the_kinds_it_asked_for_and_health_if_it_wants_it(tmp_path, short_tmp):
+    async def main():
+        workers = Follower("inproc://follower", Follows(prefixes=("worker.",), exclude=frozenset({"worker.log"})))
+        notes = Follower("inproc://notes", Follows(kinds=frozenset({"session.note"})), log_health=False)
+        h = _Harness(tmp_path, short_tmp, followers=[workers, notes])
+        other = h.ctx.socket(zmq.PULL)
+        other.bind("inproc://notes")
+        try:
+            task = asyncio.ensure_future(h.actor().run(0))
+            kinds = [p.WorkerMilestone(text="m"), p.WorkerLog(line="l"), p.SessionNote(message="n"),
+                     p.AgentText(text="t"), p.WorkerDone(text="d")]
+            stamp = wire.stamp_prefix("s-1", "w", "command", 0)
+            await h.producer.send(wire.pack(p.Append(frames=wire.pending_frames(b"s-1", stamp, 1.0, kinds))))
+            await h.until(lambda: len(h.committed) == 2, 5, "the worker follower's events")
+            assert [json.loads(js)["kind"] for js in h.committed] == ["worker.milestone", "worker.done"]
+            got = wire.supervisor_inbox.decode(await asyncio.wait_for(other.recv(), 5))
+            assert [json.loads(js)["kind"] for js in got.events] == ["session.note"]
+            holder = sqlite3.connect(h.db, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            await h.producer.send(_append("s-1", "x"))
+            await h.until(lambda: h.health, 10, "LogHealth to the follower that wants it")
+            holder.execute("ROLLBACK")
+            holder.close()
+            await h.until(lambda: h.health == [h.health[0], None], 10, "LogHealth(None)")
+            await h.sockets.flush_and_stop(5.0)
+            assert await other.poll(0) == 0  # log_health=False: told nothing about it
+            assert task.exception() is None
+        finally:
+            other.close(linger=0)
+            h.close()
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------- a real daemon
 
 CONFIG = 'worktree_dir = "{wt}"\nstop_grace_s = 2.0\nmetrics_port = {port}\n'
@@ -341,13 +375,24 @@ class _Sub:
                 return
         raise AssertionError("no sync marker on the events socket")
 
-    def drain(self) -> None:
+    def settle(self) -> None:
+        """Until a new sync marker arrives: everything published before it was delivered (or dropped)."""
+        token = f"settle-{time.monotonic_ns()}"
+        self.client.call(p.Sync(token=token))
+        want = wire.SYNC_TOPIC + b" " + token.encode()
+        wait_for(lambda: self.drain() == want, 30, "the sync marker")
+
+    def drain(self) -> bytes | None:
+        """Keep what arrived; returns the last sync marker among it."""
+        marker = None
         while True:
             try:
                 frame = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            if not frame.startswith(wire.SYNC_TOPIC):
+                return marker
+            if frame.startswith(wire.SYNC_TOPIC):
+                marker = frame
+            else:
                 js = wire.split_frame(frame)[2]
                 seq = json.loads(js)["seq"]
                 assert seq not in self.seen, f"seq {seq} published twice"
@@ -381,8 +426,9 @@ def _metric(d, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-def _failing_for_a_while(d, sub: _Sub, error: str) -> None:
-    """The journal found the log unwritable, retried three times, and published nothing it could not log."""
+def _failing_for_a_while(d, sub: _Sub, error: str) -> int:
+    """The journal found the log unwritable, retried three times, and published nothing it could not log;
+    returns the last seq logged before."""
     _until(sub, lambda: _logged(d, "event_log_unwritable"), 30, "the journal to find the log unwritable")
     failed = _logged(d, "event_log_unwritable")[0]
     assert error in failed["error"]
@@ -390,6 +436,7 @@ def _failing_for_a_while(d, sub: _Sub, error: str) -> None:
     assert _metric(d, "orchd_log_writable") == 0
     assert max(sub.seen) <= failed["last_seq"], "published an event the log does not have"
     assert not _logged(d, "actor_crashed")
+    return failed["last_seq"]
 
 
 def _logged(d, event: str) -> list[dict]:
@@ -424,7 +471,6 @@ def _stop(d) -> float:
     elapsed = time.monotonic() - t0
     assert code == 0, f"daemon exited {code} on SIGTERM:\n{d.log()[-3000:]}"
     assert elapsed < STOP_WITHIN_S, f"SIGTERM took {elapsed:.1f}s"
-    print(f"SIGTERM took {elapsed:.1f}s")
     return elapsed
 
 
@@ -434,7 +480,17 @@ def _check_daemon_log(state: Path, seen: dict[int, bytes]) -> list[dict]:
     assert [r[0] for r in rows] == list(range(1, len(rows) + 1)), "the log's seq has a gap or a duplicate"
     for seq, js in seen.items():
         assert seq <= len(rows) and rows[seq - 1][2] == js, f"seq {seq} was published but is not in the log"
-    return [json.loads(r[2]) for r in rows]
+    events = [json.loads(r[2]) for r in rows]
+    last: dict[str, int] = {}
+    for ev in events:  # prev: the session's previous seq, 0 for the first since the daemon started
+        if ev["kind"] == "daemon.started":
+            last = {}
+        elif ev["session"] is None:
+            assert "prev" not in ev
+        else:
+            assert ev["prev"] == last.get(ev["session"], 0), ev
+            last[ev["session"]] = ev["seq"]
+    return events
 
 
 def _flood_session(d, git_repo, tmp_path, n: int) -> tuple[str, Path]:
@@ -452,12 +508,13 @@ def test_a_full_disk_holds_the_events_until_space_is_freed(tmpfs_state, daemon_f
         sid, go = _flood_session(d, git_repo, tmp_path, 30_000)
         ballast = _fill(tmpfs_state, leave_bytes=512 * 1024)
         go.touch()
-        _failing_for_a_while(d, sub, "database or disk is full")
+        failed_at = _failing_for_a_while(d, sub, "database or disk is full")
         ballast.unlink()
         _until(sub, lambda: _logged(d, "event_log_writable"), 30, "the journal to write again")
         assert _metric(d, "orchd_log_writable") == 1
         d.wait_session(sid, timeout_s=60)
-        _until(sub, lambda: any(b'"worker.exited"' in js for js in sub.seen.values()), 30, "worker.exited")
+        sub.settle()
+        assert max(sub.seen) > failed_at, "nothing was published after the log recovered"
         assert d.status(sid)["state"] == "done"
         _stop(d)
         sub.drain()
@@ -505,13 +562,14 @@ def test_a_log_locked_by_another_process_for_7s(daemon_factory, git_repo, tmp_pa
              str(d.state_dir / "events.sqlite3")], stdout=subprocess.PIPE)
         assert holder.stdout.readline() == b"locked\n"
         go.touch()
-        _failing_for_a_while(d, sub, "database is locked")
+        failed_at = _failing_for_a_while(d, sub, "database is locked")
         _until(sub, lambda: holder.poll() is not None, 30, "the lock holder to end")
         assert holder.returncode == 0
         _until(sub, lambda: _logged(d, "event_log_writable"), 30, "the journal to write again")
         assert _metric(d, "orchd_log_writable") == 1
         d.wait_session(sid, timeout_s=60)
-        _until(sub, lambda: any(b'"worker.exited"' in js for js in sub.seen.values()), 30, "worker.exited")
+        sub.settle()
+        assert max(sub.seen) > failed_at, "nothing was published after the log recovered"
         _stop(d)
         sub.drain()
     finally:
@@ -573,7 +631,7 @@ def test_an_event_too_big_to_publish_is_logged_and_leaves_a_gap(daemon_factory, 
     try:
         sid = _submit(d, git_repo, tmp_path, fake("line:before", "long:20000", "line:after", "exit:0"))
         d.wait_session(sid)
-        _until(sub, lambda: any(b'"worker.exited"' in js for js in sub.seen.values()), 30, "worker.exited")
+        sub.settle()
     finally:
         sub.close()
     _stop(d)
