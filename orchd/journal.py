@@ -18,8 +18,9 @@ under a flood (highest throughput).
 ``JournalSockets``, and outlive the actor.  inproc does not reconnect: a
 journal that re-bound its mailbox after a crash would leave every producer
 talking to a closed socket.  A restarted ``JournalActor`` takes the same
-sockets and resumes from what ``JournalSockets`` keeps: messages drained but
-not handled yet, each session's last seq, whether the log is failing.
+sockets and resumes from what ``JournalSockets`` keeps: the messages that
+came after a ``Crash`` in its last batch, each session's last seq, whether the
+log is failing.
 
 **A log that cannot be written** (disk full, another process holding the
 write lock, an I/O error) stops nothing and loses nothing.  The journal rolls
@@ -29,8 +30,9 @@ its mailbox meanwhile, so producers block on their PUSH high-water mark (a
 worker stops reading its agent's stdout).  The first failure logs a warning,
 sets ``orchd_log_writable`` to 0 and sends ``LogHealth(error)`` to the
 followers; the first success after it does the reverse.  Nothing is published
-before it is committed.  ``flush_and_stop`` returns within its deadline even
-then, and logs how many events it could not write.
+before it is committed (so a ``~sync`` marker asked for meanwhile waits in the
+mailbox too).  ``flush_and_stop`` returns within its deadline even then, and
+logs how many events it could not write.
 
 **PUB memory.**  ZeroMQ bounds a subscriber's queue in messages (SNDHWM),
 not in bytes, and a new SNDHWM applies only to subscribers that connect later,
@@ -43,7 +45,9 @@ published.  A subscriber that stops reading therefore holds at most
 overhead).  It sees an unpublished event exactly like one dropped at the
 high-water mark: as a gap in ``seq`` when it takes every event, or as a
 ``prev`` above the last seq it saw when it filters by session; ``Replay``
-refills the gap from the log.
+refills the gap from the log.  A batch also ends after SNDHWM / 2 events, so
+publishing one batch (say the backlog of a log that just recovered) cannot by
+itself overrun a subscriber that keeps up.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import msgspec
 import pytest
 import zmq
 import zmq.asyncio
@@ -27,7 +26,7 @@ import zmq.asyncio
 from orchctl.client import Client
 from orchd import journal, metrics, wire
 from orchd import protocol as p
-from orchd.actor import sync_view
+from orchd.actor import ChildSpec, Supervisor, sync_view
 from orchd.journal import Follower, Follows, JournalActor, JournalSockets
 from tests.conftest import fake, wait_for, write_plan
 
@@ -211,6 +210,47 @@ def test_a_restarted_journal_keeps_its_producers(tmp_path, short_tmp):
             assert events[10]["prev"] == 8  # s-1's last before the restart: the map outlives the actor
         finally:
             h.close()
+
+    asyncio.run(main())
+
+
+def test_the_daemons_journal_comes_back_under_its_supervisor(tmp_path, short_tmp):
+    """``Journal`` as app.py builds it: the root supervisor restarts it after a Crash, and
+    the producers and the follower it had keep working with the new actor."""
+
+    async def main():
+        ctx = zmq.asyncio.Context()
+        db = tmp_path / "events.sqlite3"
+        j = journal.Journal(ctx, db, "inproc://journal", [f"ipc://{short_tmp}/ev"], "inproc://supervisor")
+        box = ctx.socket(zmq.PULL)
+        box.bind("inproc://supervisor")
+        producer = ctx.socket(zmq.PUSH)
+        producer.connect("inproc://journal")
+        root = Supervisor("root", max_restarts=3, period_s=10.0)
+        restarts = metrics.actor_restarts.labels("journal")._value.get()
+        try:
+            root.start_child(ChildSpec("journal", j.run, shutdown_s=5.0))
+            for i in range(5):
+                await producer.send(_append("s-1", str(i)))
+            await producer.send(wire.pack(p.Crash()))
+            for i in range(5, 10):
+                await producer.send(_append("s-1", str(i)))
+            committed: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while len(committed) < 10:
+                assert time.monotonic() < deadline, f"only {len(committed)} events reached the follower"
+                if await box.poll(100):
+                    committed.extend(wire.supervisor_inbox.decode(await box.recv()).events)
+            assert metrics.actor_restarts.labels("journal")._value.get() == restarts + 1
+            await j.flush_and_stop(5.0)
+            root.begin_shutdown()
+            await root.shutdown()
+        finally:
+            j.close()
+            ctx.destroy(linger=0)
+        events = _check_log(db, 10, {})
+        assert [e["text"] for e in events] == [str(i) for i in range(10)]
+        assert [json.loads(js)["seq"] for js in committed] == list(range(1, 11))
 
     asyncio.run(main())
 
