@@ -131,7 +131,7 @@ class SessionSupervisor(Conduct):
         Control requests wait in the socket meanwhile and are answered once the state is loaded.
         """
         token = secrets.token_hex(8)
-        await self.ports.out.send(self.ports.journal_ep, wire.pack(p.Barrier(token=token)))
+        await self.ports.out.send(self.ports.journal_ep, wire.pack(p.Barrier(token=token, reply_to=self.ports.inbox_ep)))
         early: list[bytes] = []
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0:

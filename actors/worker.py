@@ -145,7 +145,7 @@ class Worker:
 
     async def run(self, restarts: int = 0) -> None:
         spec = self.spec
-        self._out = Outbox(self.ctx)
+        self._out = Outbox(self.ctx, hwm=1000)  # a stuck log holds back the agent, not gigabytes of output
         inbox = Mailbox(self.ctx, mailbox_endpoint(spec.session, spec.name, spec.gen))
         self._deadlines = Deadlines(time.monotonic(), start_delay_s=spec.start_delay_s,
                                     wall_time_s=spec.wall_time_s, stall_s=spec.stall_s,

@@ -71,7 +71,7 @@ async def serve(cfg: config.Config) -> int:
     from actors.supervisor import Ports, SessionSupervisor
     from orchd import bus, proc, protocol as p, wire
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
-    from orchd.journal import Journal
+    from orchd.journal import SUPERVISOR_FOLLOWS, Follower, JournalActor, JournalSockets
     from orchd.store import EventLog
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -89,9 +89,16 @@ async def serve(cfg: config.Config) -> int:
     rehearsals = Rehearsals(cfg.state_dir)
     old_umask = os.umask(0o077)  # ipc socket files: owner only
     root = Supervisor("root", max_restarts=3, period_s=10.0)
-    journal = Journal(ctx, log_path, JOURNAL, [cfg.events()], SUPERVISOR, cfg.pub_hwm)
+    # the journal's mailbox and PUB are bound here, once: producers stay connected across its restarts
+    journal = JournalSockets(ctx, JOURNAL, [cfg.events()], pub_hwm=cfg.pub_hwm, pub_queue_bytes=cfg.pub_queue_bytes,
+                             pub_inline_max_bytes=cfg.pub_inline_max_bytes)
+    journal.open()
+    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS)]
+
+    def start_journal(restarts: int):
+        return JournalActor(journal, log_path, followers).run(restarts)  # a fresh actor on every (re)start
     # what outlives a restart of the session supervisor: its mailbox, its PUSH to the journal, the workers
-    out = Outbox(ctx, linger_s=cfg.stop_grace_s)
+    out = Outbox(ctx, hwm=1000, linger_s=cfg.stop_grace_s)
 
     def worker_ended(name: str, crashed: bool) -> None:
         session, worker, gen = name.split("/")
@@ -115,7 +122,7 @@ async def serve(cfg: config.Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     code = 0
     try:
-        root.start_child(ChildSpec("journal", journal.run, shutdown_s=5.0))
+        root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         if cfg.metrics_port:
             from prometheus_client import start_http_server
@@ -148,10 +155,11 @@ async def serve(cfg: config.Config) -> int:
         root.begin_shutdown()
         await root.stop_child("supervisor")
         await workers.shutdown(concurrent=True)
-        await journal.flush_and_stop()
+        await journal.flush_and_stop(timeout_s=5.0)
         await root.shutdown()
     finally:
         os.umask(old_umask)
+        journal.close()
         ports.inbox.close()
         out.close()
         rehearsals.close()

@@ -78,6 +78,11 @@ class Config(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     agents: dict[str, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)
+    # Memory of the events PUB (see orchd/journal.py): each subscriber's queue holds at most
+    # pub_queue_bytes // pub_inline_max_bytes frames (and at most pub_hwm); an event whose frame is
+    # over pub_inline_max_bytes is logged but not published, so subscribers see a seq gap and Replay it.
+    pub_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    pub_inline_max_bytes: int = Field(default=8 * 1024, ge=1024)
 
     def control(self) -> str:
         return self.control_endpoint or paths.control_endpoint(self.runtime_dir)

@@ -4,107 +4,295 @@ Theory of operation
 -------------------
 Every producer sends ``Append`` batches of pending frames to the journal's
 mailbox.  The journal drains its mailbox, gives each frame the next
-daemon-wide ``seq``, appends the whole drained batch to SQLite in one
-transaction, commits, and only then sends each frame on the events PUB.
-So a subscriber never sees an event the log does not have, and the log's
-``max(seq)`` is where numbering resumes after a crash.  Batching follows
-the load: one frame per commit when idle (lowest latency), thousands per
-commit under a flood (highest throughput).
+daemon-wide ``seq`` (and, for a session event, ``prev``: the seq of that
+session's previous event), appends the whole drained batch to SQLite in one
+transaction, commits, and only then sends each frame on the events PUB and
+forwards the kinds each follower asked for to that follower's mailbox
+(``Committed``), so a follower never depends on a droppable PUB pipe.  A
+subscriber never sees an event the log does not have, and the log's
+``max(seq)`` is where numbering resumes after a crash.  Batching follows the
+load: one frame per commit when idle (lowest latency), thousands per commit
+under a flood (highest throughput).
 
-Events the supervisor derives state from (``FOLLOWED``) are also pushed to
-its mailbox, so it never depends on a droppable PUB pipe.
+**Restarts.**  The mailbox (PULL) and the PUB are bound once, by
+``JournalSockets``, and outlive the actor.  inproc does not reconnect: a
+journal that re-bound its mailbox after a crash would leave every producer
+talking to a closed socket.  A restarted ``JournalActor`` takes the same
+sockets and resumes from what ``JournalSockets`` keeps: the messages that
+came after a ``Crash`` in its last batch, each session's last seq, whether the
+log is failing.
+
+**A log that cannot be written** (disk full, another process holding the
+write lock, an I/O error) stops nothing and loses nothing.  The journal rolls
+back and retries the same batch, with the seqs it already gave it, with
+exponential backoff (50 ms doubling up to 2 s).  It drains nothing more from
+its mailbox meanwhile, so producers block on their PUSH high-water mark (a
+worker stops reading its agent's stdout).  The first failure logs a warning,
+sets ``orchd_log_writable`` to 0 and sends ``LogHealth(error)`` to the
+followers; the first success after it does the reverse.  Nothing is published
+before it is committed (so a ``~sync`` marker asked for meanwhile waits in the
+mailbox too).  ``flush_and_stop`` returns within its deadline even then, and
+logs how many events it could not write.
+
+**PUB memory.**  ZeroMQ bounds a subscriber's queue in messages (SNDHWM),
+not in bytes, and a new SNDHWM applies only to subscribers that connect later,
+so it cannot follow event sizes.  The journal bounds the bytes of a message
+instead: SNDHWM is ``pub_queue_bytes // pub_inline_max_bytes`` (8,192 with the
+defaults 64 MiB and 8 KiB; at most ``pub_hwm``), and an event whose frame is
+over ``pub_inline_max_bytes`` is logged and forwarded to followers but not
+published.  A subscriber that stops reading therefore holds at most
+``pub_queue_bytes`` of the daemon's memory (plus ZeroMQ's per-message
+overhead).  It sees an unpublished event exactly like one dropped at the
+high-water mark: as a gap in ``seq`` when it takes every event, or as a
+``prev`` above the last seq it saw when it filters by session; ``Replay``
+refills the gap from the log.  A batch also ends after SNDHWM / 2 events, so
+publishing one batch (say the backlog of a log that just recovered) cannot by
+itself overrun a subscriber that keeps up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import zmq
 import zmq.asyncio
 
-from orchd import log, metrics, wire
+from orchd import bus, log, metrics, wire
 from orchd import protocol as p
-from orchd.actor import Mailbox, Outbox, sync_view
+from orchd.actor import Outbox, Waker, sync_view
 from orchd.store import EventLog
 
 _log = log.get("orchd.journal")
 
-# Kinds the supervisor's projection needs and does not produce itself.
-FOLLOWED_PREFIX = b"worker."
-FOLLOWED_EXTRA = frozenset({b"agent.session", b"agent.usage", b"agent.result", b"agent.error"})
-SUPERVISOR_KINDS = frozenset({b"worker.launching"})
-CHECKPOINT_EVERY = 5000  # events between WAL checkpoints (run in a thread, off the commit path)
+CHECKPOINT_EVERY = 5000            # events between WAL checkpoints (run in a thread, off the commit path)
+SESSIONS_REMEMBERED = 10_000       # sessions whose last seq the journal keeps for ``prev`` (least recent go)
+BATCH_MAX_MSGS = 10_000            # one drained batch: at most this many messages...
+BATCH_MAX_BYTES = 8 * 1024 * 1024  # ...and about this many bytes (also what is held while the log fails)
+BATCH_MIN_EVENTS = 256             # a batch ends after max(this, SNDHWM / 2) events (see _handle)
+MAILBOX_HWM = 1000                 # the PULL's share of the mailbox high-water mark (producers add theirs)
+BACKOFF_FIRST_S = 0.05             # first retry of a failed append; doubles up to BACKOFF_CAP_S
+BACKOFF_CAP_S = 2.0
+WRITE_BUSY_TIMEOUT_MS = 100        # longest one append blocks the event loop on another process's lock
+STOP_MARGIN_S = 0.5                # the actor gives up this long before flush_and_stop's deadline
+PUB_HWM = 100_000
+PUB_QUEUE_BYTES = 64 * 1024 * 1024
+PUB_INLINE_MAX_BYTES = 8 * 1024
+_WAKE = wire.pack(p.Append(frames=[]))
 
 
-class Journal:
-    def __init__(self, ctx: zmq.asyncio.Context, log_path, inbox: str, publish: list[str],
-                 follower: str | None, pub_hwm: int) -> None:
+@dataclass(frozen=True)
+class Follows:
+    """The kinds a follower gets: those starting with one of ``prefixes`` or in ``kinds``, minus ``exclude``."""
+
+    prefixes: tuple[str, ...] = ()
+    kinds: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
+
+    def wants(self, kind: str) -> bool:
+        return kind not in self.exclude and (kind in self.kinds or kind.startswith(self.prefixes))
+
+
+SUPERVISOR_FOLLOWS = Follows(
+    prefixes=("worker.",),
+    kinds=frozenset({"agent.session", "agent.usage", "agent.result", "agent.error"}),
+    exclude=frozenset({"worker.launching"}),  # the supervisor emits it and applies it itself
+)
+"""What the session supervisor's projection needs and does not produce itself."""
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A mailbox the journal forwards committed events to (``Committed``, the kinds in
+    ``follows``) and, when ``log_health``, tells when the log fails and recovers (``LogHealth``)."""
+
+    endpoint: str
+    follows: Follows = field(default_factory=Follows)
+    log_health: bool = True
+
+
+def pub_sndhwm(queue_bytes: int, inline_max_bytes: int, max_hwm: int = PUB_HWM) -> int:
+    """The PUB's SNDHWM: ``queue_bytes`` of frames of at most ``inline_max_bytes`` (0 = no ``max_hwm``)."""
+    hwm = max(1, queue_bytes // max(1, inline_max_bytes))
+    return min(hwm, max_hwm) if max_hwm > 0 else hwm
+
+
+def backoff_s(attempt: int) -> float:
+    """Wait before retry ``attempt`` (0-based) of a failed append."""
+    return min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** min(attempt, 20))
+
+
+def drain(raw: zmq.Socket, max_msgs: int = BATCH_MAX_MSGS, max_bytes: int = BATCH_MAX_BYTES) -> list[bytes]:
+    """Messages waiting on ``raw`` now, without blocking, up to ``max_msgs`` or about ``max_bytes``."""
+    out: list[bytes] = []
+    size = 0
+    recv = raw.recv
+    try:
+        while len(out) < max_msgs and size < max_bytes:
+            msg = recv(zmq.NOBLOCK)
+            out.append(msg)
+            size += len(msg)
+    except zmq.Again:
+        pass  # nothing more waiting: the batch is what we have
+    return out
+
+
+class JournalSockets:
+    """What of the journal outlives its actor: its mailbox and PUB, bound once, and
+    the state a restarted actor resumes from.
+
+    The daemon makes one, calls ``open`` before any producer sends (it binds
+    the mailbox and the PUB endpoints; ``zmq.ZMQError`` if one is taken), hands
+    it to every ``JournalActor`` it starts, calls ``flush_and_stop`` at
+    shutdown and ``close`` at the end.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, inbox: str, publish: Sequence[str], *,
+                 pub_hwm: int = PUB_HWM, pub_queue_bytes: int = PUB_QUEUE_BYTES,
+                 pub_inline_max_bytes: int = PUB_INLINE_MAX_BYTES, mailbox_hwm: int = MAILBOX_HWM) -> None:
         self.ctx = ctx
-        self.log_path = log_path
-        self.inbox_ep = inbox
-        self.publish_eps = publish
-        self.follower = follower
-        self.pub_hwm = pub_hwm
-        self._task_wakeup = None
+        self.inbox = inbox
+        self.publish = list(publish)
+        self.pub_inline_max_bytes = pub_inline_max_bytes
+        self.pub_sndhwm = pub_sndhwm(pub_queue_bytes, pub_inline_max_bytes, pub_hwm)
+        self.batch_max_events = max(BATCH_MIN_EVENTS, self.pub_sndhwm // 2)
+        self.mailbox_hwm = mailbox_hwm
+        self.pull: zmq.Socket | None = None   # blocking views of the sockets (non-blocking calls only)
+        self.pub: zmq.Socket | None = None
+        self._socks: list[zmq.asyncio.Socket] = []
+        self._wake: zmq.Socket | None = None
+        # resumed by the next actor
+        self.unhandled: list[bytes] = []      # drained by an actor that ended before handling them
+        self.last_of: dict[bytes, int] = {}   # session topic -> seq of its last logged event (``prev``)
+        self.log_error: str | None = None     # set while appends fail (followers were told)
+        # shutdown
+        self.stop_at: float | None = None     # monotonic deadline, once flush_and_stop was called
+        self.stop_requested = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self.pull is not None
+
+    def open(self) -> None:
+        self._socks = []
+        try:
+            pull = bus.mailbox(self.ctx, self.inbox, self.mailbox_hwm)
+            self._socks.append(pull)
+            # sndhwm is set before bind: a subscriber's pipe takes it when it connects
+            pub = bus.events_pub(self.ctx, self.publish, self.pub_sndhwm)
+            self._socks.append(pub)
+            wake = bus.push(self.ctx, self.inbox, 1000)
+            self._socks.append(wake)
+        except BaseException:
+            self.close()
+            raise
+        self.pull, self.pub, self._wake = sync_view(pull), sync_view(pub), sync_view(wake)
+
+    async def flush_and_stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the actor to log what is already in its mailbox and end; returns within ``timeout_s``.
+
+        While the log cannot be written the actor keeps retrying until just
+        before the deadline, then logs how many events it could not write.
+        """
+        if self.stop_at is None:
+            self.stop_at = time.monotonic() + max(0.0, timeout_s - STOP_MARGIN_S)
+        self.stop_requested.set()
+        if self._wake is not None:
+            try:
+                self._wake.send(_WAKE, zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the mailbox is full, so the actor is not idle: it sees stop_at when it looks next
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.stopped.wait()
+        except TimeoutError:
+            _log.warning("journal_flush_timeout", timeout_s=timeout_s)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close(linger=0)
+        self._socks = []
+        self.pull = self.pub = self._wake = None
+
+
+class JournalActor:
+    """One life of the journal: built fresh for every (re)start, handed the long-lived
+    ``JournalSockets``.  ``run`` returns after ``flush_and_stop``; a bug, or a ``Crash``
+    message, raises out of it for the supervisor to restart a new one."""
+
+    def __init__(self, sockets: JournalSockets, log_path: Path | str, followers: Sequence[Follower] = ()) -> None:
+        self.s = sockets
+        self.log_path = Path(log_path)
+        self.followers = list(followers)
+        self.last_seq = 0
+        self.unwritten = 0          # events given up on at the stop deadline (the log failing)
+        self._log: EventLog | None = None
+        self._out: Outbox | None = None
+        self._routes: dict[bytes, tuple[int, ...]] = {}  # kind -> followers that want it
+        self._uncommitted = False   # last_of holds seqs of a batch not committed yet
         self._since_ckpt = 0
         self._ckpt_task: asyncio.Task | None = None
-        self._stopping = False
-        self._stopped = asyncio.Event()
-
-    async def flush_and_stop(self) -> None:
-        """Ask ``run`` to handle what is already in its mailbox, then return."""
-        self._stopping = True
-        if self._task_wakeup is not None:
-            await self._task_wakeup.send(wire.pack(p.Append(frames=[])))
-        try:
-            await asyncio.wait_for(self._stopped.wait(), 5.0)
-        except TimeoutError:
-            _log.warning("journal_flush_timeout")
 
     async def run(self, restarts: int = 0) -> None:
-        self._stopping = False
-        self._stopped = asyncio.Event()
-        self._task_wakeup = self.ctx.socket(zmq.PUSH)
-        self._task_wakeup.linger = 0
-        self._task_wakeup.connect(self.inbox_ep)
-        events = EventLog(self.log_path)
-        pub = self.ctx.socket(zmq.PUB)
-        pub.linger = 0
-        pub.sndhwm = self.pub_hwm
-        inbox = Mailbox(self.ctx, self.inbox_ep)
-        out = Outbox(self.ctx)
+        s = self.s
+        if not s.is_open:
+            raise RuntimeError("JournalSockets.open() was not called")
+        waker = Waker(s.pull)
+        self._out = Outbox(s.ctx)
+        metrics.last_seq.set_function(lambda: self.last_seq)
         try:
-            for ep in self.publish_eps:
-                pub.bind(ep)
-            self._pub_send = sync_view(pub).send
-            seq = self.last_seq = events.last_seq()
-            metrics.last_seq.set_function(lambda: self.last_seq)
-            _log.info("journal_started", last_seq=seq, restarts=restarts)
-            while not self._stopping:
-                msgs = await inbox.recv_batch()
-                seq = await self._handle(msgs, seq, events, pub, out)
-            # stopping: log what is left in the mailbox; nobody follows any more
-            self.follower = None
-            seq = await self._handle(await inbox.recv_batch(timeout_s=0), seq, events, pub, out)
-            _log.info("journal_flushed", last_seq=seq)
+            if not await self._write(self._open, proves_writable=False):
+                _log.warning("journal_unwritten", events=self._count_left(), reason="the log could not be opened")
+                return
+            _log.info("journal_started", last_seq=self.last_seq, restarts=restarts)
+            batch, s.unhandled = s.unhandled, []
+            while True:
+                while batch:
+                    batch = await self._handle(batch)
+                if s.stop_at is not None:
+                    break
+                await waker.wait(None)
+                batch = drain(s.pull)
+            await self._flush()
+        except BaseException:
+            if self._uncommitted:  # those seqs will be given again, to other events
+                s.last_of.clear()
+            raise
         finally:
+            waker.close()
             if self._ckpt_task is not None:
                 await asyncio.wait({self._ckpt_task})
-            self._stopped.set()
-            self._task_wakeup.close(linger=0)
-            inbox.close()
-            out.close()
-            pub.close(linger=0)
-            events.close()
+            self._close_log()
+            self._out.close()
+            if s.stop_at is not None:
+                s.stopped.set()
 
-    async def _handle(self, msgs: list[bytes], seq: int, events: EventLog, pub, out: Outbox) -> int:
+    # ------------------------------------------------------------ one batch
+
+    async def _handle(self, msgs: list[bytes]) -> list[bytes]:
+        """Log, publish and forward the events of ``msgs``; returns the messages it left for
+        the next batch (a batch ends after ``batch_max_events``, so that publishing it cannot
+        overrun the SNDHWM of a subscriber that keeps up)."""
+        s = self.s
         rows = []
         frames = []
-        followed = []
-        barriers = []
-        crash = False
-        for raw in msgs:
+        follow: list[list[bytes]] = [[] for _ in self.followers]
+        routes = self._routes
+        last_of = s.last_of
+        inline_max = s.pub_inline_max_bytes
+        seq = self.last_seq
+        crash_at = -1
+        barriers: list[p.Barrier] = []
+        rest: list[bytes] = []
+        not_published = 0
+        self._uncommitted = True
+        for i, raw in enumerate(msgs):
             try:
                 msg = wire.journal_inbox.decode(raw)
             except msgspec.DecodeError as exc:  # a broken producer is no reason to stop logging
@@ -114,34 +302,218 @@ class Journal:
                 case p.Append(frames=pending):
                     for pf in pending:
                         seq += 1
-                        frame, topic, kind, js = wire.sequence_frame(pf, seq)
+                        frame, topic, kind, js = wire.sequence_frame(pf, seq, last_of)
                         rows.append((seq, topic.decode(), kind.decode(), js))
-                        frames.append(frame)
-                        if self.follower and (kind.startswith(FOLLOWED_PREFIX) or kind in FOLLOWED_EXTRA) \
-                                and kind not in SUPERVISOR_KINDS:
-                            followed.append(js)
+                        if len(frame) <= inline_max:
+                            frames.append(frame)
+                        else:
+                            not_published += 1
+                        route = routes.get(kind)
+                        if route is None:
+                            route = self._route(kind)
+                        for f in route:
+                            follow[f].append(js)
+                    if len(rows) >= s.batch_max_events:
+                        rest = msgs[i + 1:]
+                        break
                 case p.PublishSync(token=token):
                     frames.append(wire.SYNC_TOPIC + b" " + token.encode())
-                case p.Barrier(token=token):
-                    barriers.append(token)
+                case p.Barrier():
+                    barriers.append(msg)
                 case p.Crash():
-                    crash = True  # raised once this batch is logged: an injected bug loses nothing
+                    crash_at = i
+                    break
         if rows:
-            events.append(rows)
-            metrics.events.inc(len(rows))
+            if not await self._write(lambda: self._log.append(rows)):
+                self.unwritten += len(rows)
+                return rest
             self.last_seq = seq
-            self._since_ckpt += len(rows)
-            if self._since_ckpt >= CHECKPOINT_EVERY and (self._ckpt_task is None or self._ckpt_task.done()):
-                self._since_ckpt = 0
-                self._ckpt_task = asyncio.get_running_loop().create_task(asyncio.to_thread(events.checkpoint))
-        send = self._pub_send
+            metrics.events.inc(len(rows))
+            self._checkpoint_now_and_then(len(rows))
+            wire.forget_oldest(last_of, SESSIONS_REMEMBERED)
+        self._uncommitted = False
+        send = s.pub.send
         for frame in frames:
             send(frame, zmq.NOBLOCK, copy=False)
-        if followed:
-            await out.send(self.follower, wire.pack(p.Committed(events=followed)))
-        for token in barriers:
-            if self.follower:
-                await out.send(self.follower, wire.pack(p.BarrierReached(token=token, last_seq=seq)))
-        if crash:
+        if not_published:
+            metrics.events_not_published.inc(not_published)
+        if s.stop_at is None:  # stopping: the followers are gone already
+            for f, events in zip(self.followers, follow):
+                if events:
+                    await self._tell(f.endpoint, wire.pack(p.Committed(events=events)))
+            for b in barriers:  # everything sent before it is logged now
+                await self._tell(b.reply_to, wire.pack(p.BarrierReached(token=b.token, last_seq=self.last_seq)))
+        if crash_at >= 0:
+            s.unhandled = msgs[crash_at + 1:]
             raise RuntimeError("injected fault")
-        return seq
+        return rest
+
+    def _route(self, kind: bytes) -> tuple[int, ...]:
+        name = kind.decode()
+        route = self._routes[kind] = tuple(i for i, f in enumerate(self.followers) if f.follows.wants(name))
+        return route
+
+    async def _flush(self) -> None:
+        """After a stop request: log what the mailbox holds now, until the deadline."""
+        s = self.s
+        batch = drain(s.pull)
+        while batch and not self.unwritten and time.monotonic() < s.stop_at:
+            batch = await self._handle(batch) or drain(s.pull)
+        s.unhandled.extend(batch)
+        left = self.unwritten + self._count_left()
+        if left:
+            _log.warning("journal_unwritten", events=left, error=s.log_error, last_seq=self.last_seq)
+        else:
+            _log.info("journal_flushed", last_seq=self.last_seq)
+
+    def _count_left(self) -> int:
+        """Empty the mailbox, counting the events in it (they will not be logged)."""
+        n = 0
+        pending, self.s.unhandled = self.s.unhandled, []
+        until = time.monotonic() + STOP_MARGIN_S / 2  # producers still sending must not keep us here
+        while pending and time.monotonic() < until:
+            for raw in pending:
+                try:
+                    msg = wire.journal_inbox.decode(raw)
+                except msgspec.DecodeError:
+                    continue  # not an event either way
+                if isinstance(msg, p.Append):
+                    n += len(msg.frames)
+            pending = drain(self.s.pull)
+        return n
+
+    # ------------------------------------------------------------ the log
+
+    def _open(self) -> None:
+        events = EventLog(self.log_path, busy_timeout_ms=WRITE_BUSY_TIMEOUT_MS)
+        try:
+            self.last_seq = events.last_seq()
+        except BaseException:
+            events.close(checkpoint=False)
+            raise
+        self._log = events
+
+    async def _write(self, write: Callable[[], None], proves_writable: bool = True) -> bool:
+        """Run ``write`` until it succeeds (True), or until the stop deadline (False).
+
+        While it fails, nothing else is drained from the mailbox: producers
+        feel it through their PUSH high-water mark.  Opening the log proves
+        nothing about writing it (``proves_writable=False``): only an append
+        ends a failure.
+        """
+        s = self.s
+        attempt = 0
+        while True:
+            try:
+                write()
+            except (sqlite3.OperationalError, OSError) as exc:
+                metrics.log_write_failures.inc()
+                await self._health(f"{type(exc).__name__}: {exc}")
+            else:
+                if s.log_error is not None and proves_writable:
+                    await self._health(None, attempts=attempt + 1)
+                return True
+            delay = backoff_s(attempt)
+            attempt += 1
+            if s.stop_at is not None:
+                left = s.stop_at - time.monotonic()
+                if left <= 0:
+                    return False
+                delay = min(delay, left)
+            await asyncio.sleep(delay)
+
+    async def _health(self, error: str | None, attempts: int = 0) -> None:
+        """Log, gauge and tell the followers when the log's health changes (not on every retry)."""
+        s = self.s
+        if (error is None) == (s.log_error is None):
+            return
+        s.log_error = error
+        if error is not None:
+            _log.warning("event_log_unwritable", error=error, last_seq=self.last_seq)
+        else:
+            _log.warning("event_log_writable", attempts=attempts, last_seq=self.last_seq)
+        metrics.log_writable.set(0 if error else 1)
+        if s.stop_at is None:
+            msg = wire.pack(p.LogHealth(error=error))
+            for f in self.followers:
+                if f.log_health:
+                    await self._tell(f.endpoint, msg)
+
+    def _checkpoint_now_and_then(self, n: int) -> None:
+        self._since_ckpt += n
+        if self._since_ckpt >= CHECKPOINT_EVERY and (self._ckpt_task is None or self._ckpt_task.done()):
+            self._since_ckpt = 0
+            self._ckpt_task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._checkpoint))
+
+    def _checkpoint(self) -> None:  # in a thread
+        try:
+            self._log.checkpoint()
+        except (sqlite3.OperationalError, OSError) as exc:  # the next one tries again; appends go on meanwhile
+            _log.warning("event_log_checkpoint_failed", error=str(exc))
+
+    def _close_log(self) -> None:
+        if self._log is None:
+            return
+        try:
+            self._log.close(checkpoint=self.s.log_error is None)
+        except (sqlite3.OperationalError, OSError) as exc:  # closed anyway; the WAL is checkpointed next time
+            _log.warning("event_log_checkpoint_failed", error=str(exc))
+        self._log = None
+
+    # ------------------------------------------------------------ followers
+
+    async def _tell(self, endpoint: str, data: bytes) -> None:
+        """Send to a follower; wait while its mailbox is full, but not past a stop request."""
+        try:
+            self._out.send_nowait(endpoint, data)
+            return
+        except zmq.Again:
+            pass  # full: wait below
+        sending = asyncio.ensure_future(self._out.send(endpoint, data))
+        stopping = asyncio.ensure_future(self.s.stop_requested.wait())
+        try:
+            await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sending, stopping):
+                task.cancel()
+            await asyncio.wait({sending, stopping})
+        if sending.cancelled():
+            _log.warning("follower_not_told", endpoint=endpoint, reason="stopping")
+        else:
+            sending.result()
+
+
+class Journal:
+    """The journal as the daemon runs it.
+
+    ``JournalSockets`` are bound on the first ``run`` and kept; every ``run``
+    (the first start and each restart by the supervisor) builds a fresh
+    ``JournalActor`` on them.  ``followers`` is a list of ``Follower``; a plain
+    endpoint string means one follower with ``SUPERVISOR_FOLLOWS``.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, log_path: Path | str, inbox: str, publish: Sequence[str],
+                 followers: Sequence[Follower] | str | None = None, pub_hwm: int = PUB_HWM, *,
+                 pub_queue_bytes: int = PUB_QUEUE_BYTES, pub_inline_max_bytes: int = PUB_INLINE_MAX_BYTES) -> None:
+        if isinstance(followers, str):
+            followers = [Follower(followers, SUPERVISOR_FOLLOWS)]
+        self.sockets = JournalSockets(ctx, inbox, publish, pub_hwm=pub_hwm, pub_queue_bytes=pub_queue_bytes,
+                                      pub_inline_max_bytes=pub_inline_max_bytes)
+        self.log_path = log_path
+        self.followers = list(followers or ())
+        self.actor: JournalActor | None = None
+
+    def new_actor(self) -> JournalActor:
+        if not self.sockets.is_open:
+            self.sockets.open()
+        self.actor = JournalActor(self.sockets, self.log_path, self.followers)
+        return self.actor
+
+    async def run(self, restarts: int = 0) -> None:
+        await self.new_actor().run(restarts)
+
+    async def flush_and_stop(self, timeout_s: float = 5.0) -> None:
+        await self.sockets.flush_and_stop(timeout_s)
+
+    def close(self) -> None:
+        self.sockets.close()

@@ -609,6 +609,7 @@ class Barrier(Msg, tag="barrier"):
     """
 
     token: str
+    reply_to: str  # the mailbox endpoint to answer
 
 
 class Crash(Msg, tag="crash"):

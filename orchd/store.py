@@ -30,13 +30,17 @@ CREATE TABLE IF NOT EXISTS events (
 Row = tuple[int, str, str, bytes]
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
-    conn.execute("PRAGMA busy_timeout=5000")
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -46,11 +50,16 @@ class EventLog:
     Automatic WAL checkpoints are off on this connection: SQLite would run
     them inside a commit, stalling the event pipeline for up to ~100 ms on
     a busy disk.  The journal calls ``checkpoint`` from a thread instead.
+
+    ``busy_timeout_ms`` is how long ``append`` blocks its thread waiting
+    for another process's write lock before it raises ``database is
+    locked``; the journal keeps it short and retries on its own schedule,
+    so the daemon's event loop never stalls for seconds.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
         self.path = path
-        self._conn = connect(path)
+        self._conn = connect(path, busy_timeout_ms)
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._ckpt: sqlite3.Connection | None = None
 
@@ -65,20 +74,34 @@ class EventLog:
         return row[0] or 0
 
     def append(self, rows: list[Row]) -> None:
+        """All of ``rows`` in one transaction, or none of them.
+
+        A failure (``sqlite3.OperationalError``: disk full, locked, I/O
+        error) leaves nothing behind, so the caller may retry the same rows.
+        If the rollback itself failed, the next call rolls back first.
+        """
         conn = self._conn
-        conn.execute("BEGIN")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")  # take the write lock now: a locked log fails before any work
         try:
             conn.executemany("INSERT INTO events(seq, session, kind, body) VALUES (?,?,?,?)", rows)
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
-    def close(self) -> None:
-        if self._ckpt is not None:
-            self._ckpt.close()
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        self._conn.close()
+    def close(self, checkpoint: bool = True) -> None:
+        """Close both connections; with ``checkpoint``, a last PASSIVE checkpoint first
+        (its ``sqlite3.OperationalError``, e.g. disk full, is raised after closing)."""
+        try:
+            if checkpoint:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            if self._ckpt is not None:
+                self._ckpt.close()
+            self._conn.close()
 
 
 class LogReader:

@@ -121,17 +121,33 @@ def pending_frames(topic_b: bytes, stamp: bytes, ts: float, events) -> list[byte
             for ev in events]
 
 
-def sequence_frame(pending: bytes, seq: int) -> tuple[bytes, bytes, bytes, bytes]:
-    """Complete a pending frame with its seq.
+def sequence_frame(pending: bytes, seq: int,
+                   last_of: dict[bytes, int] | None = None) -> tuple[bytes, bytes, bytes, bytes]:
+    """Complete a pending frame with its seq (and, given ``last_of``, its session's ``prev``).
 
     Returns ``(frame, topic, kind, json)`` where frame is what goes on PUB.
+    ``last_of`` maps a session topic to the seq of that session's last event:
+    a session event then gets ``"prev":M`` right after its seq (M is 0 for a
+    session not in the map) and becomes its session's last, moved to the
+    end of the map, so the map's order is least recently used first.
+    Daemon-wide events (topic ``-``) get no ``prev``.
     Raises ``ValueError`` for a malformed pending frame (our bug, not a peer's).
     """
     t_end = pending.index(b" ")
     k_end = pending.index(b" ", t_end + 1)
-    head = pending[: k_end + 1]
-    js = b'{"seq":%d,%s' % (seq, pending[k_end + 1:])
-    return head + js, pending[:t_end], pending[t_end + 1:k_end], js
+    topic = pending[:t_end]
+    if last_of is None or topic == b"-":
+        js = b'{"seq":%d,%s' % (seq, pending[k_end + 1:])
+    else:
+        js = b'{"seq":%d,"prev":%d,%s' % (seq, last_of.pop(topic, 0), pending[k_end + 1:])
+        last_of[topic] = seq
+    return pending[: k_end + 1] + js, topic, pending[t_end + 1:k_end], js
+
+
+def forget_oldest(last_of: dict[bytes, int], keep: int) -> None:
+    """Bound a ``sequence_frame`` map to its ``keep`` most recently used sessions."""
+    for _ in range(len(last_of) - keep):
+        del last_of[next(iter(last_of))]
 
 
 def split_frame(frame: bytes) -> tuple[bytes, bytes, bytes]:

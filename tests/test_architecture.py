@@ -327,3 +327,28 @@ def test_a_command_is_not_run_again_after_a_daemon_crash_unless_allowed(daemon_f
         assert "rerun" in s["workers"][0]["reason"]
     finally:
         assert d2.stop() == 0
+
+
+def test_injected_journal_crash_loses_nothing_and_logging_goes_on(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory(config="fault_injection = true\n")
+    release = tmp_path / "release"
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "w", "agent": "command", "argv": fake("json:2000", f"waitfile:{release}", "json:2000", "exit:0")}])
+    sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    pid = wait_for(lambda: d.status(sid)["workers"][0]["pid"], 20, "the agent to start")
+    c = _client(d, timeout_s=2.0)
+    try:
+        assert isinstance(c.call(p.InjectFault(actor="journal")), p.Ok)
+        wait_for(lambda: "actor_restarting" in d.log(), 5, "the journal to restart")
+        assert isinstance(c.call(p.Ping()), p.Pong)
+    finally:
+        c.close()
+    assert d.status(sid)["workers"][0]["pid"] == pid
+    release.touch()
+    s = d.wait_session(sid, timeout_s=60)
+    assert s["state"] == "done", s
+    events = _all_events(d)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    outputs = [e["data"]["i"] for e in events if e["kind"] == "agent.output" and e["session"] == sid]
+    assert outputs == list(range(2000)) * 2  # every line of both floods, once, in order
+    assert d.stop() == 0
