@@ -613,3 +613,21 @@ def test_requests_the_daemon_does_not_answer_yet(daemon_factory, body, code):
         _log_is_clean(d)
     finally:
         peer.close()
+
+
+@pytest.mark.xfail(strict=True, reason="weights of 1e308 make SessionView.progress inf/inf = NaN, sent as null")
+def test_extreme_plan_weights_never_make_status_unreadable(daemon, git_repo):
+    """Either the plan is refused, or its session's status stays readable (a finite progress)."""
+    plan = {"assignments": [{"name": n, "agent": "command", "weight": 1e308, "argv": fake("exit:0")} for n in "ab"]}
+    peer = Peer(f"ipc://{daemon.runtime_dir}/control")
+    try:
+        reply = peer.ask(wire.encode_request(p.Submit(target=str(git_repo), plan=plan), "w"))
+    finally:
+        peer.close()
+    if isinstance(reply.body, p.Error):
+        assert reply.body.code == "bad_request", reply
+        return
+    sid = reply.body.session
+    res = daemon.ctl("watch", sid, "--until-done", "--json", check=False)
+    assert res.returncode == 0, res.stderr.decode()
+    assert daemon.status(sid)["progress"] == 1.0
