@@ -330,7 +330,8 @@ def test_the_strategies_reach_every_request_type_valid_and_invalid():
     """The structured strategy is not all junk: each type decodes, and each type is refused, sometimes."""
     seen: dict[str, set[str]] = {}
 
-    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomized: a claim about the strategy, so the same examples every run (no flakiness)
+    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(request_frames())
     def collect(kind_frame):
         kind, frame = kind_frame
