@@ -59,21 +59,26 @@ def validate(assignments: list[p.AssignmentSpec], known_agents: set[str]) -> lis
 
 
 def _check_acyclic(assignments: list[p.AssignmentSpec]) -> None:
+    """Depth-first, with an explicit stack (a long ``after`` chain must not exhaust recursion)."""
     deps = {a.name: list(a.after) for a in assignments}
-    state: dict[str, int] = {}
-
-    def visit(name: str, path: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            raise PlanError("the plan's 'after' links form a cycle: " + " -> ".join(path + [name]))
-        state[name] = 1
-        for dep in deps[name]:
-            visit(dep, path + [name])
-        state[name] = 2
-
-    for name in deps:
-        visit(name, [])
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in deps:
+        if state.get(root):
+            continue
+        path = [root]
+        state[root] = 1
+        stack = [iter(deps[root])]
+        while stack:
+            dep = next(stack[-1], None)
+            if dep is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(dep) == 1:
+                raise PlanError("the plan's 'after' links form a cycle: " + " -> ".join(path + [dep]))
+            elif not state.get(dep):
+                state[dep] = 1
+                path.append(dep)
+                stack.append(iter(deps[dep]))
 
 
 def default_plan(roles: list[dict[str, Any]], agents: list[str] | None) -> list[p.AssignmentSpec]:

@@ -43,11 +43,15 @@ def bad(detail: str) -> p.Error:
 
 def check(req: p.Submit, cfg: Config, known: set[str], find: Callable[[str], str | None],
           rehearsals_available: bool, validate_scenario: Callable[[Any], None]) -> Checked | p.Error:
-    target = Path(req.target).expanduser()
-    if "\x00" in req.target or not target.is_absolute():
-        return bad(f"target must be an absolute path, got {req.target!r}")
-    if not target.is_dir():
-        return bad(f"target {target} is not a directory")
+    shown = req.target[:200]
+    try:
+        target = Path(req.target).expanduser()  # ~unknown-user raises RuntimeError
+        if "\x00" in req.target or not target.is_absolute():
+            return bad(f"target must be an absolute path, got {shown!r}")
+        if not target.is_dir():  # a name too long raises OSError
+            return bad(f"target {shown} is not a directory")
+    except (RuntimeError, ValueError, OSError) as exc:
+        return bad(f"target {shown!r} cannot be used: {exc}")
     try:
         assignments = _assignments(req, cfg, known)
     except plans.PlanError as exc:

@@ -1,15 +1,42 @@
 """The only place that encodes and decodes wire types.
 
-Encoders and decoders are built once at import.  ``decode_request`` turns
-any bytes into either a ``Request`` or a ``WireError`` carrying the stable
-error code to reply with; it never raises anything else.
+Theory of operation
+-------------------
+Encoders and decoders are built once at import.  Every decoder turns any
+input into either its typed message or a ``WireError`` carrying the stable
+``ErrorCode`` to reply with; it never raises anything else, whatever a peer
+sends: malformed JSON or msgpack, strings that are not UTF-8 (msgspec
+raises ``UnicodeDecodeError`` for those), fields of the wrong type, nesting deep
+enough to exhaust msgspec's recursion guard (``RecursionError``), numbers
+out of range.  ``WireError`` is a ``msgspec.DecodeError``, so a caller that
+catches msgspec's error catches it too.
+
+A control request is checked beyond its schema as well: its free-form
+fields (a plan, a scenario, limits) may nest at most ``MAX_NESTING`` levels
+and hold only finite numbers in the 64-bit range, so nothing a client sends
+can later fail to encode, overflow SQLite, or exhaust the stack of an actor
+that re-encodes it.
+
+Encoders never fail on text: a string holding a lone surrogate (a file name
+decoded with ``surrogateescape``, say) is not valid UTF-8, so a reply or an
+event that holds one goes out with U+FFFD in its place.  A request is the
+client's own input, so ``encode_request`` refuses it with a ``WireError``
+instead of changing what the user typed.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import msgspec
 
 from orchd import protocol as p
+
+MAX_NESTING = 32
+"""How deep lists and objects may nest inside one field of a control request."""
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+"""The integers a request may carry: what msgpack, SQLite and most JSON readers hold."""
 
 _json_enc = msgspec.json.Encoder()
 _req_dec = msgspec.json.Decoder(p.Request)
@@ -29,8 +56,12 @@ class _Head(msgspec.Struct):
 _head_dec = msgspec.json.Decoder(_Head)
 
 
-class WireError(Exception):
-    """A peer sent something that is not a valid message (not our bug)."""
+class WireError(msgspec.DecodeError):
+    """A peer sent something that is not a valid message (not our bug).
+
+    ``code`` is one of ``protocol.ErrorCode``; ``request_id`` is the
+    request's id when it could be read, else ``""``.
+    """
 
     def __init__(self, code: str, detail: str, request_id: str = "") -> None:
         super().__init__(f"{code}: {detail}")
@@ -39,16 +70,54 @@ class WireError(Exception):
         self.request_id = request_id
 
 
+_TOO_DEEP = "nested too deeply to decode"
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    # msgspec raises UnicodeDecodeError (not a DecodeError) for a string that is not UTF-8
+    return f"a string is not valid UTF-8 ({exc.reason})"
+
+
+def _fix_text(s: str) -> str:
+    """``s`` with every lone surrogate replaced by U+FFFD (paired ones become their character)."""
+    return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _scrubbed(value: Any) -> Any:
+    """Builtins (from ``msgspec.to_builtins``) with every string made valid UTF-8."""
+    if isinstance(value, str):
+        return _fix_text(value)
+    if isinstance(value, dict):
+        return {_scrubbed(k): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+def _encode_text_safe(obj: Any) -> bytes:
+    """JSON of ``obj``; strings that are not valid UTF-8 are repaired, not fatal."""
+    try:
+        return _json_enc.encode(obj)
+    except UnicodeEncodeError:
+        return _json_enc.encode(_scrubbed(msgspec.to_builtins(obj, builtin_types=(msgspec.Raw,))))
+
+
 def encode(obj: msgspec.Struct) -> bytes:
-    return _json_enc.encode(obj)
+    return _encode_text_safe(obj)
 
 
 def encode_request(body: p.ControlRequest, request_id: str) -> bytes:
-    return _json_enc.encode(p.Request(v=p.VERSION, id=request_id, body=body))
+    """A request's frame; ``WireError`` (``invalid``) if its text is not valid UTF-8."""
+    try:
+        return _json_enc.encode(p.Request(v=p.VERSION, id=request_id, body=body))
+    except UnicodeEncodeError as exc:
+        raise WireError(p.ErrorCode.INVALID, f"the request holds text that is not valid UTF-8 (a lone surrogate "
+                                             f"at character {exc.start} of {exc.object[:80]!r})") from None
 
 
 def encode_reply(body: p.ControlReply, request_id: str) -> bytes:
-    return _json_enc.encode(p.Reply(v=p.VERSION, id=request_id, body=body))
+    """A reply's frame; never fails (text that is not valid UTF-8 is repaired)."""
+    return _encode_text_safe(p.Reply(v=p.VERSION, id=request_id, body=body))
 
 
 def decode_request(data: bytes, max_bytes: int) -> p.Request:
@@ -61,16 +130,56 @@ def decode_request(data: bytes, max_bytes: int) -> p.Request:
         raise WireError(p.ErrorCode.INVALID, f"envelope: {exc}") from None
     except msgspec.DecodeError as exc:
         raise WireError(p.ErrorCode.BAD_JSON, str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise WireError(p.ErrorCode.BAD_JSON, _not_utf8(exc)) from None
+    except RecursionError:
+        raise WireError(p.ErrorCode.INVALID, f"the frame is {_TOO_DEEP}") from None
     if head.v != p.VERSION:
-        raise WireError(p.ErrorCode.BAD_VERSION, f"protocol version {head.v} is not supported (this daemon speaks {p.VERSION})", head.id)
+        shown = str(head.v) if abs(head.v) < 10**20 else "out of range"
+        raise WireError(p.ErrorCode.BAD_VERSION,
+                        f"protocol version {shown} is not supported (this daemon speaks {p.VERSION})", head.id)
     try:
-        return _req_dec.decode(data)
+        req = _req_dec.decode(data)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         code = p.ErrorCode.UNKNOWN_KIND if "$.body.kind" in msg and "Invalid value" in msg else p.ErrorCode.INVALID
         raise WireError(code, msg, head.id) from None
     except msgspec.DecodeError as exc:  # pragma: no cover - head decoded, so JSON is sound
         raise WireError(p.ErrorCode.BAD_JSON, str(exc), head.id) from None
+    except UnicodeDecodeError as exc:  # in the body: the head decoder only skipped it
+        raise WireError(p.ErrorCode.BAD_JSON, _not_utf8(exc), head.id) from None
+    except RecursionError:  # pragma: no cover - the head decoder recursed as deep
+        raise WireError(p.ErrorCode.INVALID, f"the frame is {_TOO_DEEP}", head.id) from None
+    problem = _check_values(req.body)
+    if problem is not None:
+        raise WireError(p.ErrorCode.INVALID, problem, head.id)
+    return req
+
+
+def _check_values(body: msgspec.Struct) -> str | None:
+    """Why a decoded request's values cannot be taken (see the module docstring), or None.
+
+    Iterative, so a deep value cannot exhaust the stack here either.
+    """
+    stack: list[tuple[Any, str, int]] = [
+        (getattr(body, name), f"$.body.{name}", 0) for name in body.__struct_fields__]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int):
+            if not INT_MIN <= value <= INT_MAX:
+                return f"integer out of the 64-bit range at `{where}`"
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"number is not finite at `{where}`"
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_NESTING:
+                return f"`{where}` nests deeper than {MAX_NESTING} levels"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, f"{where}[{k!r}]" if isinstance(value, dict) else f"{where}[{k}]", depth + 1)
+                         for k, v in items)
+    return None
 
 
 def decode_reply(data: bytes) -> p.Reply:
@@ -79,13 +188,17 @@ def decode_reply(data: bytes) -> p.Reply:
         return _rep_dec.decode(data)
     except msgspec.DecodeError as exc:
         raise WireError(p.ErrorCode.BAD_JSON, f"malformed reply from daemon: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise WireError(p.ErrorCode.BAD_JSON, f"malformed reply from daemon: {_not_utf8(exc)}") from None
+    except RecursionError:
+        raise WireError(p.ErrorCode.BAD_JSON, f"malformed reply from daemon: {_TOO_DEEP}") from None
 
 
 # ---------------------------------------------------------------- events
 
 def event_body(ev: p.Ev) -> bytes:
     """JSON of an event body: ``{"kind":...,...}``."""
-    return _json_enc.encode(ev)
+    return _encode_text_safe(ev)
 
 
 def stamp_prefix(session: str | None, worker: str | None, agent: str | None, gen: int) -> bytes:
@@ -94,9 +207,9 @@ def stamp_prefix(session: str | None, worker: str | None, agent: str | None, gen
     Returns the JSON members (with a trailing comma) that follow ``"ts"``.
     """
     return (
-        b'"session":' + _json_enc.encode(session)
-        + b',"worker":' + _json_enc.encode(worker)
-        + b',"agent":' + _json_enc.encode(agent)
+        b'"session":' + _encode_text_safe(session)
+        + b',"worker":' + _encode_text_safe(worker)
+        + b',"agent":' + _encode_text_safe(agent)
         + b',"gen":' + str(int(gen)).encode() + b","
     )
 
@@ -116,7 +229,13 @@ def pending_frame(topic_b: bytes, stamp: bytes, ts: float, ev: p.Ev) -> bytes:
 def pending_frames(topic_b: bytes, stamp: bytes, ts: float, events) -> list[bytes]:
     """``pending_frame`` for several events sharing one timestamp (one chunk of output)."""
     head_ts = b"\"ts\":%.6f," % ts
-    enc = _json_enc.encode
+    try:
+        return _pending(topic_b, stamp, head_ts, events, _json_enc.encode)
+    except UnicodeEncodeError:  # rare (a path decoded with surrogateescape): repair, do not fail
+        return _pending(topic_b, stamp, head_ts, events, _encode_text_safe)
+
+
+def _pending(topic_b: bytes, stamp: bytes, head_ts: bytes, events, enc) -> list[bytes]:
     return [b"%s %s %s%s%s" % (topic_b, ev.__struct_config__.tag.encode(), head_ts, stamp, enc(ev)[1:])
             for ev in events]
 
@@ -157,8 +276,17 @@ def split_frame(frame: bytes) -> tuple[bytes, bytes, bytes]:
 
 
 def decode_event(js: bytes) -> tuple[p.Stamp, p.Ev]:
-    """Decode a published event's JSON into its stamp and body."""
-    return _stamp_dec.decode(js), _event_dec.decode(js)
+    """Decode a published event's JSON into its stamp and body, or raise ``WireError``."""
+    try:
+        return _stamp_dec.decode(js), _event_dec.decode(js)
+    except msgspec.ValidationError as exc:
+        raise WireError(p.ErrorCode.INVALID, f"event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise WireError(p.ErrorCode.BAD_JSON, f"event: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise WireError(p.ErrorCode.BAD_JSON, f"event: {_not_utf8(exc)}") from None
+    except RecursionError:
+        raise WireError(p.ErrorCode.INVALID, f"event: {_TOO_DEEP}") from None
 
 
 SYNC_TOPIC = b"~sync"
@@ -167,9 +295,36 @@ SYNC_TOPIC = b"~sync"
 # ---------------------------------------------------------------- actor inboxes (msgpack)
 
 _mp_enc = msgspec.msgpack.Encoder()
-journal_inbox = msgspec.msgpack.Decoder(p.JournalInbox)
-supervisor_inbox = msgspec.msgpack.Decoder(p.SupervisorInbox)
-worker_inbox = msgspec.msgpack.Decoder(p.WorkerInbox)
+
+
+class InboxDecoder:
+    """Decodes one actor inbox's msgpack messages: ``decode(raw)`` returns a
+    message of the inbox's union or raises ``WireError`` (code ``invalid``),
+    never anything else, so an actor catches exactly one error type."""
+
+    def __init__(self, inbox: Any, name: str) -> None:
+        self._dec = msgspec.msgpack.Decoder(inbox)
+        self.name = name
+
+    def decode(self, raw: bytes) -> p.Msg:
+        try:
+            return self._dec.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: malformed msgpack: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: {_not_utf8(exc)}") from None
+        except RecursionError:
+            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: message {_TOO_DEEP}") from None
+
+    def __repr__(self) -> str:
+        return f"InboxDecoder({self.name})"
+
+
+journal_inbox = InboxDecoder(p.JournalInbox, "journal")
+supervisor_inbox = InboxDecoder(p.SupervisorInbox, "supervisor")
+worker_inbox = InboxDecoder(p.WorkerInbox, "worker")
 
 
 def pack(msg: p.Msg) -> bytes:

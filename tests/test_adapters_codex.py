@@ -4,6 +4,7 @@ the item kinds the recordings do not cover, error catalogue."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -13,15 +14,13 @@ from orchd.protocol import (
     AgentError, AgentResult, AgentSession, AgentText, AgentToolCall,
     AgentToolResult, AgentUnknown, AgentUsage,
 )
+from tests.helpers import feed_lines
 
 A = get_adapter("codex")
 HEAD = ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/w"]
 
 
-def parse(lines: list[str], exit_code: int | None = 0) -> list:
-    p = A.new_parser()
-    out = [ev for line in lines for ev in p.feed_line(line)]
-    return out + p.finish(exit_code)
+parse = partial(feed_lines, A)  # parse(lines, exit_code=0): every event, finish included
 
 
 def j(obj: dict) -> str:

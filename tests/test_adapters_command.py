@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -10,14 +11,12 @@ from actors.agents import ADAPTERS, RunSpec, get_adapter
 from orchd.protocol import (
     AgentError, AgentOutput, AgentResult, AgentText, AgentToolCall, AgentUsage,
 )
+from tests.helpers import feed_lines
 
 A = get_adapter("command")
 
 
-def parse(lines: list[str], exit_code: int | None = 0) -> list:
-    p = A.new_parser()
-    out = [ev for line in lines for ev in p.feed_line(line)]
-    return out + p.finish(exit_code)
+parse = partial(feed_lines, A)  # parse(lines, exit_code=0): every event, finish included
 
 
 def test_registry_names_every_adapter():

@@ -18,6 +18,7 @@ import pytest
 
 from actors.agents import get_adapter
 from orchd.protocol import AgentEvent
+from tests.helpers import feed_stream
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agents"
 CASES = sorted(p for p in FIXTURES.glob("*/*.jsonl") if not p.name.endswith(".expected.jsonl"))
@@ -32,17 +33,8 @@ def meta(path: Path) -> dict:
 
 
 def parse_fixture(path: Path, exit_code: int | None) -> list:
-    """Frame exactly as the worker does: split on b"\\n", decode with
-    replacement, finish with the recorded exit code."""
-    parser = get_adapter(path.parent.name).new_parser()
-    events = []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for raw in lines:
-        events += parser.feed_line(raw.decode("utf-8", errors="replace"))
-    return events + parser.finish(exit_code)
+    """Framed exactly as the worker does, finished with the recorded exit code."""
+    return feed_stream(path.parent.name, path.read_bytes(), exit_code)
 
 
 def expected_path(path: Path) -> Path:

@@ -4,6 +4,7 @@ error catalogue."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
@@ -13,14 +14,12 @@ from orchd.protocol import (
     AgentError, AgentResult, AgentSession, AgentText, AgentToolCall,
     AgentToolResult, AgentUnknown, AgentUsage,
 )
+from tests.helpers import feed_lines
 
 A = get_adapter("gemini")
 
 
-def parse(lines: list[str], exit_code: int | None = 0) -> list:
-    p = A.new_parser()
-    out = [ev for line in lines for ev in p.feed_line(line)]
-    return out + p.finish(exit_code)
+parse = partial(feed_lines, A)  # parse(lines, exit_code=0): every event, finish included
 
 
 def j(obj: dict) -> str:

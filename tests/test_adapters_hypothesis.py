@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from actors.agents import ADAPTERS, get_adapter
 from orchd.protocol import AgentResult, AgentText
+from tests.helpers import feed_parser
 
 NAMES = sorted(ADAPTERS)
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agents"
@@ -49,8 +50,7 @@ objects = st.builds(
 
 def run(name: str, lines: list[str], exit_code: int | None) -> list:
     parser = get_adapter(name).new_parser()
-    events = [ev for line in lines for ev in parser.feed_line(line)]
-    events += parser.finish(exit_code)
+    events = feed_parser(parser, lines, exit_code)
     assert parser.finish(exit_code) == []
     assert parser.feed_line(lines[0] if lines else "x") == []  # after finish: ignored
     return events

@@ -3,13 +3,13 @@ server: every profile's flags are accepted, the workspace profile can write
 in the work dir, resume continues the same session, and the parser turns
 the real stream into the normalized events (no failure classified).
 
-Skipped when the CLIs are not installed (scripts/install-agents.sh).
+A missing CLI fails the tests (``tests.agentbin.require_agent``): run
+scripts/install-agents.sh.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from orchd.protocol import (
     AgentResult, AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
 )
 from tests.agentbin import agent_env_path, require_agent
+from tests.helpers import cli_dirs, cli_run, feed_stream
 
 RUN_TIMEOUT_S = 120
 
@@ -33,15 +34,11 @@ def server():
 
 def make_spec(agent: str, root: Path, url: str, profile: str, assignment: str,
               resume_id: str | None = None) -> RunSpec:
-    wd, home, tmp, codex = (root / d for d in ("repo", "home", "tmp", "codex"))
-    if not wd.exists():
-        for d in (wd, home, tmp, codex):
-            d.mkdir(parents=True)
-        subprocess.run(["git", "init", "-q", str(wd)], check=True)
-    env = prepare_rehearsal(agent, url, home, codex)
-    return RunSpec(prompt=f"Do the work. orchd-assignment: {assignment}", cwd=str(wd),
-                   profile=profile, binary=str(require_agent(agent)), home=str(home),
-                   tmpdir=str(tmp), resume_id=resume_id, env=env,
+    dirs = cli_dirs(root)  # the second run (resume) reuses the first one's
+    env = prepare_rehearsal(agent, url, dirs.home, dirs.codex)
+    return RunSpec(prompt=f"Do the work. orchd-assignment: {assignment}", cwd=str(dirs.repo),
+                   profile=profile, binary=str(require_agent(agent)), home=str(dirs.home),
+                   tmpdir=str(dirs.tmp), resume_id=resume_id, env=env,
                    model="gemini-2.5-flash" if agent == "gemini" else None)
 
 
@@ -49,13 +46,8 @@ def run(agent: str, spec: RunSpec):
     adapter = get_adapter(agent)
     launch = adapter.build_launch(spec)
     env = dict(os.environ, PATH=agent_env_path(), LANG="C.UTF-8") | launch.env
-    proc = subprocess.run(launch.argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, timeout=RUN_TIMEOUT_S)
-    parser = adapter.new_parser()
-    events = []
-    for raw in proc.stdout.split(b"\n"):
-        events += parser.feed_line(raw.decode("utf-8", errors="replace"))
-    events += parser.finish(proc.returncode)
+    proc = cli_run(launch.argv, launch.cwd, env, RUN_TIMEOUT_S, f"{agent} {spec.profile}")
+    events = feed_stream(adapter, proc.stdout, proc.returncode)
     stderr = proc.stderr.decode("utf-8", errors="replace").splitlines()
     for line in stderr:
         assert adapter.check_stderr(line) is None, line  # the sandbox really is on

@@ -3,30 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 
 import zmq
 
 from orchctl.client import Client
 from orchd import protocol as p
 from tests.conftest import fake, wait_for, write_plan
-
-
-def _replay_all(control: str) -> list[tuple[int, bytes]]:
-    client = Client(control)
-    out, cursor = [], 0
-    try:
-        while True:
-            reply = client.call(p.Replay(since=cursor, limit=10_000), timeout_s=20)
-            assert isinstance(reply, p.ReplayReply), reply
-            for raw in reply.events:
-                body = bytes(raw)
-                cursor = json.loads(body)["seq"]
-                out.append((cursor, body))
-            if not reply.more:
-                return out
-    finally:
-        client.close()
+from tests.helpers import proc_state, replay_all
 
 
 def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, tmp_path):
@@ -77,12 +60,12 @@ def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, 
         assert len(received) > 5000
         last_published = max(received)
         # the agent died with the daemon (parent-death signal)
-        wait_for(lambda: not os.path.exists(f"/proc/{agent_pid}") or _zombie(agent_pid), 10, "agent to die")
+        wait_for(lambda: proc_state(agent_pid) in ("gone", "Z"), 10, "agent to die")
 
         release.touch()
         d2 = type(d)(d.state_dir, d.runtime_dir).start()
         try:
-            log = _replay_all(f"ipc://{d2.runtime_dir}/control")
+            log = replay_all(f"ipc://{d2.runtime_dir}/control")
             seqs = [s for s, _ in log]
             assert seqs == list(range(1, len(seqs) + 1)), "seq is not continuous in the log"
             logged = dict(log)
@@ -101,10 +84,3 @@ def test_kill9_mid_flood_loses_and_duplicates_nothing(daemon_factory, git_repo, 
         sub.close(0)
         ctx.term()
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True

@@ -10,10 +10,7 @@ import sys
 import time
 
 from tests.conftest import fake, wait_for, write_plan
-
-
-def _events(out: bytes) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+from tests.helpers import proc_state, watch_until_done
 
 
 def test_plan_of_commands_runs_end_to_end(daemon, git_repo, tmp_path):
@@ -26,8 +23,7 @@ def test_plan_of_commands_runs_end_to_end(daemon, git_repo, tmp_path):
     ])
     sub = daemon.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))
     sid = sub["session"]
-    watched = daemon.ctl("watch", sid, "--until-done", "--json", timeout=60)
-    events = _events(watched.stdout)
+    events = watch_until_done(daemon, sid, timeout_s=60)
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(set(seqs)), "watch printed an event twice or out of order"
     assert all(e["session"] == sid for e in events)
@@ -47,7 +43,7 @@ def test_plan_of_commands_runs_end_to_end(daemon, git_repo, tmp_path):
     assert {w["name"]: (w["state"], w["exit_code"]) for w in status["workers"]} == {
         "first": ("done", 0), "second": ("done", 0), "third": ("done", 0)}
     # every event of the session is in the log, exactly what a late watcher sees
-    again = _events(daemon.ctl("watch", sid, "--until-done", "--json").stdout)
+    again = watch_until_done(daemon, sid)
     assert again == events
 
 
@@ -104,10 +100,10 @@ def test_stop_pause_resume(daemon, git_repo, tmp_path):
     pid = wait_for(lambda: daemon.status(sid)["workers"][0]["pid"], 10, "the worker pid")
     daemon.ctl("pause", sid)
     wait_for(lambda: daemon.status(sid)["workers"][0]["state"] == "paused", 10, "worker paused")
-    assert _proc_state(pid) == "T"
+    assert proc_state(pid) == "T"
     assert daemon.status(sid)["state"] == "paused"
     daemon.ctl("resume", sid)
-    wait_for(lambda: _proc_state(pid) != "T", 10, "the process to continue")
+    wait_for(lambda: proc_state(pid) != "T", 10, "the process to continue")
     assert daemon.status(sid)["state"] == "running"
     res = daemon.ctl("resume", sid, "--json", check=False)
     assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "bad_state"
@@ -116,15 +112,7 @@ def test_stop_pause_resume(daemon, git_repo, tmp_path):
     assert s["state"] == "stopped"
     w = s["workers"][0]
     assert w["state"] == "stopped" and w["signal"] == signal.SIGTERM
-    assert not os.path.exists(f"/proc/{pid}") or _proc_state(pid) == "Z"
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return "gone"
+    assert not os.path.exists(f"/proc/{pid}") or proc_state(pid) == "Z"
 
 
 def test_sigterm_stops_agents_and_exits_0(daemon_factory, git_repo, tmp_path):
@@ -138,7 +126,7 @@ def test_sigterm_stops_agents_and_exits_0(daemon_factory, git_repo, tmp_path):
     t0 = time.monotonic()
     assert d.stop() == 0
     assert time.monotonic() - t0 < 20
-    assert _proc_state(pid) in ("gone", "Z")
+    assert proc_state(pid) in ("gone", "Z")
     assert "orchd_stopped" in d.log()
     assert "actor_restarting" not in d.log() and "actor_crashed" not in d.log()
 

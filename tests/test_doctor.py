@@ -1,8 +1,8 @@
 """``orchd doctor`` as a real subprocess, with the real CLIs from .tools/agents.
 
 The rehearsal runs each CLI against the scripted model server on loopback:
-no tokens, no network.  Skipped when the CLIs are not installed
-(scripts/install-agents.sh).
+no tokens, no network.  A missing CLI fails the tests
+(``tests.agentbin.require_agent``): run scripts/install-agents.sh.
 """
 
 from __future__ import annotations

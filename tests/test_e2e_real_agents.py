@@ -3,8 +3,8 @@
 Every session here is a rehearsal (``--rehearse``): the real, pinned CLIs run
 headless in their own git worktrees and talk to the daemon's built-in
 scripted model server on 127.0.0.1 (docs/scenarios.md), so no tokens are
-spent and no network is needed.  Skipped when the CLIs are not installed
-(scripts/install-agents.sh).
+spent and no network is needed.  A missing CLI fails the tests
+(``tests.agentbin.require_agent``): run scripts/install-agents.sh.
 
 Ordering is never waited for with sleeps: ``orchctl watch --until-done``
 returns once the session has ended, and everything else polls with
@@ -14,8 +14,6 @@ returns once the session has ended, and everything else polls with
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from orchctl.client import Client
 from orchd import protocol as p
 from tests.agentbin import AGENTS, agent_env_path, agent_path, require_agent
 from tests.conftest import wait_for, write_plan
+from tests.helpers import alive, git, group_members, replay_all, watch_until_done
 
 PINNED = {"claude": "2.1.197", "codex": "0.169.0", "gemini": "0.61.0"}
 WATCH_TIMEOUT_S = 240  # one CLI start is 1-10 s; the default plan runs three in a row
@@ -52,9 +51,7 @@ def _submit(d, *args: str) -> dict:
 
 def _watch(d, sid: str) -> list[dict]:
     """The session's whole history, until it ends (orchctl watch --until-done --json)."""
-    res = d.ctl("watch", sid, "--until-done", "--json", timeout=WATCH_TIMEOUT_S, check=False)
-    events = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
-    assert res.returncode == (0 if events[-1]["state"] == "done" else 1), res.stderr  # 0 only for done
+    events = watch_until_done(d, sid, WATCH_TIMEOUT_S)
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(set(seqs)), "watch printed an event twice or out of order"
     assert all(e["session"] == sid for e in events)
@@ -81,26 +78,9 @@ def _one(events: list[dict], kind: str) -> dict:
     return found[0]
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout
-
-
 def _replay_all(d) -> list[dict]:
-    """Every event in the daemon's log (all sessions and daemon events), by Replay pages."""
-    client = Client(f"ipc://{d.runtime_dir}/control")
-    out: list[dict] = []
-    cursor = 0
-    try:
-        while True:
-            reply = client.call(p.Replay(since=cursor, limit=10_000), timeout_s=20)
-            assert isinstance(reply, p.ReplayReply), reply
-            out.extend(json.loads(bytes(raw)) for raw in reply.events)
-            cursor = out[-1]["seq"] if out else cursor
-            if not reply.more:
-                return out
-    finally:
-        client.close()
+    """Every event in the daemon's log (all sessions and daemon events)."""
+    return [json.loads(body) for _, body in replay_all(f"ipc://{d.runtime_dir}/control")]
 
 
 def _session_events(d, sid: str) -> list[dict]:
@@ -138,30 +118,6 @@ def _check_clean_run(worker_events: list[dict], agent: str, name: str, gen: int 
     return session
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie is dead: only its exit status is left)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _group(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
 # ------------------------------------------------------------------ 1. one assignment per real CLI
 
 @pytest.mark.parametrize("agent", AGENTS)
@@ -188,7 +144,7 @@ def test_one_assignment_rehearsal_per_cli(agent, cli_daemon, git_repo, tmp_path)
     assert w["input_tokens"] > 0 and w["output_tokens"] > 0
     assert w["milestones"] == 1 and w["progress"] == 1.0
 
-    assert _git(git_repo, "show", f"orchd/{sid}:{name}.txt") == f"rehearsal output for assignment {name}\n"
+    assert git(git_repo, "show", f"orchd/{sid}:{name}.txt") == f"rehearsal output for assignment {name}\n"
 
 
 # ------------------------------------------------------------------ 2. the headline: default plan, three CLIs
@@ -201,14 +157,14 @@ def _snapshot(repo: Path) -> dict:
             continue
         files[str(path.relative_to(repo))] = path.read_bytes()
     return {
-        "head": _git(repo, "rev-parse", "HEAD"),
-        "branch": _git(repo, "symbolic-ref", "HEAD"),
-        "branches": {line for line in _git(repo, "for-each-ref", "--format=%(refname) %(objectname)",
-                                           "refs/heads").splitlines()},
-        "status": _git(repo, "status", "--porcelain=v1", "-uall"),
-        "index": _git(repo, "ls-files", "-s"),
-        "staged": _git(repo, "diff", "--cached", "--binary"),
-        "unstaged": _git(repo, "diff", "--binary"),
+        "head": git(repo, "rev-parse", "HEAD"),
+        "branch": git(repo, "symbolic-ref", "HEAD"),
+        "branches": {line for line in git(repo, "for-each-ref", "--format=%(refname) %(objectname)",
+                                          "refs/heads").splitlines()},
+        "status": git(repo, "status", "--porcelain=v1", "-uall"),
+        "index": git(repo, "ls-files", "-s"),
+        "staged": git(repo, "diff", "--cached", "--binary"),
+        "unstaged": git(repo, "diff", "--binary"),
         "files": files,
     }
 
@@ -219,7 +175,7 @@ def test_default_plan_runs_three_clis_in_order_and_leaves_target_alone(cli_daemo
     # uncommitted work in the target: an unstaged edit, a staged new file, an untracked file
     (git_repo / "README.md").write_text("target repo\nlocal edit, not committed\n")
     (git_repo / "staged.txt").write_text("staged, not committed\n")
-    _git(git_repo, "add", "staged.txt")
+    git(git_repo, "add", "staged.txt")
     (git_repo / "untracked.txt").write_bytes(b"untracked \x00\xff bytes\n")
     before = _snapshot(git_repo)
     assert " M README.md" in before["status"] and "A  staged.txt" in before["status"]
@@ -260,12 +216,12 @@ def test_default_plan_runs_three_clis_in_order_and_leaves_target_alone(cli_daemo
     # the merged branch has the three results on top of the committed HEAD, nothing uncommitted
     branch = f"orchd/{sid}"
     assert status["branch"] == branch
-    assert set(_git(git_repo, "ls-tree", "-r", "--name-only", branch).split()) == {
+    assert set(git(git_repo, "ls-tree", "-r", "--name-only", branch).split()) == {
         "README.md", "design.txt", "implement.txt", "review.txt"}
     for name, _ in order:
-        assert _git(git_repo, "show", f"{branch}:{name}.txt") == f"rehearsal output for assignment {name}\n"
-    assert _git(git_repo, "show", f"{branch}:README.md") == "target repo\n"
-    assert _git(git_repo, "merge-base", "--is-ancestor", before["head"].strip(), branch) == ""
+        assert git(git_repo, "show", f"{branch}:{name}.txt") == f"rehearsal output for assignment {name}\n"
+    assert git(git_repo, "show", f"{branch}:README.md") == "target repo\n"
+    assert git(git_repo, "merge-base", "--is-ancestor", before["head"].strip(), branch) == ""
 
     # the target itself: same HEAD, branch, index, working tree, and its own branches untouched
     after = _snapshot(git_repo)
@@ -367,18 +323,18 @@ def test_kill9_mid_run_resumes_real_cli(agent, daemon_factory, git_repo, tmp_pat
     before_kill = _session_events(d, sid)
     assert not [e for e in before_kill if e["kind"] in ("worker.exited", "agent.tool_call", "worker.done")]
     pid = d.status(sid)["workers"][0]["pid"]
-    assert pid and _alive(pid)
-    assert pid in _group(pid)
+    assert pid and alive(pid)
+    assert pid in group_members(pid)
     last_seq_before = max(e["seq"] for e in _replay_all(d))
 
     d.kill9()
     # the CLI itself dies with the daemon (parent-death signal)
-    wait_for(lambda: not _alive(pid), 10, f"{agent} (pid {pid}) to die with the daemon")
+    wait_for(lambda: not alive(pid), 10, f"{agent} (pid {pid}) to die with the daemon")
 
     d2 = type(d)(d.state_dir, d.runtime_dir, d.config, env=env).start()
     try:
         # whatever the CLI had started in its process group is gone once the new daemon is up
-        wait_for(lambda: not _group(pid), 10, f"{agent}'s process group {pid} to be gone")
+        wait_for(lambda: not group_members(pid), 10, f"{agent}'s process group {pid} to be gone")
         events = _watch(d2, sid)
         assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "done", \
             f"{_kinds(events)}\n--- orchctl logs {sid} --json ---\n{_logs(d2, sid)}"
@@ -409,7 +365,7 @@ def test_kill9_mid_run_resumes_real_cli(agent, daemon_factory, git_repo, tmp_pat
         (w,) = status["workers"]
         assert (w["state"], w["exit_code"], w["gen"]) == ("done", 0, 1)
         assert w["input_tokens"] > 0 and w["output_tokens"] > 0
-        assert _git(git_repo, "show", f"orchd/{sid}:{name}.txt") == f"written after the restart by {name}\n"
+        assert git(git_repo, "show", f"orchd/{sid}:{name}.txt") == f"written after the restart by {name}\n"
 
         # the log: seq continuous from 1, no duplicate, the restart recorded right after the last event
         log = _replay_all(d2)
@@ -449,7 +405,7 @@ def test_stop_ends_the_session_after_its_real_cli_has_exited(cli_daemon, git_rep
     server_log = cli_daemon.state_dir / "runs" / sid / "modelserver.jsonl"
     wait_for(lambda: _model_calls(server_log), 60, "claude's model call to reach the stalled reply")
     pid = cli_daemon.status(sid)["workers"][0]["pid"]
-    assert pid and _alive(pid)
+    assert pid and alive(pid)
 
     cli_daemon.ctl("stop", sid)
     events = _watch(cli_daemon, sid)
@@ -458,7 +414,7 @@ def test_stop_ends_the_session_after_its_real_cli_has_exited(cli_daemon, git_rep
     exited = [e for e in _of(events, name) if e["kind"] == "worker.exited"]
     assert exited and exited[0]["state"] == "stopped", \
         f"session.state stopped came before the worker's exit: {_kinds(events)[-4:]}"
-    assert not _alive(pid)
+    assert not alive(pid)
     # and everything in the log agrees: no event of the worker after the session's end
     wait_for(lambda: cli_daemon.status(sid)["workers"][0]["state"] == "stopped", 30, "the worker to stop")
     log = _session_events(cli_daemon, sid)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 from tests.conftest import fake, write_plan
-
-
-def _git(repo, *args) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+from tests.helpers import git, watch_until_done
 
 
 def test_conflicting_assignments_escalate_and_keep_branches(daemon, git_repo, tmp_path):
@@ -23,17 +19,15 @@ def test_conflicting_assignments_escalate_and_keep_branches(daemon, git_repo, tm
     s = daemon.wait_session(sid)
     assert s["state"] == "escalated", s
     assert "shared.txt" in s["reason"]
-    res = daemon.ctl("watch", sid, "--until-done", "--json", check=False)
-    assert res.returncode == 1, res.stderr  # watch --until-done exits 0 only for done
-    events = [json.loads(x) for x in res.stdout.splitlines()]
+    events = watch_until_done(daemon, sid)
     conflict = [e for e in events if e["kind"] == "session.note" and (e.get("data") or {}).get("conflicts")]
     assert conflict and conflict[0]["data"]["conflicts"] == ["shared.txt"]
-    branches = _git(git_repo, "branch", "--list", f"orchd/{sid}*").split()
+    branches = git(git_repo, "branch", "--list", f"orchd/{sid}*").split()
     assert f"orchd/{sid}.left" in branches and f"orchd/{sid}.right" in branches
-    assert _git(git_repo, "show", f"orchd/{sid}.left:shared.txt") == "left version"
-    assert _git(git_repo, "show", f"orchd/{sid}.right:shared.txt") == "right version"
+    assert git(git_repo, "show", f"orchd/{sid}.left:shared.txt") == "left version"
+    assert git(git_repo, "show", f"orchd/{sid}.right:shared.txt") == "right version"
     # the target is untouched
-    assert _git(git_repo, "status", "--porcelain") == ""
+    assert git(git_repo, "status", "--porcelain") == ""
     assert not (git_repo / "shared.txt").exists()
 
     trees = [w["worktree"] for w in s["workers"]]
@@ -41,7 +35,7 @@ def test_conflicting_assignments_escalate_and_keep_branches(daemon, git_repo, tm
     out = daemon.ctl_json("clean", sid)
     assert out["ok"] is True
     assert not any(os.path.exists(t) for t in trees)
-    assert f"orchd/{sid}.left" in _git(git_repo, "branch", "--list", f"orchd/{sid}*")
+    assert f"orchd/{sid}.left" in git(git_repo, "branch", "--list", f"orchd/{sid}*")
 
 
 def test_clean_refuses_a_running_session(daemon, git_repo, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.agents import get_adapter
+from tests.helpers import feed_stream
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "agents"
@@ -28,14 +28,7 @@ def orchctl_parse(*args: str, stdin: bytes | None = None) -> subprocess.Complete
 
 def in_process(agent: str, data: bytes) -> bytes:
     """What the library gives for the same bytes, framed the CLI's way."""
-    parser = get_adapter(agent).new_parser()
-    events = []
-    lines = data.split(b"\n")
-    if lines[-1] == b"":  # the final newline ends a line, it does not start one
-        lines.pop()
-    for raw in lines:
-        events += parser.feed_line(raw.decode("utf-8", errors="replace"))
-    events += parser.finish(None)
+    events = feed_stream(agent, data, None)
     return b"".join(msgspec.json.encode(e) + b"\n" for e in events)
 
 

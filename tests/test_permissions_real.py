@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from actors.agents.rehearsal import prepare_rehearsal
 from actors.rehearsal.modelserver import ModelServer
 from orchd.protocol import AgentResult
 from tests.agentbin import AGENTS, agent_env_path, require_agent
+from tests.helpers import cli_dirs, cli_run, feed_lines
 
 RUN_TIMEOUT_S = 120
 PROFILES = ("workspace", "readonly", "yolo")
@@ -71,9 +71,7 @@ class Run:
     argv: list[str]
 
     def parsed(self, agent: str) -> list[Any]:
-        parser = get_adapter(agent).new_parser()
-        events = [ev for line in self.stdout.splitlines() for ev in parser.feed_line(line)]
-        return events + parser.finish(self.code)
+        return feed_lines(agent, self.stdout.splitlines(), self.code)
 
 
 def scenario_for(name: str, out: dict[str, Path]) -> list[dict[str, Any]]:
@@ -106,37 +104,23 @@ def written(run: Run, out: dict[str, Path]) -> dict[str, bool]:
 def run_cli(agent: str, profile: str, root: Path, out: dict[str, Path], *,
             path: str | None = None, allow_unconfined: bool = False) -> Run:
     binary = require_agent(agent)
-    repo, home, tmp = root / "repo", root / "home", root / "tmp"
-    for d in (repo, home, tmp):
-        d.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    dirs = cli_dirs(root)
     name = f"perm-{uuid.uuid4().hex[:12]}"
     replies = scenario_for(name, out)
     with ModelServer({"agents": {agent: replies}}) as srv:
-        extra = prepare_rehearsal(agent, srv.url, home, root / "codex")
+        extra = prepare_rehearsal(agent, srv.url, dirs.home, dirs.codex)
         launch = get_adapter(agent).build_launch(RunSpec(
-            prompt=f"Do what you are asked.\norchd-assignment: {name}", cwd=str(repo), profile=profile,
-            binary=str(binary), home=str(home), tmpdir=str(tmp), allow_unconfined=allow_unconfined,
-            config_dir=str(root / "codex") if agent == "codex" else None))
+            prompt=f"Do what you are asked.\norchd-assignment: {name}", cwd=str(dirs.repo), profile=profile,
+            binary=str(binary), home=str(dirs.home), tmpdir=str(dirs.tmp), allow_unconfined=allow_unconfined,
+            config_dir=str(dirs.codex) if agent == "codex" else None))
         env = {"PATH": path or agent_env_path(), "LANG": "C.UTF-8"} | extra | launch.env
-        proc = subprocess.Popen(launch.argv, cwd=launch.cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"{agent} {profile} did not finish in {RUN_TIMEOUT_S}s: {stderr.decode()[-2000:]}")
-        finally:
-            try:
-                os.killpg(proc.pid, 9)  # the CLI's helpers (claude's socat bridges)
-            except ProcessLookupError:
-                pass
+        # the CLI's helpers (claude's socat bridges) die with its process group
+        proc = cli_run(launch.argv, launch.cwd, env, RUN_TIMEOUT_S, f"{agent} {profile}")
         mine = [r for r in srv.requests if r.get("assignment") == name]
     used = [r["reply"] for r in mine if "reply" in r]
     last = json.dumps(mine[-1]["body"]) if mine else ""
-    return Run(proc.returncode, stdout.decode(errors="replace"),
-               stderr.decode(errors="replace").splitlines(), repo, used, replies, last, launch.argv)
+    return Run(proc.returncode, proc.stdout.decode(errors="replace"),
+               proc.stderr.decode(errors="replace").splitlines(), dirs.repo, used, replies, last, launch.argv)
 
 
 # ---------------------------------------------------------------- the truth table

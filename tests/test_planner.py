@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 from tests.agentbin import agent_env_path
 from tests.conftest import wait_for
+from tests.helpers import git, watch_until_done
 
 PLAN = {"assignments": [
     {"name": "build", "agent": "claude", "role": "implementation", "weight": 60, "prompt": "build it"},
@@ -21,8 +21,7 @@ def _submit(d, repo, tmp_path, scenario):
     path.write_text(json.dumps(scenario))
     sid = d.ctl_json("submit", "Make a thing", "--target", str(repo), "--planner", "gemini",
                      "--rehearse", str(path))["session"]
-    out = d.ctl("watch", sid, "--until-done", "--json", timeout=300).stdout
-    return sid, [json.loads(line) for line in out.splitlines()]
+    return sid, watch_until_done(d, sid, timeout_s=300)
 
 
 def test_planner_plan_is_used(daemon_factory, git_repo, tmp_path):
@@ -39,8 +38,7 @@ def test_planner_plan_is_used(daemon_factory, git_repo, tmp_path):
     workers = {w["name"]: w for w in s["workers"]}
     assert set(workers) == {"_plan", "build", "check"}
     assert workers["build"]["agent"] == "claude" and workers["check"]["agent"] == "codex"
-    files = subprocess.run(["git", "-C", str(git_repo), "ls-tree", "--name-only", f"orchd/{sid}"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = git(git_repo, "ls-tree", "--name-only", f"orchd/{sid}").split()
     assert {"build.txt", "check.txt"} <= set(files) and "_plan.txt" not in files
     assert s["progress"] == 1.0
 

@@ -2,8 +2,8 @@
 
 Each CLI runs headless with the default scenario in a temp git repo, on
 loopback only, and must write ``{assignment}.txt`` and print its native
-stream events.  Skipped when the CLIs are not installed
-(scripts/install-agents.sh).
+stream events.  A missing CLI fails the tests (``tests.agentbin.require_agent``):
+run scripts/install-agents.sh.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from actors.agents.rehearsal import prepare_rehearsal
 from actors.rehearsal.modelserver import ModelServer
 from tests.agentbin import AGENTS, agent_env_path, require_agent
+from tests.helpers import cli_dirs, cli_finish, cli_start
 
 RUN_TIMEOUT_S = 120
 
@@ -44,27 +45,17 @@ class Outcome:
 
 def start_run(agent: str, url: str, root: Path, assignment: str) -> tuple[subprocess.Popen[bytes], Path]:
     binary = require_agent(agent)
-    for d in ("repo", "home", "tmp", "codex"):
-        (root / d).mkdir(parents=True)
-    wd = root / "repo"
-    subprocess.run(["git", "init", "-q", str(wd)], check=True)
-    env = {"PATH": agent_env_path(), "HOME": str(root / "home"), "TMPDIR": str(root / "tmp"), "LANG": "C.UTF-8"}
-    env |= prepare_rehearsal(agent, url, root / "home", root / "codex")
-    argv, extra = argv_for(agent, binary, f"Do the work. orchd-assignment: {assignment}", wd)
-    proc = subprocess.Popen(argv, cwd=wd, env=env | extra, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    return proc, wd
+    dirs = cli_dirs(root)
+    env = {"PATH": agent_env_path(), "HOME": str(dirs.home), "TMPDIR": str(dirs.tmp), "LANG": "C.UTF-8"}
+    env |= prepare_rehearsal(agent, url, dirs.home, dirs.codex)
+    argv, extra = argv_for(agent, binary, f"Do the work. orchd-assignment: {assignment}", dirs.repo)
+    return cli_start(argv, dirs.repo, env | extra), dirs.repo
 
 
 def finish(proc: subprocess.Popen[bytes], wd: Path) -> Outcome:
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{proc.args[0]} did not finish in {RUN_TIMEOUT_S}s; stderr: {err.decode()[-2000:]}")
-    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    return Outcome(proc.returncode, events, err.decode("utf-8", "replace"), wd)
+    done = cli_finish(proc, RUN_TIMEOUT_S)
+    events = [json.loads(line) for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    return Outcome(done.returncode, events, done.stderr.decode("utf-8", "replace"), wd)
 
 
 def check(agent: str, outcome: Outcome, assignment: str) -> None:

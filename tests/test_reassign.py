@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.agentbin import agent_env_path
+from tests.helpers import watch_until_done
 
 
 def test_missing_agent_is_replaced_by_preference(daemon_factory, git_repo):
@@ -12,7 +13,7 @@ def test_missing_agent_is_replaced_by_preference(daemon_factory, git_repo):
                               '[agents.gemini]\nbinary = "/nonexistent/gemini"\n',
                        env={"PATH": agent_env_path()})
     sid = d.ctl_json("submit", "Do the thing", "--target", str(git_repo), "--rehearse")["session"]
-    events = [json.loads(x) for x in d.ctl("watch", sid, "--until-done", "--json", timeout=300).stdout.splitlines()]
+    events = watch_until_done(d, sid, timeout_s=300)
     notes = [e for e in events if e["kind"] == "session.note" and "reassigned" in (e.get("data") or {})]
     assert len(notes) == 1
     assert notes[0]["data"]["reassigned"] == {"design": {"from": "gemini", "to": "codex", "why": "gemini CLI not found"}}

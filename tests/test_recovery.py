@@ -7,6 +7,7 @@ import json
 from actors import recovery
 from orchd import protocol as p
 from tests.agentbin import agent_env_path
+from tests.helpers import watch_until_done
 
 
 def _failure(code, action="relaunch", fix=None):
@@ -26,13 +27,6 @@ def test_policy():
     assert recovery.decide(None, "claude", 0, 2, True, 60) is None
 
 
-def _events(d, sid):
-    res = d.ctl("watch", sid, "--until-done", "--json", timeout=300, check=False)
-    events = [json.loads(x) for x in res.stdout.splitlines()]
-    assert res.returncode == (0 if events[-1]["state"] == "done" else 1), res.stderr  # 0 only for done
-    return events
-
-
 def test_rate_limited_real_cli_is_relaunched_and_finishes(daemon_factory, git_repo, tmp_path):
     d = daemon_factory(env={"PATH": agent_env_path()})
     scenario = tmp_path / "scenario.json"
@@ -45,7 +39,7 @@ def test_rate_limited_real_cli_is_relaunched_and_finishes(daemon_factory, git_re
     plan.write_text(json.dumps({"assignments": [{"name": "impl", "agent": "claude", "prompt": "write it"}]}))
     sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo), "--rehearse", str(scenario),
                      "--limit", "backoff_cap_s=0.5")["session"]
-    events = _events(d, sid)
+    events = watch_until_done(d, sid, timeout_s=300)
     failures = [e for e in events if e["kind"] == "worker.failure"]
     assert [f["code"] for f in failures] == ["rate_limited"] and failures[0]["gen"] == 0
     relaunch = [e for e in events if e["kind"] == "worker.launching" and e["gen"] == 1]
@@ -63,7 +57,7 @@ def test_unfixable_failure_is_not_relaunched(daemon_factory, git_repo, tmp_path)
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"assignments": [{"name": "impl", "agent": "claude"}]}))
     sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo), "--rehearse", str(scenario))["session"]
-    events = _events(d, sid)
+    events = watch_until_done(d, sid, timeout_s=300)
     assert [e["code"] for e in events if e["kind"] == "worker.failure"] == ["auth_invalid"]
     assert [e["gen"] for e in events if e["kind"] == "worker.launching"] == [0]
     assert d.status(sid)["state"] == "failed"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from actors import merging
 from actors import worktrees as wt
 from actors.worktrees import BadName, GitError, MergeConflict, NotARepo
+from tests import helpers
 
 S = "s-1a2b"
 
@@ -30,13 +30,8 @@ def no_user_git_config(tmp_path, monkeypatch):
 
 
 def git(cwd: Path, *args: str) -> str:
-    """The test's own git, with an explicit identity (the module uses its own)."""
-    r = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(cwd), *args],
-        capture_output=True, text=True, check=False, timeout=60,
-    )
-    assert r.returncode == 0, f"git {args}: {r.stderr}"
-    return r.stdout.strip()
+    """The test's own git (``tests.helpers.git``: an explicit identity; the module uses its own), stripped."""
+    return helpers.git(cwd, *args).strip()
 
 
 @pytest.fixture
@@ -264,8 +259,7 @@ def test_commit_all_refuses_unresolved_conflicts(repo, root):
     theirs = wt.commit_all(other, "other")
     (path / "shared.txt").write_text("by impl\n")
     wt.commit_all(path, "impl")
-    merge = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(path),
-                            "merge", theirs], capture_output=True, text=True, check=False)
+    merge = helpers.git_run(path, "merge", theirs)
     assert "CONFLICT" in merge.stdout
     with pytest.raises(MergeConflict) as caught:
         wt.commit_all(path, "x")
