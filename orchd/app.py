@@ -71,7 +71,8 @@ async def serve(cfg: config.Config) -> int:
     from actors.supervisor import Ports, SessionSupervisor
     from orchd import bus, proc, protocol as p, wire
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
-    from orchd.journal import SUPERVISOR_FOLLOWS, Follower, JournalActor, JournalSockets
+    from orchd.follow import SUPERVISOR_FOLLOWS, Follower
+    from orchd.journal import JournalActor, JournalSockets
     from orchd.store import EventLog
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)

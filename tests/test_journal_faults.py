@@ -27,7 +27,9 @@ from orchctl.client import Client
 from orchd import journal, metrics, wire
 from orchd import protocol as p
 from orchd.actor import ChildSpec, Supervisor, sync_view
-from orchd.journal import Follower, Follows, JournalActor, JournalSockets
+from orchd import journal_sockets
+from orchd.follow import SUPERVISOR_FOLLOWS, Follower, Follows
+from orchd.journal import JournalActor, JournalSockets
 from tests.conftest import fake, wait_for, write_plan
 
 # ---------------------------------------------------------------- pure parts
@@ -39,14 +41,14 @@ def test_backoff_doubles_from_50ms_to_a_2s_cap():
 
 
 def test_pub_sndhwm_holds_the_queue_to_its_bytes():
-    assert journal.pub_sndhwm(64 << 20, 8 << 10, 100_000) == 8192
-    assert journal.pub_sndhwm(64 << 20, 8 << 10, 1000) == 1000      # pub_hwm still caps it
-    assert journal.pub_sndhwm(64 << 20, 8 << 10, 0) == 8192         # 0: no cap in messages
-    assert journal.pub_sndhwm(1 << 20, 4 << 20, 100_000) == 1       # never 0 (0 would be "no limit")
+    assert journal_sockets.pub_sndhwm(64 << 20, 8 << 10, 100_000) == 8192
+    assert journal_sockets.pub_sndhwm(64 << 20, 8 << 10, 1000) == 1000      # pub_hwm still caps it
+    assert journal_sockets.pub_sndhwm(64 << 20, 8 << 10, 0) == 8192         # 0: no cap in messages
+    assert journal_sockets.pub_sndhwm(1 << 20, 4 << 20, 100_000) == 1       # never 0 (0 would be "no limit")
 
 
 def test_follows_matches_prefixes_and_kinds_minus_exclusions():
-    f = journal.SUPERVISOR_FOLLOWS
+    f = SUPERVISOR_FOLLOWS
     assert f.wants("worker.exited") and f.wants("worker.milestone") and f.wants("agent.result")
     assert not f.wants("worker.launching") and not f.wants("agent.text") and not f.wants("session.state")
     assert not Follows().wants("worker.exited")
