@@ -53,6 +53,7 @@ from orchd.actor import Mailbox, Outbox, Supervisor, Waker, drain
 from orchd.config import Config
 from orchd.control import Call, ControlSocket
 from orchd.replay import Replayer
+from orchd.store import LogReader
 
 _log = log.get("actors.supervisor")
 
@@ -151,19 +152,7 @@ class SessionSupervisor(Conduct):
 
     async def _rebuild(self) -> None:
         """The projection from the log (read in a thread; the kinds the supervisor follows only)."""
-        from orchd.store import LogReader
-
-        def read() -> list[tuple[int, bytes]]:
-            reader = LogReader(self.log_path)
-            try:
-                rows, seq = [], 0
-                while batch := reader.kinds_since(seq, "agent.", FOLLOWED_AGENT_KINDS, 10_000):
-                    rows += batch
-                    seq = batch[-1][0]
-                return rows
-            finally:
-                reader.close()
-        rows = await asyncio.to_thread(read)
+        rows = await asyncio.to_thread(LogReader.read_state, self.log_path, "agent.", FOLLOWED_AGENT_KINDS)
         for _, body in rows:
             self._apply_json(body)
         _log.info("state_rebuilt", events=len(rows), sessions=len(self.proj.sessions))
@@ -341,7 +330,6 @@ class SessionSupervisor(Conduct):
     def _last_seq(self) -> int:
         """The log's last seq: one B-tree lookup (WAL readers never wait for the writer)."""
         if self._seq_reader is None:
-            from orchd.store import LogReader
             self._seq_reader = LogReader(self.log_path)
         return self._seq_reader.last_seq()
 

@@ -128,6 +128,20 @@ class LogReader:
             "ORDER BY seq LIMIT ?", (seq, exclude_prefix + "%", *keep, limit))
         return cur.fetchall()
 
+    @classmethod
+    def read_state(cls, path: Path, exclude_prefix: str, keep: tuple[str, ...]) -> list[tuple[int, bytes]]:
+        """Every event a state rebuild needs (``kinds_since`` from the start), on a connection of its own."""
+        reader = cls(path)
+        try:
+            rows: list[tuple[int, bytes]] = []
+            seq = 0
+            while batch := reader.kinds_since(seq, exclude_prefix, keep, 10_000):
+                rows += batch
+                seq = batch[-1][0]
+            return rows
+        finally:
+            reader.close()
+
     def last_seq(self) -> int:
         row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
         return row[0] or 0
