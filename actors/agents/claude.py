@@ -14,7 +14,13 @@ Stream mapping (``-p --output-format stream-json --verbose``)
 * ``system/api_retry`` -> agent.error(fatal=False)
 * ``result`` -> agent.usage, agent.error(fatal) when ``is_error``, then
   agent.result(ok = not is_error).  ``subtype`` is not trusted: auth and
-  API failures say ``subtype:"success", is_error:true``.
+  API failures say ``subtype:"success", is_error:true``.  A ``result``
+  without ``is_error`` (trimmed by hand, or an older CLI) is still the
+  result, judged by what it has: an ``error_*`` subtype or a non-empty
+  ``errors[]`` fails it, anything else (``success``, only a ``result``
+  text, nothing at all) is ok.  That verdict is a guess the event cannot
+  mark, so it is kept as close to the CLI's own fields as possible; its
+  cost and text are kept as for any result.
 
 Usage: ``input_tokens`` includes the cache tokens (creation and read), so
 it counts every prompt token the model processed, like codex's and
@@ -100,7 +106,7 @@ class _Usage(msgspec.Struct):
 
 
 class _Result(msgspec.Struct):
-    is_error: bool
+    is_error: bool | None = None      # absent in hand-trimmed transcripts
     subtype: str | None = None
     result: str | None = None
     usage: _Usage | None = None
@@ -187,12 +193,15 @@ class ClaudeParser(StreamParser):
         out: list[Ev] = [AgentUsage(input_tokens=tokens_in, output_tokens=u.output_tokens or 0,
                                     cost_usd=r.total_cost_usd)]
         text = r.result or ""
-        if r.is_error:
+        failed = r.is_error
+        if failed is None:
+            failed = (r.subtype is not None and r.subtype != "success") or bool(r.errors)
+        if failed:
             # error_max_turns and friends carry no `result`, only errors[].
             reasons = [e if isinstance(e, str) else json.dumps(e) for e in r.errors or ()]
             message = text or "; ".join(reasons) or r.subtype or "claude reported an error"
             out.append(AgentError(message=message, fatal=True))
-        out.append(AgentResult(ok=not r.is_error, text=text))
+        out.append(AgentResult(ok=not failed, text=text))
         return out
 
 

@@ -20,9 +20,19 @@ Stream mapping
   event as the latest total, never add them up.  ``input_tokens`` already
   includes ``cached_input_tokens``; no cost is reported (cost_usd None).
 * ``error`` -> agent.error; fatal unless it is a retry notice
-  ("Reconnecting...", "Falling back from WebSockets...")
+  ("Reconnecting... 1/5", "Falling back from WebSockets...", "stream
+  error: ...; retrying 1/5 in 200ms")
 * ``turn.failed`` -> agent.error(fatal) (skipped when the preceding ``error``
   said the same) + agent.result(ok=False, text = last agent_message)
+
+How a run ends: codex sends ``turn.completed`` only when the turn had no
+fatal error (it sends ``turn.failed`` instead), so a ``turn.completed``
+with no ``turn.failed`` is a successful run, exit code or not (``orchctl
+parse`` has none).  Its agent.result waits for ``finish``: only the exit
+code can overrule it (a crash or non-zero exit after ``turn.completed``
+fails the run).  A stream that ends with neither is judged as for every
+CLI: a success only with exit code 0 and no fatal error (so a stream cut
+off mid-turn, with no exit code, is not a success).
 
 Ignored quietly: ``turn.started``, ``item.updated``, and items of type
 ``reasoning`` and ``todo_list``.  Other lines are agent.unknown.
@@ -50,7 +60,8 @@ MAX_OPEN_CALLS = 4096
 
 _QUIET_TYPES = frozenset({"turn.started", "item.updated"})
 _QUIET_ITEMS = frozenset({"reasoning", "todo_list"})
-_NOTICE = re.compile(r"^(Reconnecting\.\.\.|Falling back from WebSockets)")
+_NOTICE = re.compile(r"^(Reconnecting\.\.\.|Falling back from WebSockets|retrying\b)"
+                     r"|; retrying \d+/\d+", re.I)
 
 
 class _Thread(msgspec.Struct):
@@ -125,6 +136,7 @@ class CodexParser(StreamParser):
         super().__init__()
         self._open: dict[str, None] = {}  # ordered set of started item ids
         self._last_error = ""
+        self._turn_completed = False
 
     def _on_object(self, obj: dict[str, Any]) -> list[Ev] | None:
         typ = obj.get("type")
@@ -137,6 +149,7 @@ class CodexParser(StreamParser):
             return self._on_item(load(raw, _Item), raw, typ == "item.completed")
         if typ == "turn.completed":
             u = load(obj, _Turn).usage
+            self._turn_completed = True
             return [AgentUsage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                                cost_usd=None)]
         if typ == "error":
@@ -155,6 +168,16 @@ class CodexParser(StreamParser):
         if typ in _QUIET_TYPES:
             return []
         return None
+
+    def _on_finish(self, exit_code: int | None) -> list[Ev]:
+        if self.result_sent:  # turn.failed already closed the run
+            return []
+        self.result_sent = True
+        if self._turn_completed:
+            ok = exit_code in (None, 0)
+        else:
+            ok = exit_code == 0 and not self.fatal_seen
+        return [AgentResult(ok=ok, text=self.last_text)]
 
     def _call(self, item_id: str, completed: bool, tool: str, input: Any) -> list[Ev]:
         """The tool_call for an item, once: on start, or on completion when
