@@ -172,6 +172,24 @@ def test_is_error_wins_over_subtype_and_errors_list_is_the_message():
     assert parse([ok_despite_subtype])[-1] == AgentResult(ok=True, text="fine")
 
 
+
+@pytest.mark.parametrize("fields, ok", [
+    ({"result": "done"}, True),                                   # trimmed: only the text
+    ({"subtype": "success"}, True),
+    ({}, True),                                                   # nothing says it failed
+    ({"subtype": "error_max_turns"}, False),
+    ({"subtype": "success", "errors": ["Tool execution failed"]}, False),
+])
+def test_a_result_without_is_error_is_judged_by_what_it_has(fields, ok):
+    line = j({"type": "result", "total_cost_usd": 0.0347, **fields})
+    for exit_code in (None, 0):
+        events = parse([line], exit_code)
+        # still the run's one result, with its cost and text: never agent.unknown
+        assert events[0] == AgentUsage(input_tokens=0, output_tokens=0, cost_usd=0.0347)
+        assert events[-1] == AgentResult(ok=ok, text=fields.get("result", ""))
+        assert sum(isinstance(e, AgentResult) for e in events) == 1
+        assert any(isinstance(e, AgentError) and e.fatal for e in events) is not ok
+
 def test_sandbox_refusal_real_stream():
     # claude 2.1.197, failIfUnavailable set, socat missing from PATH
     line = j({"type": "result", "subtype": "error_during_execution", "duration_ms": 0, "is_error": True,

@@ -139,6 +139,50 @@ def test_retry_notices_are_not_fatal_but_other_errors_are():
     assert parse(lines, 0)[-1] == AgentResult(ok=False, text="")
 
 
+
+TURN_DONE = j({"type": "turn.completed", "usage": {"input_tokens": 7, "output_tokens": 2}})
+ANSWER = item("completed", id="a", type="agent_message", text="4")
+
+
+def test_turn_completed_is_a_success_without_an_exit_code():
+    # `orchctl parse` knows no exit code; the turn itself says it succeeded
+    events = parse([j({"type": "thread.started", "thread_id": "t"}), ANSWER, TURN_DONE], None)
+    assert events[-2:] == [AgentUsage(input_tokens=7, output_tokens=2, cost_usd=None),
+                           AgentResult(ok=True, text="4")]
+    assert parse([ANSWER, TURN_DONE], 0)[-1] == AgentResult(ok=True, text="4")
+
+
+@pytest.mark.parametrize("exit_code", [1, 137, -9])
+def test_a_crash_after_turn_completed_still_fails_the_run(exit_code):
+    assert parse([ANSWER, TURN_DONE], exit_code)[-1] == AgentResult(ok=False, text="4")
+
+
+def test_without_turn_completed_and_exit_code_the_run_is_not_a_success():
+    events = parse([j({"type": "thread.started", "thread_id": "t"}), j({"type": "turn.started"}),
+                    ANSWER], None)
+    assert events[-1] == AgentResult(ok=False, text="4")
+    assert not any(isinstance(e, AgentError) for e in events)
+
+
+def test_turn_failed_after_turn_completed_gives_one_failed_result():
+    events = parse([ANSWER, TURN_DONE, j({"type": "turn.failed", "error": {"message": "x"}})],
+                   None)
+    assert [e for e in events if isinstance(e, AgentResult)] == [AgentResult(ok=False, text="4")]
+
+
+@pytest.mark.parametrize("message", [
+    "Reconnecting... 1/5",
+    "Reconnecting... 3/5 (stream disconnected before completion: error sending request)",
+    "retrying",
+    "stream error: stream disconnected before completion; retrying 1/5 in 189ms…",
+])
+def test_retry_notices_in_a_successful_run_are_not_fatal(message):
+    events = parse([j({"type": "error", "message": message}), ANSWER, TURN_DONE], None)
+    assert events[0] == AgentError(message=message, fatal=False)
+    assert events[-1] == AgentResult(ok=True, text="4")
+    assert A.classify(0, [], parse([j({"type": "error", "message": message}), ANSWER, TURN_DONE],
+                                   0)) is None
+
 def test_open_calls_are_bounded():
     p = A.new_parser()
     for i in range(MAX_OPEN_CALLS + 10):

@@ -154,7 +154,7 @@ class CodexParser(StreamParser):
                                cost_usd=None)]
         if typ == "error":
             message = load(obj, _Err).message
-            fatal = _NOTICE.match(message) is None
+            fatal = _NOTICE.search(message) is None
             if fatal:
                 self._last_error = message
             return [AgentError(message=message, fatal=fatal)]
