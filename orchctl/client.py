@@ -4,8 +4,10 @@
 ``ipc://`` endpoint is a unix stream socket, so before the first request
 (and again after a deadline passes) the client connects a plain
 ``AF_UNIX`` socket to its path: a missing file or a refused connect means
-nobody listens (``Unreachable``, exit 3, said at once); an accepted connect
-means the daemon is there, and a deadline that passes is ``Busy`` (exit 1).
+nobody listens (``Unreachable``, exit 3, said at once); a socket this user
+may not open (``EACCES``: another user's 0700 runtime dir) is "permission
+denied" (also ``Unreachable``, exit 3); an accepted connect means the daemon
+is there, and a deadline that passes is ``Busy`` (exit 1).
 A ``tcp://`` endpoint cannot be probed that way: a short ``Ping`` comes
 first, and no answer in time is ``Unreachable``.
 """
@@ -23,6 +25,7 @@ from orchd import protocol as p
 from orchd import wire
 
 PROBE_TIMEOUT_S = 0.5
+PERMISSION_DENIED = "permission denied"
 
 
 class Unreachable(Exception):
@@ -53,7 +56,13 @@ def probe_ipc(endpoint: str) -> str | None:
         address = "\0" + path[1:]  # Linux abstract namespace, as libzmq spells it
     else:
         address = path
-        if not os.path.exists(path):
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return "not running"
+        except PermissionError:
+            return PERMISSION_DENIED  # the runtime dir is another user's (0700)
+        except OSError:
             return "not running"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(PROBE_TIMEOUT_S)
@@ -61,6 +70,8 @@ def probe_ipc(endpoint: str) -> str | None:
         sock.connect(address)
     except (ConnectionRefusedError, FileNotFoundError):
         return "not running"
+    except PermissionError:
+        return PERMISSION_DENIED
     except (BlockingIOError, TimeoutError):
         return None
     except OSError as exc:
@@ -84,6 +95,9 @@ class Client:
     def _unreachable(self, why: str) -> Unreachable:
         if why == "not running":
             return Unreachable(f"orchd is not running at {self.control}: start it with 'orchd run'")
+        if why == PERMISSION_DENIED:
+            return Unreachable(f"permission denied: {self.control} belongs to another user "
+                               "(run orchctl as the user that runs orchd)")
         return Unreachable(f"orchd cannot be reached at {self.control}: {why}")
 
     def ensure_reachable(self) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -28,11 +29,53 @@ class StartupError(Exception):
 
 
 def prepare_runtime_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
+    """Make sure the ipc sockets' directory keeps other users out, changing nothing we did not create.
+
+    A missing directory (and any missing parent) is created 0700.  One that
+    exists must be a real directory (not a symlink), ours, and 0700: else
+    this refuses with a ``StartupError`` and leaves it as it is (``--runtime-dir
+    /tmp`` must not chmod /tmp).
+    """
+    path = Path(os.path.abspath(path))
+    missing = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for created in reversed(missing):
+        try:
+            os.mkdir(created, 0o700)
+        except FileExistsError:
+            continue  # somebody else made it meanwhile: checked below like any existing dir
+        os.chmod(created, 0o700)  # ours: a umask like 0o277 must not lock us out
+    fix = "remove it or choose another --runtime-dir (orchd only uses a directory it owns with mode 0700)"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise StartupError(f"runtime dir {path} is a symlink: {fix}") from None
+        raise StartupError(f"runtime dir {path} is not usable ({exc.strerror}): {fix}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     if st.st_uid != os.getuid():
-        raise StartupError(f"runtime dir {path} belongs to uid {st.st_uid}, not to us ({os.getuid()})")
-    os.chmod(path, 0o700)
+        raise StartupError(f"runtime dir {path} belongs to uid {st.st_uid}, not to us ({os.getuid()}): {fix}")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        raise StartupError(f"runtime dir {path} has mode {stat.S_IMODE(st.st_mode):04o}, not 0700: {fix}")
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state dir (and missing parents) 0700; warn, and change nothing, if an existing one is open.
+
+    The files orchd writes in it are 0600 whatever the directory's mode
+    (the umask is 0o077 from the start of ``cmd_run``).
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        _log.warning("state_dir_open", path=str(path), mode=f"{mode:04o}",
+                     hint=f"other users can list it; run 'chmod 700 {path}'")
 
 
 def take_lock(runtime_dir: Path, what: str = "runtime dir"):
@@ -40,9 +83,11 @@ def take_lock(runtime_dir: Path, what: str = "runtime dir"):
 
     Taken on the runtime dir (so a stale socket left by a crashed daemon
     does not block a restart) and on the state dir (so two daemons never
-    write one event log, whatever their runtime dirs).
+    write one event log, whatever their runtime dirs).  The file is opened
+    0600 and never through a symlink.
     """
-    fh = open(runtime_dir / "orchd.lock", "a+")
+    fd = os.open(runtime_dir / "orchd.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fh = os.fdopen(fd, "a+")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -88,7 +133,6 @@ async def serve(cfg: config.Config) -> int:
 
     ctx = bus.context()
     rehearsals = Rehearsals(cfg.state_dir)
-    old_umask = os.umask(0o077)  # ipc socket files: owner only
     root = Supervisor("root", max_restarts=3, period_s=10.0)
     # the journal's mailbox and PUB are bound here, once: producers stay connected across its restarts
     journal = JournalSockets(ctx, JOURNAL, [cfg.events()], pub_hwm=cfg.pub_hwm, pub_queue_bytes=cfg.pub_queue_bytes,
@@ -159,7 +203,6 @@ async def serve(cfg: config.Config) -> int:
         await journal.flush_and_stop(timeout_s=5.0)
         await root.shutdown()
     finally:
-        os.umask(old_umask)
         journal.close()
         ports.inbox.close()
         out.close()
@@ -179,6 +222,20 @@ def _now() -> float:
 
 
 def cmd_run(args) -> int:
+    """Start the daemon: exit 2 for a bad configuration, 1 if it cannot start, else ``serve``'s code.
+
+    The umask is 0o077 before anything is created, so every directory and
+    file the daemon makes (state dir, event log with its -wal and -shm,
+    locks, ipc sockets) is owner-only.
+    """
+    old_umask = os.umask(0o077)
+    try:
+        return _run(args)
+    finally:
+        os.umask(old_umask)
+
+
+def _run(args) -> int:
     flags = {"state_dir": args.state_dir, "runtime_dir": args.runtime_dir}
     try:
         cfg = config.load(args.config, flags)
@@ -193,7 +250,7 @@ def cmd_run(args) -> int:
         print(f"orchd: {exc}", file=sys.stderr)
         return 1
     try:
-        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_state_dir(cfg.state_dir)
         state_lock = take_lock(cfg.state_dir, "state dir")
     except (StartupError, OSError) as exc:
         lock.close()

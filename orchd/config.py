@@ -97,24 +97,26 @@ class Config(BaseModel):
         return self.agents.get(name) or AgentConfig()
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+def check_endpoint(endpoint: str, runtime_dir: Path) -> None:
+    """Accept only an ``ipc://`` socket file directly in the runtime dir.
 
-
-def check_endpoint(endpoint: str) -> None:
-    """Refuse plaintext tcp beyond loopback (DESIGN: tcp off loopback needs CURVE).
-
-    CURVE is not implemented yet, so a non-loopback tcp endpoint is an error
-    rather than a silently unauthenticated socket.
+    Plaintext tcp is refused everywhere, loopback included: any local user
+    could connect to it, and CURVE (the only safe tcp) is not implemented.
+    An abstract ``ipc://@name`` socket has no file permissions, so it is
+    refused too; the runtime dir's 0700 mode is what keeps other users out.
     """
-    if endpoint.startswith("ipc://") or endpoint.startswith("inproc://"):
-        return
+    fix = f"use the default (ipc:// sockets in the 0700 runtime dir {runtime_dir})"
     if endpoint.startswith("tcp://"):
-        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
-        if host in LOOPBACK_HOSTS:
-            return
-        raise ValueError(f"{endpoint}: tcp beyond loopback needs ZeroMQ CURVE keys, which this orchd "
-                         "does not support yet; use ipc:// or tcp://127.0.0.1:PORT")
-    raise ValueError(f"{endpoint}: unsupported endpoint (use ipc:// or tcp://127.0.0.1:PORT)")
+        raise ValueError(f"{endpoint}: plaintext tcp is refused (any local user could connect; "
+                         f"authenticated transport is not supported yet): {fix}")
+    if not endpoint.startswith("ipc://"):
+        raise ValueError(f"{endpoint}: unsupported endpoint: {fix}")
+    path = endpoint[len("ipc://"):]
+    if path.startswith("@"):
+        raise ValueError(f"{endpoint}: an abstract ipc socket has no file permissions: {fix}")
+    if os.path.dirname(os.path.normpath(os.path.abspath(path))) != os.path.normpath(os.path.abspath(runtime_dir)):
+        raise ValueError(f"{endpoint}: an ipc socket outside the runtime dir is not protected by its 0700 mode: "
+                         f"{fix}")
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
@@ -149,6 +151,6 @@ def load(config_file: Path | None = None, flags: dict[str, Any] | None = None,
     data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
     data = _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     cfg = Config.model_validate(data)
-    check_endpoint(cfg.control())
-    check_endpoint(cfg.events())
+    check_endpoint(cfg.control(), cfg.runtime_dir)
+    check_endpoint(cfg.events(), cfg.runtime_dir)
     return cfg

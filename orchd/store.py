@@ -15,6 +15,7 @@ after that point (~1 s per million events), paid once per watcher.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -31,7 +32,9 @@ Row = tuple[int, str, str, bytes]
 
 
 def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open (creating it 0600 if missing) the log; SQLite gives -wal and -shm the same mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")

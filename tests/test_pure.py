@@ -179,10 +179,17 @@ def test_config_layers_and_endpoint_rules(tmp_path):
     f.write_text('stop_grace_s = 2.5\n[limits]\nstall_s = 30\n')
     cfg = config.load(f, {"stop_grace_s": 1.0}, environ={"ORCHD_LIMITS__STALL_S": "20", "ORCHD_LOG_LEVEL": "debug"})
     assert (cfg.stop_grace_s, cfg.limits.stall_s, cfg.log_level) == (1.0, 20.0, "debug")
-    ok = config.load(None, {"control_endpoint": "tcp://127.0.0.1:5555"}, environ={})
-    assert ok.control() == "tcp://127.0.0.1:5555"
-    with pytest.raises(ValueError, match="CURVE"):
-        config.load(None, {"events_endpoint": "tcp://0.0.0.0:5556"}, environ={})
+    ok = config.load(None, {"runtime_dir": "/run/o", "control_endpoint": "ipc:///run/o/ctl"}, environ={})
+    assert ok.control() == "ipc:///run/o/ctl"
+    # no plaintext tcp at all, loopback included, and the refusal does not suggest tcp
+    for ep in ("tcp://127.0.0.1:5555", "tcp://localhost:5555", "tcp://0.0.0.0:5556"):
+        for field in ("control_endpoint", "events_endpoint"):
+            with pytest.raises(ValueError, match="plaintext tcp is refused") as err:
+                config.load(None, {field: ep}, environ={})
+            assert "tcp://" not in str(err.value).replace(ep, "")
+    for ep in ("ipc://@orchd", "ipc:///tmp/elsewhere/control", "inproc://x"):
+        with pytest.raises(ValueError, match="runtime dir"):
+            config.load(None, {"runtime_dir": "/run/o", "control_endpoint": ep}, environ={})
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_field = 1\n")
     with pytest.raises(ValueError, match="no_such_field"):
