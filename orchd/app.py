@@ -229,6 +229,8 @@ def cmd_run(args) -> int:
     locks, ipc sockets) is owner-only.
     """
     old_umask = os.umask(0o077)
+    from orchd import proc
+    proc.AGENT_UMASK = old_umask  # agents write the user's files with the user's umask
     try:
         return _run(args)
     finally:

@@ -69,6 +69,11 @@ class Child(asyncio.subprocess.Process):
         self._pipes.close()
 
 
+AGENT_UMASK = 0o022
+"""The umask agents run with: the user's, not the daemon's 0o077 (``orchd run`` sets it at start),
+so files an agent writes in its working copy get the modes the user expects."""
+
+
 async def spawn(argv: list[str], cwd: str, env: dict[str, str], limit: int) -> Child:
     """Start ``argv`` in its own process group, stdin from /dev/null.
 
@@ -85,6 +90,7 @@ async def spawn(argv: list[str], cwd: str, env: dict[str, str], limit: int) -> C
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         preexec_fn=_child_setup,
+        umask=AGENT_UMASK,
     )
     return Child(transport, protocol, loop)
 

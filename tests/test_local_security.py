@@ -219,3 +219,18 @@ def test_a_missing_runtime_dir_is_made_0700_with_its_parents(short_tmp):
         assert stat.S_IMODE((rt / "control").stat().st_mode) & 0o077 == 0
     finally:
         assert d.stop() == 0
+
+
+def test_agents_write_files_with_the_users_umask_not_the_daemons(daemon_factory, git_repo, tmp_path):
+    """The daemon's own files are 0600 (umask 0o077), but an agent's files in its worktree are not."""
+    import json as _json
+
+    from tests.conftest import fake, write_plan
+    d = daemon_factory()
+    plan = write_plan(tmp_path / "plan.json", [{"name": "w", "agent": "command", "argv": fake("write:made.txt:x", "exit:0")}])
+    sid = _json.loads(d.ctl("submit", "--plan", str(plan), "--target", str(git_repo), "--json").stdout)["session"]
+    s = d.wait_session(sid)
+    tree = Path(s["workers"][0]["worktree"])
+    mask = os.umask(0)
+    os.umask(mask)  # this test's umask, which the daemon it started inherited
+    assert (tree / "made.txt").stat().st_mode & 0o777 == 0o666 & ~mask
