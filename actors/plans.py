@@ -1,33 +1,162 @@
-"""Plans: validate a plan file, build the default plan, read a planner's answer (pure)."""
+"""Plans: validate a plan file, build the default plan, read a planner's answer (pure).
+
+A plan file is read strictly: an unknown key is an error naming it (with
+a "did you mean"), and everything a launch would refuse (a name git
+cannot take, a NUL byte in argv or env, an env key with "=") is refused
+here, so a plan accepted at submit never fails at launch for its input.
+``parse_plan`` needs nothing but the file (orchctl runs it before
+sending); ``validate`` adds what needs the daemon's agents and the whole
+plan (links, cycles, duplicate names).
+"""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import msgspec
 
+from actors.worktrees import assignment_name_problem
 from orchd import protocol as p
 
 
 MAX_ASSIGNMENTS = 1000
 MAX_WEIGHT = 1e6
+MAX_ARG_BYTES = 128 * 1024  # Linux's MAX_ARG_STRLEN: one argv or env string longer than this fails exec (E2BIG)
 PLAN_TREE = "orchd-planner"  # the planning run's worktree/branch label; reserved
+PROFILES = ("workspace", "readonly", "yolo")
 
 
 class PlanError(ValueError):
     """The plan cannot run; the message says why."""
 
 
+class PlanAssignment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One assignment as a plan file writes it: the user's keys only.
+
+    Strict on purpose, unlike ``protocol.AssignmentSpec`` (which stored
+    events must keep decoding across versions); ``run_kind`` is orchd's own.
+    """
+
+    name: str
+    agent: str
+    role: str = ""
+    prompt: str = ""
+    weight: float = 1.0
+    after: list[str] = []
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None
+    profile: str | None = None
+    rerun: bool = False
+
+    def spec(self) -> p.AssignmentSpec:
+        return p.AssignmentSpec(name=self.name, agent=self.agent, role=self.role, prompt=self.prompt,
+                                weight=self.weight, after=list(self.after), argv=self.argv, env=self.env,
+                                profile=self.profile, rerun=self.rerun)
+
+
 class PlanFile(msgspec.Struct, forbid_unknown_fields=True):
-    assignments: list[p.AssignmentSpec]
+    assignments: list[PlanAssignment]
+
+
+PLAN_KEYS = PlanFile.__struct_fields__
+ASSIGNMENT_KEYS = PlanAssignment.__struct_fields__
+RESERVED_KEYS = ("run_kind",)
+
+
+def unknown_key(where: str, key: object, valid: tuple[str, ...]) -> str:
+    """``<where>: unknown key 'promt' (did you mean 'prompt'?; valid: ...)``."""
+    close = difflib.get_close_matches(key, valid, n=1) if isinstance(key, str) else []
+    hint = f"did you mean {close[0]!r}?; " if close else ""
+    return f"{where}: unknown key {_short(key)!r} ({hint}valid: {', '.join(valid)})"
+
+
+def _short(value: object) -> object:
+    return value[:100] if isinstance(value, str) else value
+
+
+def _label(item: dict[str, Any], index: int) -> str:
+    name = item.get("name")
+    return f"assignment {_short(name)!r}" if isinstance(name, str) and name else f"assignments[{index}]"
+
+
+def _check_keys(data: dict[str, Any]) -> None:
+    for key in data:
+        if key not in PLAN_KEYS:
+            raise PlanError(unknown_key("the plan", key, PLAN_KEYS))
+    items = data.get("assignments")
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        for key in item if isinstance(item, dict) else ():
+            if key in RESERVED_KEYS:
+                raise PlanError(f"{_label(item, i)}: {key!r} is reserved for orchd's own runs")
+            if key not in ASSIGNMENT_KEYS:
+                raise PlanError(unknown_key(_label(item, i), key, ASSIGNMENT_KEYS))
+
+
+def parse_plan(data: Any, source: str | None = None) -> list[p.AssignmentSpec]:
+    """A plan file's content as assignments, or ``PlanError("invalid plan[ SOURCE]: ...")``.
+
+    Checks what the file alone decides: its keys and types, and each
+    assignment on its own (``check_assignment``).
+    """
+    what = f"invalid plan {source}" if source else "invalid plan"
+    try:
+        if not isinstance(data, dict):
+            raise PlanError("a plan is an object with an 'assignments' list")
+        _check_keys(data)
+        try:
+            plan = msgspec.convert(data, PlanFile)
+        except msgspec.ValidationError as exc:
+            raise PlanError(str(exc)) from None
+        specs = [a.spec() for a in plan.assignments]
+        for a in specs:
+            check_assignment(a)
+    except PlanError as exc:
+        raise PlanError(f"{what}: {exc}") from None
+    return specs
 
 
 def load_plan(data: dict[str, Any], known_agents: set[str]) -> list[p.AssignmentSpec]:
+    return validate(parse_plan(data), known_agents)
+
+
+def check_assignment(a: p.AssignmentSpec) -> None:
+    """What one assignment needs to launch: a name git takes, strings exec takes, a weight, a profile."""
+    if (why := assignment_name_problem(a.name)) is not None:
+        raise PlanError(f"assignment name {_short(a.name)!r} is not usable as a branch name part: {why}")
+    where = f"assignment {a.name!r}"
+    for field, text in (("role", a.role), ("prompt", a.prompt)):
+        if (why := _text_problem(text, limit=None)) is not None:
+            raise PlanError(f"{where}: {field} {why}")
+    for i, arg in enumerate(a.argv or []):
+        if (why := _text_problem(arg)) is not None:
+            raise PlanError(f"{where}: argv[{i}] {why}")
+    for key, value in (a.env or {}).items():
+        if not key or "=" in key:
+            raise PlanError(f"{where}: env key {_short(key)!r} is not a variable name (empty, or holds '=')")
+        if (why := _text_problem(key) or _text_problem(f"{key}={value}")) is not None:
+            raise PlanError(f"{where}: env {_short(key)!r} {why}")
+    if not 0 <= a.weight <= MAX_WEIGHT:  # also refuses NaN and inf
+        raise PlanError(f"{where}: weight must be a number from 0 to {MAX_WEIGHT:g}, got {a.weight}")
+    if a.profile is not None and a.profile not in PROFILES:
+        close = difflib.get_close_matches(a.profile, PROFILES, n=1)
+        hint = f"did you mean {close[0]!r}?; " if close else ""
+        raise PlanError(f"{where}: unknown profile {_short(a.profile)!r} ({hint}valid: {', '.join(PROFILES)})")
+    if a.run_kind != "assignment":
+        raise PlanError(f"{where}: run_kind {a.run_kind!r} is reserved for orchd's own runs")
+
+
+def _text_problem(text: str, limit: int | None = MAX_ARG_BYTES) -> str | None:
+    """Why exec would refuse ``text`` as an argv or env string; None if it would not."""
+    if "\x00" in text:
+        return "holds a NUL byte"
     try:
-        plan = msgspec.convert(data, PlanFile)
-    except msgspec.ValidationError as exc:
-        raise PlanError(f"invalid plan: {exc}") from None
-    return validate(plan.assignments, known_agents)
+        size = len(text.encode())  # strict: the wire (msgspec JSON) cannot carry a lone surrogate either
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    if limit is not None and size >= limit:
+        return f"is {size} bytes long; exec takes at most {limit - 1}"
+    return None
 
 
 def validate(assignments: list[p.AssignmentSpec], known_agents: set[str]) -> list[p.AssignmentSpec]:
@@ -37,8 +166,7 @@ def validate(assignments: list[p.AssignmentSpec], known_agents: set[str]) -> lis
         raise PlanError(f"the plan has {len(assignments)} assignments; at most {MAX_ASSIGNMENTS} are allowed")
     names = [a.name for a in assignments]
     for a in assignments:
-        if not a.name or any(c in a.name for c in " /\\~^:?*[") or a.name.startswith((".", "-", "_")):
-            raise PlanError(f"assignment name {a.name!r} is not usable as a branch name part")
+        check_assignment(a)
         if names.count(a.name) > 1:
             raise PlanError(f"assignment name {a.name!r} is used twice")
         if a.agent not in known_agents:
@@ -48,12 +176,6 @@ def validate(assignments: list[p.AssignmentSpec], known_agents: set[str]) -> lis
         for dep in a.after:
             if dep not in names:
                 raise PlanError(f"assignment {a.name!r} waits for {dep!r}, which is not in the plan")
-        if not 0 <= a.weight <= MAX_WEIGHT:  # also refuses NaN and inf
-            raise PlanError(f"assignment {a.name!r}: weight must be a number from 0 to {MAX_WEIGHT:g}, got {a.weight}")
-        if a.run_kind != "assignment":
-            raise PlanError(f"assignment {a.name!r}: run_kind {a.run_kind!r} is reserved for orchd's own runs")
-        if a.profile not in (None, "workspace", "readonly", "yolo"):
-            raise PlanError(f"assignment {a.name!r}: unknown profile {a.profile!r}")
     _check_acyclic(assignments)
     return assignments
 

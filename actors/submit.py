@@ -24,7 +24,7 @@ import pydantic
 
 from actors import plans
 from orchd import protocol as p
-from orchd.config import Config, Limits
+from orchd.config import Config, Limits, one_line
 
 PLAN_RUN = "_plan"  # the planning run's worker name (plan names cannot start with "_")
 
@@ -52,6 +52,8 @@ def check(req: p.Submit, cfg: Config, known: set[str], find: Callable[[str], str
             return bad(f"target {shown} is not a directory")
     except (RuntimeError, ValueError, OSError) as exc:
         return bad(f"target {shown!r} cannot be used: {exc}")
+    if "\x00" in req.task:  # the task goes into every agent's prompt, an argv string
+        return bad("the task text holds a NUL byte")
     try:
         assignments = _assignments(req, cfg, known)
     except plans.PlanError as exc:
@@ -94,9 +96,7 @@ def check_limits(base: Limits, overrides: dict[str, Any]) -> dict[str, Any] | p.
     try:
         merged = Limits.model_validate({**base.model_dump(), **overrides})
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "limits"
-        return bad(f"invalid limit {where}: {first['msg']}")
+        return bad(f"invalid limits: {one_line(exc, Limits)}")
     return {k: getattr(merged, k) for k in overrides}
 
 

@@ -343,6 +343,7 @@ class SessionSupervisor(Conduct):
         checked = submit.check(req, self.cfg, set(ADAPTERS), self._find, self.rehearsals is not None,
                                validate_scenario)
         if isinstance(checked, p.Error):
+            _log.info("submit_refused", code=checked.code, detail=checked.detail[:300])
             self._control.reply(call, checked)
             return
         token = secrets.token_hex(8)
@@ -352,6 +353,7 @@ class SessionSupervisor(Conduct):
     def _create(self, msg: p.TargetChecked, pending) -> p.ControlReply:
         req, checked = pending
         if msg.error is not None:
+            _log.info("submit_refused", code=p.ErrorCode.BAD_REQUEST, detail=msg.error[:300])
             return p.Error(code=p.ErrorCode.BAD_REQUEST, detail=msg.error)
         sid = "s-" + secrets.token_hex(4)
         self.emit(sid, p.SessionSubmitted(task=req.task, target=str(checked.target), assignments=checked.assignments,

@@ -127,11 +127,40 @@ def _check_session(session: str) -> str:
 
 
 def _check_assignment(name: str) -> str:
-    if (not name or name.startswith((".", "-", "_")) or name.endswith((".", ".lock"))
-            or ".." in name or "@{" in name or name == "@" or len(name.encode()) > 200
-            or any(c in _NOT_IN_NAME for c in name)):
-        raise BadName(f"bad assignment name {name!r}: not usable as a branch or directory name")
+    if (why := assignment_name_problem(name)) is not None:
+        raise BadName(f"bad assignment name {name[:MAX_NAME_BYTES]!r}: {why}")
     return name
+
+
+MAX_NAME_BYTES = 200  # a ref component and a directory name (NAME_MAX 255 with the session's prefix)
+
+
+def assignment_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an assignment's branch part and directory name; None if it can.
+
+    The one rule for both the submit check (``actors.plans``) and the
+    launch, so a name accepted at submit is never refused at launch.
+    """
+    if not name:
+        return "it is empty"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "it is not valid Unicode text (a lone surrogate)"
+    if size > MAX_NAME_BYTES:
+        return f"it is {size} bytes long; at most {MAX_NAME_BYTES} are allowed"
+    if name.startswith((".", "-", "_")):
+        return f"it starts with {name[0]!r}"
+    if bad := next((c for c in name if c in _NOT_IN_NAME), None):
+        return f"it holds {bad!r}, which a branch or directory name cannot"
+    for part in ("..", "@{"):
+        if part in name:
+            return f"git branch names cannot hold {part!r}"
+    if name == "@":
+        return "git branch names cannot be '@'"
+    if name.endswith((".", ".lock")):
+        return f"git branch names cannot end with {'.lock' if name.endswith('.lock') else '.'!r}"
+    return None
 
 
 # ---------------------------------------------------------------- running git

@@ -87,18 +87,18 @@ def _load_file(path: str) -> dict:
 
 
 def _check_plan(path: str, plan: dict) -> None:
-    """The plan file's shape (fields, types, no unknown field): a malformed file is a usage error.
+    """What the plan file alone decides (keys, types, names, argv and env strings, weights,
+    profiles): a bad file is a usage error, caught before anything is sent.
 
-    Whether the plan can run (agents, ``after`` links, cycles, names) is
-    the daemon's call: it answers ``bad_request`` (exit 1).
+    Whether the plan can run with the daemon's agents (and its ``after``
+    links, cycles, duplicate names) is the daemon's call: it answers
+    ``bad_request`` (exit 1).
     """
-    import msgspec
-
-    from actors.plans import PlanFile
+    from actors.plans import PlanError, parse_plan
     try:
-        msgspec.convert(plan, PlanFile)
-    except msgspec.ValidationError as exc:
-        raise UsageError(f"invalid plan {path}: {exc}") from None
+        parse_plan(plan, path)
+    except PlanError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_limits(items: list[str]) -> dict:

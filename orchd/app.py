@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--rehearse", action="store_true", help="run each real CLI against the scripted model server")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_doctor)
+    check = sub.add_parser("check-config", help="check a TOML config file (alone: no ORCHD_* env): 'ok', exit 0")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_check_config)
     args = ap.parse_args(argv)
     return args.func(args)
 
@@ -285,6 +288,17 @@ def main(argv: list[str] | None = None) -> int:
 def _doctor(args) -> int:
     from actors.doctor import main as doctor_main
     return doctor_main(args)
+
+
+def _check_config(args) -> int:
+    """``orchd check-config FILE``: "ok" and exit 0, or the one-line error and exit 2."""
+    try:
+        config.load(args.file, environ={})
+    except (OSError, ValueError) as exc:
+        print(f"orchd: bad configuration {args.file}: {exc}", file=sys.stderr)
+        return 2
+    print("ok")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,14 +7,28 @@ Env names: ``ORCHD_<FIELD>`` for top-level fields (``ORCHD_STATE_DIR``,
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from orchd import paths
+
+# Closed sets, checked at load so a typo is refused before anything runs.  AgentName must
+# match the agent adapters (actors/agents); a test keeps them equal.
+AgentName = Literal["claude", "codex", "gemini", "command"]
+Profile = Literal["workspace", "readonly", "yolo"]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
+                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
+LogFormat = Literal["auto", "json", "console"]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message is one line naming the key."""
 
 
 class Limits(BaseModel):
@@ -34,7 +48,7 @@ class Limits(BaseModel):
 class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     binary: str | None = None          # default: the agent's name on PATH
-    profile: str = "workspace"         # workspace | readonly | yolo
+    profile: Profile = "workspace"
     model: str | None = None
     home: str | None = None            # HOME for this agent's runs; None: real runs inherit the daemon's
                                        # HOME (so logged-in CLIs find their credentials), rehearsals get
@@ -44,7 +58,7 @@ class AgentConfig(BaseModel):
 class Role(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    agent: str
+    agent: AgentName
     role: str
     weight: float
     prompt: str = ""
@@ -69,14 +83,14 @@ class Config(BaseModel):
     max_line_bytes: int = 8 * 1024 * 1024
     stop_grace_s: float = 5.0
     pub_hwm: int = 100_000
-    log_level: str = "info"
-    log_format: str = "auto"              # auto | json | console
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
     metrics_port: int | None = None       # e.g. 9464; None: no metrics endpoint
     allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
     fault_injection: bool = False         # testing only: accept the InjectFault control request
-    agent_preference: list[str] = ["claude", "codex", "gemini"]
+    agent_preference: list[AgentName] = ["claude", "codex", "gemini"]
     limits: Limits = Field(default_factory=Limits)
-    agents: dict[str, AgentConfig] = Field(default_factory=dict)
+    agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)
     # Memory of the events PUB (see orchd/journal.py): each subscriber's queue holds at most
     # pub_queue_bytes // pub_inline_max_bytes frames (and at most pub_hwm); an event whose frame is
@@ -150,7 +164,60 @@ def load(config_file: Path | None = None, flags: dict[str, Any] | None = None,
             data = tomllib.load(fh)
     data = _merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
     data = _merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
-    cfg = Config.model_validate(data)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, Config)) from None
     check_endpoint(cfg.control(), cfg.runtime_dir)
     check_endpoint(cfg.events(), cfg.runtime_dir)
     return cfg
+
+
+# ---------------------------------------------------------------- one-line errors
+
+def one_line(exc: ValidationError, root: type[BaseModel]) -> str:
+    """The first error of ``exc`` in one line naming the key, with a "did you mean" where one helps."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo'd key first:
+    err = errors[0]                                 # its "missing" twin is the same mistake
+    loc = tuple(x for x in err["loc"] if x != "[key]")  # a dict key's error ends with "[key]"
+    where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or root.__name__
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        valid = tuple(parent.model_fields) if parent else ()
+        text = f"unknown key {where!r} ({_did_you_mean(loc[-1], valid)}valid: {', '.join(valid)})"
+    elif err["type"] == "literal_error":
+        valid = tuple(re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
+        what = "unknown agent" if err["loc"][-1] == "[key]" or valid == get_args(AgentName) else "invalid value"
+        text = f"{where}: {what} {_short(err['input'])!r} ({_did_you_mean(err['input'], valid)}valid: {', '.join(valid)})"
+    elif err["type"] == "missing":
+        text = f"{where}: required, but missing"
+    else:
+        text = f"{where}: {err['msg']}, got {_short(err['input'])!r}"
+    return text + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+
+
+def _did_you_mean(value: Any, valid: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(value, valid, n=1) if isinstance(value, str) else []
+    return f"did you mean {close[0]!r}?; " if close else ""
+
+
+def _short(value: Any) -> Any:
+    return value[:100] if isinstance(value, str) else value
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model whose keys sit at ``loc`` (``("agents", "claude")`` → ``AgentConfig``), if any."""
+    tp: Any = root
+    for part in loc:
+        if get_origin(tp) is None and isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(str(part))
+            if field is None:
+                return None
+            tp = field.annotation
+        else:  # list[X] → X, dict[K, X] → X, X | None → X
+            args = [a for a in get_args(tp) if a is not type(None)]
+            tp = args[-1] if args else None
+    while get_origin(tp) is not None and not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        args = [a for a in get_args(tp) if a is not type(None)]  # an optional model: X | None → X
+        tp = args[0] if len(args) == 1 else None
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
