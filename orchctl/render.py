@@ -112,12 +112,20 @@ def _usage(ev: dict) -> str:
 def _started(ev: dict) -> str:
     argv = ev.get("argv") or []
     prog = str(argv[0]).rsplit("/", 1)[-1] if argv else "?"
-    out = f"pid {ev.get('pid')} {prog} version {ev.get('agent_version') or '?'}"
+    out = f"pid {ev.get('pid')} {prog}" + (f" version {ev['agent_version']}" if ev.get("agent_version") else "")
     if ev.get("resumed_from"):
         out += f" resumed from {ev['resumed_from']}"
     if ev.get("confined") is not None:
         out += " confined" if ev["confined"] else " not confined"
     return out
+
+
+def _submitted(ev: dict) -> str:
+    out = f"task {short(ev['task'], 60)!r} " if ev.get("task") else ""
+    out += f"target {ev.get('target')}"
+    if ev.get("planner"):
+        return out + f", planner {ev['planner']}"
+    return out + f": {_assignments(ev.get('assignments'))}"
 
 
 def _exited(ev: dict) -> str:
@@ -176,9 +184,7 @@ _SUMMARIES = {
     "worker.limit": lambda e: f"limit {e.get('limit')} reached" + (f": {e['detail']}" if e.get("detail") else ""),
     "worker.failure": _failure,
     "worker.launching": _launching,
-    "session.submitted": lambda e: f"task {short(e.get('task') or '', 60)!s} target {e.get('target')}"
-                                   + (f" planner {e['planner']}" if e.get("planner") else "")
-                                   + f": {_assignments(e.get('assignments'))}",
+    "session.submitted": _submitted,
     "session.planned": lambda e: f"plan ({e.get('source')}): {_assignments(e.get('assignments'))}"
                                  + (f" — {e['note']}" if e.get("note") else ""),
     "session.state": lambda e: f"{e.get('state')}{_reason(e.get('reason'))}",
@@ -215,9 +221,13 @@ def _col(value: object, width: int) -> str:
 
 
 def event_line(ev: dict) -> str:
-    """``seq ts kind session worker agent gen summary``, one line, control characters escaped."""
+    """``seq ts kind session worker agent gen summary``, one line, control characters escaped.
+
+    A missing column is ``-``, so the line always splits into eight fields
+    on whitespace (names with spaces aside).
+    """
     ts = time.strftime("%H:%M:%S", time.localtime(ev.get("ts", 0) or 0))
-    gen = ev.get("gen")
+    gen = ev.get("gen") if ev.get("worker") else None  # a generation is a worker's
     return (f"{ev.get('seq', 0):>7} {ts} {_col(ev.get('kind', '?'), 22)} {_col(ev.get('session'), 11)} "
             f"{_col(ev.get('worker'), 12)} {_col(ev.get('agent'), 8)} {_col('' if gen is None else f'g{gen}', 3)} "
             f"{summary(ev)}")
