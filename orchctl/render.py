@@ -220,14 +220,23 @@ def _col(value: object, width: int) -> str:
     return f"{text:<{width}}"
 
 
+def _clock(ts: object) -> str:
+    """``HH:MM:SS`` of a stamp's ``ts`` (local time); dashes when it is not one."""
+    if not isinstance(ts, (int, float)):
+        return "--:--:--"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (ValueError, OverflowError, OSError):  # NaN, or out of the platform's range
+        return "--:--:--"
+
+
 def event_line(ev: dict) -> str:
     """``seq ts kind session worker agent gen summary``, one line, control characters escaped.
 
     A missing column is ``-``, so the line always splits into eight fields
     on whitespace (names with spaces aside).
     """
-    ts = time.strftime("%H:%M:%S", time.localtime(ev.get("ts", 0) or 0))
     gen = ev.get("gen") if ev.get("worker") else None  # a generation is a worker's
-    return (f"{ev.get('seq', 0):>7} {ts} {_col(ev.get('kind', '?'), 22)} {_col(ev.get('session'), 11)} "
+    return (f"{clean(ev.get('seq', '-')):>7} {_clock(ev.get('ts'))} {_col(ev.get('kind', '?'), 22)} {_col(ev.get('session'), 11)} "
             f"{_col(ev.get('worker'), 12)} {_col(ev.get('agent'), 8)} {_col('' if gen is None else f'g{gen}', 3)} "
             f"{summary(ev)}")

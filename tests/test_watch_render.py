@@ -13,6 +13,8 @@ import typing
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchctl import cli, render
 from orchd import protocol as p
@@ -130,6 +132,21 @@ def test_control_characters_are_shown_not_sent():
     assert "\\x1b]0;owned\\x07w" in table
     # newlines survive where asked (logs), every other control does not
     assert render.clean("a\nb\x1b", keep_newlines=True) == "a\nb\\x1b"
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=8)
+_field_names = st.sampled_from(sorted({k for body in SAMPLES.values() for k in body} | {"seq", "ts", "gen", "worker"}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(sorted(SAMPLES) + ["x.future", ""]), fields=st.dictionaries(_field_names, _json, max_size=6))
+def test_any_event_renders_as_one_clean_line(kind, fields):
+    """Whatever an event holds (a newer daemon, an agent's arbitrary JSON), watch prints one clean line."""
+    line = render.event_line({**fields, "kind": kind})
+    assert "\n" not in line and not RAW_CONTROL.search(line), repr(line)
+    assert render.summary({**fields, "kind": kind}).strip()
 
 
 def test_review_and_answer_are_hidden_from_help_but_callable():
