@@ -235,7 +235,9 @@ def cmd_watch(args) -> int:
 def cmd_logs(args) -> int:
     """``orchctl logs SESSION [--worker W] --json``: the session's agent text, tool results and stderr so far.
 
-    Wire: ``Replay{since, session}`` pages.
+    Wire: ``Status{session}`` (an unknown SESSION is ``not_found``, exit 1;
+    a WORKER the session does not have is exit 1, naming its workers), then
+    ``Replay{since, session}`` pages.
     """
     from orchctl.watch import history
     return history(_client(args), args.session, args.worker, args.json)
