@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import typing
 
 import msgspec
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from orchctl import cli, render
 from orchd import protocol as p
-from tests.conftest import fake, write_plan
+from tests.conftest import fake, wait_for, write_plan
 
 SPEC = {"name": "impl", "agent": "claude"}
 
@@ -244,3 +246,32 @@ def test_logs_shows_tool_results_and_refuses_an_unknown_worker(demo):
     assert bad.returncode == 1 and bad.stdout == b""
     err = bad.stderr.decode().splitlines()
     assert len(err) == 1 and "NOPE" in err[0] and "alpha, beta" in err[0], err
+
+
+def test_watch_filters_live_events_too(daemon, git_repo, tmp_path):
+    """The filters apply to live frames, not only to the history read first."""
+    go = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "slow", "agent": "command", "argv": fake(f"touch:{tmp_path / 'up'}", f"waitfile:{go}",
+                                                         "line:after the wait", "err:late noise", "exit:0")},
+        {"name": "other", "agent": "command", "argv": fake(f"waitfile:{go}", "line:other text", "exit:0")},
+    ])
+    sid = daemon.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    wait_for(lambda: (tmp_path / "up").exists(), 30, "the agent to start")
+    watcher = subprocess.Popen([sys.executable, "-m", "orchctl.cli", "watch", sid, "--until-done", "--worker", "slow",
+                                "--runtime-dir", str(daemon.runtime_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = watcher.stdout.readline()  # the history is printed: the watch is live from here on
+        assert b"slow" in first, first
+        go.touch()
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 0, err
+    rows = [line.split(None, 7) for line in (first + out).decode().splitlines()]
+    assert {r[4] for r in rows} == {"slow"}
+    texts = [r[7] for r in rows if r[2] == "agent.text"]
+    assert "after the wait" in texts and "other text" not in texts
+    assert not any(r[2] == "worker.log" for r in rows)
