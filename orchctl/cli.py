@@ -202,7 +202,11 @@ def _simple(req_type):
 
 
 def cmd_watch(args) -> int:
-    """``orchctl watch [SESSION] [--since SEQ] [--until-done] --json``: history, then live.
+    """``orchctl watch [SESSION] [--since SEQ] [--until-done] [--worker NAME] [--kind KIND] [--all] --json``.
+
+    History, then live.  ``--worker`` / ``--kind`` (a prefix) pick the
+    events printed, client-side; human output hides the agents' stderr
+    (``worker.log``) unless ``--all`` or a ``--kind`` asks for it.
 
     Wire: ``Status{session}`` (an unknown SESSION is ``not_found``, exit 1),
     ``Sync{token}`` until ``~sync <token>`` arrives on the SUB socket (the
@@ -222,13 +226,18 @@ def cmd_watch(args) -> int:
     if args.until_done and args.session is None:
         client.ensure_reachable()
         raise UsageError("watch --until-done needs a SESSION (which session's end to wait for)")
-    return watch(client, _events(args), args.session, args.since, args.until_done, args.json)
+    from orchctl.watch import NOISE_KINDS, Filter
+    only = Filter(workers=tuple(args.worker or ()), kinds=tuple(args.kind or ()),
+                  hide=() if args.json or args.all else NOISE_KINDS)
+    return watch(client, _events(args), args.session, args.since, args.until_done, args.json, only)
 
 
 def cmd_logs(args) -> int:
-    """``orchctl logs SESSION [--worker W] --json``: the session's agent text and stderr so far.
+    """``orchctl logs SESSION [--worker W] --json``: the session's agent text, tool results and stderr so far.
 
-    Wire: ``Replay{since, session}`` pages.
+    Wire: ``Status{session}`` (an unknown SESSION is ``not_found``, exit 1;
+    a WORKER the session does not have is exit 1, naming its workers), then
+    ``Replay{since, session}`` pages.
     """
     from orchctl.watch import history
     return history(_client(args), args.session, args.worker, args.json)
@@ -279,6 +288,12 @@ def _seq(text: str) -> int:
     return value
 
 
+HIDDEN = ("review", "answer")
+"""Commands left out of ``--help`` until they work (still callable).  A subcommand
+added without ``help=`` is not listed; ``help=argparse.SUPPRESS`` would print
+``==SUPPRESS==`` in the list on Python before 3.13."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="orchctl", description="Control the orchd daemon.")
     _global_options(ap, defaults=True)
@@ -308,12 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ, helptext in (("pause", p.Pause, "pause a session's agents"),
                                 ("resume", p.Resume, "resume a paused session"),
                                 ("stop", p.Stop, "stop a session"),
-                                ("review", p.Review, "ask for a review round now"),
+                                ("review", p.Review, None),  # hidden, see HIDDEN
                                 ("clean", p.Clean, "remove a finished session's worktrees")):
-        s = command(name, help=helptext)
+        s = command(name, **({"help": helptext} if helptext else {}))
         s.add_argument("session")
         s.set_defaults(func=_simple(typ))
-    s = command("answer", help="answer a paused session's question")
+    s = command("answer")  # hidden, see HIDDEN
     s.add_argument("session")
     s.add_argument("text")
     s.set_defaults(func=_simple(p.Answer))
@@ -323,11 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--since", type=_seq, default=0, metavar="SEQ", help="only events after this seq")
     s.add_argument("--until-done", action="store_true",
                    help="exit when SESSION ends: 0 if it ended done, else 1 (needs SESSION)")
+    s.add_argument("--worker", action="append", metavar="NAME",
+                   help="only this worker's events (may be repeated)")
+    s.add_argument("--kind", action="append", metavar="KIND",
+                   help="only events whose kind starts with KIND, e.g. agent. (may be repeated)")
+    s.add_argument("--all", action="store_true",
+                   help="also the agents' stderr lines (worker.log), hidden by default in human output")
     s.set_defaults(func=cmd_watch)
 
-    s = command("logs", help="a session's agent output so far")
+    s = command("logs", help="a session's agent output and tool results so far")
     s.add_argument("session")
-    s.add_argument("--worker")
+    s.add_argument("--worker", metavar="NAME", help="only this worker (an unknown one is an error)")
     s.set_defaults(func=cmd_logs)
 
     s = command("parse", help="normalize an agent's stream (no daemon)")

@@ -1,13 +1,53 @@
-"""Human-readable output of orchctl (tables); ``--json`` output bypasses this."""
+"""Human-readable output of orchctl (tables, event lines); ``--json`` output bypasses this.
+
+Everything shown here may come from an agent (its text, its stderr, the
+names in a plan), so every string goes through ``clean`` first: control
+characters (C0, DEL, C1) are shown as ``\\xNN`` and cannot move the cursor,
+clear the screen or set the terminal's title.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 from orchd import protocol as p
 
+SUMMARY_MAX = 160
+SHORT_MAX = 80
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_KEEP_NL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(m: re.Match) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
+def clean(text: object, keep_newlines: bool = False) -> str:
+    """``text`` as a string with every control character made visible (``ESC`` → ``\\x1b``).
+
+    Newlines become `` ⏎ `` (one line per event) unless ``keep_newlines``.
+    """
+    s = str(text)
+    if not keep_newlines:
+        s = s.replace("\r\n", "\n").replace("\n", " ⏎ ")
+        return _CONTROL.sub(_escape, s)
+    return _CONTROL_KEEP_NL.sub(_escape, s)
+
+
+def short(value: object, limit: int = SHORT_MAX) -> str:
+    """A compact one-line, escaped form of any JSON value, cut at ``limit`` characters."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = clean(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
 
 def table(rows: list[list[str]], headers: list[str]) -> str:
+    rows = [[clean(x) for x in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers)] + [fmt.format(*map(str, r)) for r in rows]
@@ -15,11 +55,11 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 def session(s: p.SessionInfo) -> str:
-    head = f"session {s.id}  {s.state}  {s.progress * 100:.0f}%"
+    head = f"session {clean(s.id)}  {s.state}  {s.progress * 100:.0f}%"
     if s.reason:
-        head += f"  ({s.reason})"
+        head += f"  ({clean(s.reason)})"
     if s.branch:
-        head += f"  branch {s.branch}"
+        head += f"  branch {clean(s.branch)}"
     rows = [[w.name, w.agent, w.state, "" if w.exit_code is None else w.exit_code, w.gen,
              f"{w.progress * 100:.0f}%", w.milestones, w.input_tokens + w.output_tokens,
              "" if w.cost_usd is None else f"${w.cost_usd:.4f}", w.reason or ""] for w in s.workers]
@@ -35,19 +75,168 @@ def sessions(ss: list[p.SessionInfo]) -> str:
     return table(rows, ["SESSION", "STATE", "PROGRESS", "WORKERS", "CREATED", "TASK"])
 
 
-_SUMMARY_FIELDS = ("text", "line", "message", "state", "reason", "tool", "problem", "detail", "limit",
-                   "exit_code", "raw")
+# ---------------------------------------------------------------- event summaries
+
+STAMP_FIELDS = ("seq", "ts", "session", "worker", "agent", "gen", "prev", "kind")
+
+# The input keys that say most about a tool call, most telling first.
+_INPUT_KEYS = ("command", "cmd", "file_path", "path", "absolute_path", "pattern", "url", "query", "description")
+
+
+def _reason(r: object) -> str:
+    return f" ({r})" if r else ""
+
+
+def _tool_input(value: object) -> str:
+    if isinstance(value, dict):
+        for key in _INPUT_KEYS:
+            if value.get(key) not in (None, ""):
+                v = value[key]
+                return short(" ".join(map(str, v)) if isinstance(v, list) else v)
+    return short(value)
+
+
+def _assignments(specs: object) -> str:
+    if not isinstance(specs, list):
+        return ""
+    names = [f"{a.get('name', '?')}({a.get('agent', '?')})" if isinstance(a, dict) else str(a) for a in specs]
+    return ", ".join(names) if names else "no assignments"
+
+
+def _usage(ev: dict) -> str:
+    tin, tout = ev.get("input_tokens") or 0, ev.get("output_tokens") or 0
+    cost = ev.get("cost_usd")
+    return f"tokens in={tin} out={tout}" + ("" if cost is None else f" cost=${cost:.4f}")
+
+
+def _started(ev: dict) -> str:
+    argv = ev.get("argv") or []
+    prog = str(argv[0]).rsplit("/", 1)[-1] if argv else "?"
+    out = f"pid {ev.get('pid')} {prog}" + (f" version {ev['agent_version']}" if ev.get("agent_version") else "")
+    if ev.get("resumed_from"):
+        out += f" resumed from {ev['resumed_from']}"
+    if ev.get("confined") is not None:
+        out += " confined" if ev["confined"] else " not confined"
+    return out
+
+
+def _submitted(ev: dict) -> str:
+    out = f"task {short(ev['task'], 60)!r} " if ev.get("task") else ""
+    out += f"target {ev.get('target')}"
+    if ev.get("planner"):
+        return out + f", planner {ev['planner']}"
+    return out + f": {_assignments(ev.get('assignments'))}"
+
+
+def _exited(ev: dict) -> str:
+    out = str(ev.get("state"))
+    if ev.get("exit_code") is not None:
+        out += f" exit={ev['exit_code']}"
+    if ev.get("signal") is not None:
+        out += f" signal={ev['signal']}"
+    return out + _reason(ev.get("reason"))
+
+
+def _failure(ev: dict) -> str:
+    out = f"{ev.get('code')}: {ev.get('message')} → {ev.get('action', 'escalate')}"
+    fix = ev.get("remedy") or ev.get("fix")
+    return out + (f" fix {short(fix, 60)}" if fix else "")
+
+
+def _launching(ev: dict) -> str:
+    out = "resume" if ev.get("resume") else "fresh start"
+    if ev.get("branch"):
+        out += f" on {ev['branch']}"
+    if ev.get("delay_s"):
+        out += f" after {ev['delay_s']:g}s"
+    return out + _reason(ev.get("reason"))
+
+
+def _bad_line(ev: dict) -> str:
+    out = f"{ev.get('problem')} on {ev.get('stream', 'stdout')}"
+    if ev.get("size"):
+        out += f" ({ev['size']} bytes)"
+    return out + (f": {ev['preview']}" if ev.get("preview") else "")
+
+
+_SUMMARIES = {
+    "agent.session": lambda e: f"agent session {e.get('agent_session_id')}"
+                               + (f" model {e['model']}" if e.get("model") else ""),
+    "agent.text": lambda e: e.get("text") or "(empty text)",
+    "agent.tool_call": lambda e: f"{e.get('tool')} {_tool_input(e.get('input'))}".rstrip(),
+    "agent.tool_result": lambda e: ("ok" if e.get("ok") else "failed")
+                                   + (f" {short(e.get('output'))}" if e.get("output") not in (None, "") else ""),
+    "agent.usage": _usage,
+    "agent.error": lambda e: ("fatal: " if e.get("fatal") else "") + str(e.get("message")),
+    "agent.result": lambda e: ("ok" if e.get("ok") else "failed") + (f": {e['text']}" if e.get("text") else ""),
+    "agent.unknown": lambda e: f"unparsed: {e.get('raw')}",
+    "agent.output": lambda e: f"output {short(e.get('data'), SUMMARY_MAX)}",
+    "worker.started": _started,
+    "worker.exited": _exited,
+    "worker.state": lambda e: f"{e.get('state')}{_reason(e.get('reason'))}",
+    "worker.log": lambda e: (f"[{e['stream']}] " if e.get("stream", "stderr") != "stderr" else "")
+                            + (e.get("line") or "(empty line)"),
+    "worker.bad_line": _bad_line,
+    "worker.milestone": lambda e: f"milestone: {e.get('text')}",
+    "worker.blocker": lambda e: f"blocker: {e.get('text')}",
+    "worker.review_request": lambda e: f"review requested: {e.get('text')}",
+    "worker.done": lambda e: f"done: {e.get('text')}",
+    "worker.limit": lambda e: f"limit {e.get('limit')} reached" + (f": {e['detail']}" if e.get("detail") else ""),
+    "worker.failure": _failure,
+    "worker.launching": _launching,
+    "session.submitted": _submitted,
+    "session.planned": lambda e: f"plan ({e.get('source')}): {_assignments(e.get('assignments'))}"
+                                 + (f" — {e['note']}" if e.get("note") else ""),
+    "session.state": lambda e: f"{e.get('state')}{_reason(e.get('reason'))}",
+    "session.note": lambda e: str(e.get("message")) + (f" {short(e['data'], 60)}" if e.get("data") else ""),
+    "session.stop_requested": lambda e: f"stop requested: {e.get('reason')} → {e.get('end_state', 'stopped')}",
+    "session.merged": lambda e: f"merged into {e.get('branch')} at {str(e.get('commit'))[:12]}",
+    "daemon.started": lambda e: f"pid {e.get('pid')} version {e.get('version')} last seq {e.get('last_seq', 0)}",
+    "daemon.stopping": lambda e: "stopping" + (f": {e['reason']}" if e.get("reason") else ""),
+}
+
+
+def _fallback(ev: dict) -> str:
+    """A kind this client does not know: its own fields, compactly."""
+    fields = [f"{k}={short(v, 40)}" for k, v in ev.items() if k not in STAMP_FIELDS]
+    return " ".join(fields) or "(no fields)"
+
+
+def summary(ev: dict) -> str:
+    """One escaped line (at most ``SUMMARY_MAX`` characters, never empty) saying what ``ev`` is about."""
+    fn = _SUMMARIES.get(ev.get("kind", ""), _fallback)
+    try:
+        text = clean(fn(ev))
+    except (TypeError, ValueError, AttributeError, KeyError):  # a field of an unexpected type
+        text = clean(_fallback(ev))
+    text = text.strip() or "(empty)"
+    return text if len(text) <= SUMMARY_MAX else text[:SUMMARY_MAX - 1] + "…"
+
+
+def _col(value: object, width: int) -> str:
+    text = clean("-" if value in (None, "") else value)
+    if len(text) > width:
+        text = text[:width - 1] + "…"
+    return f"{text:<{width}}"
+
+
+def _clock(ts: object) -> str:
+    """``HH:MM:SS`` of a stamp's ``ts`` (local time); dashes when it is not one."""
+    if not isinstance(ts, (int, float)):
+        return "--:--:--"
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (ValueError, OverflowError, OSError):  # NaN, or out of the platform's range
+        return "--:--:--"
 
 
 def event_line(ev: dict) -> str:
-    ts = time.strftime("%H:%M:%S", time.localtime(ev.get("ts", 0)))
-    who = ev.get("worker") or ""
-    parts = []
-    for key in _SUMMARY_FIELDS:
-        if ev.get(key) not in (None, ""):
-            val = str(ev[key]).replace("\n", " ⏎ ")
-            parts.append(val if key in ("text", "line", "message") else f"{key}={val}")
-    summary = " ".join(parts)
-    if len(summary) > 160:
-        summary = summary[:157] + "..."
-    return f"{ev.get('seq', 0):>7} {ts} {ev.get('session') or '-':<11} {who:<12} {ev.get('kind', '?'):<22} {summary}"
+    """``seq ts kind session worker agent gen summary``, one line, control characters escaped.
+
+    A missing column is ``-``, so the line always splits into eight fields
+    on whitespace (names with spaces aside).
+    """
+    gen = ev.get("gen") if ev.get("worker") else None  # a generation is a worker's
+    return (f"{clean(ev.get('seq', '-')):>7} {_clock(ev.get('ts'))} {_col(ev.get('kind', '?'), 22)} {_col(ev.get('session'), 11)} "
+            f"{_col(ev.get('worker'), 12)} {_col(ev.get('agent'), 8)} {_col('' if gen is None else f'g{gen}', 3)} "
+            f"{summary(ev)}")

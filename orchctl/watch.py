@@ -37,6 +37,7 @@ class _Stamp(msgspec.Struct):
     prev: int = 0
     kind: str = ""
     session: str | None = None
+    worker: str | None = None
     state: str | None = None
     reason: str | None = None
 
@@ -61,12 +62,37 @@ def _frame_item(frame: bytes) -> Item:
     return _item(parts[2])
 
 
+NOISE_KINDS = ("worker.log",)
+"""Hidden from human ``watch`` output unless asked for (``--all``, or a ``--kind`` that names them):
+an agent CLI's stderr is mostly noise (colour warnings, start-up timings); ``logs`` shows it."""
+
+
+class Filter(msgspec.Struct, frozen=True):
+    """Which events ``watch`` prints (client-side: the cursor still sees every event).
+
+    ``workers``: exact worker names; ``kinds``: kind prefixes (``agent.``);
+    ``hide``: kinds left out when no ``kinds`` are given.
+    """
+
+    workers: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
+
+    def shows(self, kind: str, worker: str | None) -> bool:
+        if self.workers and worker not in self.workers:
+            return False
+        if self.kinds:
+            return kind.startswith(self.kinds)
+        return kind not in self.hide
+
+
 class _Printer:
     """Prints handed-out events; notices the end of the session ``--until-done`` waits for."""
 
-    def __init__(self, as_json: bool, until: str | None) -> None:
+    def __init__(self, as_json: bool, until: str | None, only: Filter | None = None) -> None:
         self.as_json = as_json
         self.until = until
+        self.only = only or Filter()
         self.ended: _Stamp | None = None  # the watched session's terminal session.state, once printed
         self.out = sys.stdout.buffer
 
@@ -74,11 +100,12 @@ class _Printer:
         """Print events in order; True once the watched session has ended (nothing after is printed)."""
         for it in items:
             js, st = it.data
-            if self.as_json:
-                self.out.write(js + b"\n")
-            else:
-                from orchctl import render
-                self.out.write(render.event_line(json.loads(js)).encode() + b"\n")
+            if self.only.shows(st.kind, st.worker):
+                if self.as_json:
+                    self.out.write(js + b"\n")
+                else:
+                    from orchctl import render
+                    self.out.write(render.event_line(json.loads(js)).encode() + b"\n")
             if self.until is not None and st.kind == "session.state" and st.session == self.until \
                     and st.state in p.SESSION_TERMINAL:
                 self.ended = st
@@ -142,14 +169,16 @@ def _live(client: Client, sub: zmq.Socket, session: str | None, cursor: Cursor, 
 
 
 def watch(client: Client, events_ep: str, session: str | None, since: int, until_done: bool,
-          as_json: bool) -> int:
+          as_json: bool, only: Filter | None = None) -> int:
     """Print events (history, then live) until interrupted or, with ``until_done``, the session ends.
 
     A SESSION is looked up first (``Status``): an unknown one raises
     ``Refused`` (``not_found``).  ``until_done`` needs a SESSION (the caller
     checks).  Returns the exit code: 0, or with ``until_done`` 0 when the
     session ended ``done`` and 1 when it ended otherwise (one line on stderr
-    says how), after printing every event up to its end.
+    says how), after printing every event up to its end.  ``only`` picks
+    the events printed (all of them by default); the end is noticed also
+    when its event is not printed.
     """
     initial = None
     if session is not None:
@@ -157,7 +186,7 @@ def watch(client: Client, events_ep: str, session: str | None, since: int, until
         if isinstance(reply, p.Error):
             raise Refused(reply)
         initial = reply.sessions[0]
-    printer = _Printer(as_json, session if until_done else None)
+    printer = _Printer(as_json, session if until_done else None, only)
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = 0
@@ -186,10 +215,42 @@ def watch(client: Client, events_ep: str, session: str | None, since: int, until
     return 1
 
 
+LOG_KINDS = frozenset({"agent.text", "worker.log", "agent.error", "agent.result", "agent.tool_result",
+                       "worker.exited", "worker.started"})
+"""What ``logs`` shows: what the agents said and wrote, their tools' results, their starts and ends."""
+
+
+def _log_text(ev: dict) -> str:
+    """A ``logs`` line's text: the agent's own words as they are (control characters escaped), else a summary."""
+    from orchctl import render
+    kind = ev["kind"]
+    if kind == "agent.text" and ev.get("text"):
+        return render.clean(ev["text"], keep_newlines=True)
+    if kind == "worker.log" and ev.get("line"):
+        return render.clean(ev["line"])
+    if kind == "agent.tool_result":
+        return "tool " + render.summary(ev)
+    return f"{kind.split('.', 1)[1]}: {render.summary(ev)}" if kind != "agent.error" else render.summary(ev)
+
+
 def history(client: Client, session: str, worker: str | None, as_json: bool) -> int:
-    """Print a session's agent text and stderr lines recorded so far."""
+    """Print a session's agent text, tool results and stderr lines recorded so far.
+
+    The session is looked up first (``Status``): an unknown one raises
+    ``Refused`` (``not_found``); an unknown ``worker`` is an error too (exit 1,
+    one line naming the session's workers).
+    """
+    reply = client.call(p.Status(session=session))
+    if isinstance(reply, p.Error):
+        raise Refused(reply)
+    names = [w.name for w in reply.sessions[0].workers]
+    if worker is not None and worker not in names:
+        from orchctl import render
+        valid = ", ".join(render.clean(n) for n in names) or "none yet"
+        print(f"orchctl: session {session} has no worker {render.clean(worker)!r} (its workers: {valid})",
+              file=sys.stderr)
+        return 1
     cursor = 0
-    keep = {"agent.text", "worker.log", "agent.error", "agent.result", "worker.exited", "worker.started"}
     out = sys.stdout.buffer
     while True:
         reply = client.call(p.Replay(since=cursor, session=session, limit=PAGE))
@@ -199,14 +260,14 @@ def history(client: Client, session: str, worker: str | None, as_json: bool) -> 
         for raw in reply.events:
             ev = json.loads(bytes(raw))
             cursor = ev["seq"]
-            if ev["kind"] not in keep or (worker and ev.get("worker") != worker):
+            if ev["kind"] not in LOG_KINDS or (worker and ev.get("worker") != worker):
                 continue
             if as_json:
                 out.write(bytes(raw) + b"\n")
             else:
-                text = ev.get("text") or ev.get("line") or ev.get("message") or json.dumps(
-                    {k: v for k, v in ev.items() if k not in ("seq", "ts", "session", "agent", "gen", "kind")})
-                out.write(f"[{ev.get('worker') or '-'}] {text}\n".encode())
+                from orchctl import render
+                who = render.clean(ev.get("worker") or "-")
+                out.write(f"[{who}] {_log_text(ev)}\n".encode())
         if not reply.more:
             break
     sys.stdout.flush()
