@@ -93,27 +93,6 @@ def mailbox_endpoint(session: str, name: str, gen: int) -> str:
     return f"inproc://worker/{session}/{name}/{gen}"
 
 
-_versions: dict[tuple[str, ...], str | None] = {}
-
-
-async def cli_version(argv: list[str], env: dict[str, str]) -> str | None:
-    """``<cli> --version``, first line, memoised per argv (a read-only cache)."""
-    key = tuple(argv)
-    if key in _versions:
-        return _versions[key]
-    try:
-        child = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL, env=env)
-        out, _ = await asyncio.wait_for(child.communicate(), 20)
-        text = out.decode(errors="replace").strip().splitlines()
-        version = text[0] if text else None
-    except (OSError, TimeoutError):
-        version = None
-    _versions[key] = version
-    return version
-
-
 class Worker:
     def __init__(self, ctx: zmq.asyncio.Context, spec: WorkerSpec, journal: str) -> None:
         self.ctx = ctx
@@ -176,7 +155,7 @@ class Worker:
         env["ORCHD_GEN"] = str(spec.gen)
         version = None
         if spec.agent != "command":
-            version = await cli_version(self.adapter.version_argv(spec.run.binary), env)
+            version = await proc.cli_version(self.adapter.version_argv(spec.run.binary), env)
         try:
             if not Path(launch.cwd).is_dir():
                 raise FileNotFoundError(f"working directory {launch.cwd} does not exist")

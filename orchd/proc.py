@@ -153,3 +153,24 @@ def kill_orphans(state_dir: str) -> list[int]:
         except ProcessLookupError:
             pass
     return pids
+
+
+_versions: dict[tuple[str, ...], str | None] = {}
+
+
+async def cli_version(argv: list[str], env: dict[str, str]) -> str | None:
+    """``<cli> --version``, first line, memoised per argv (a read-only cache)."""
+    key = tuple(argv)
+    if key in _versions:
+        return _versions[key]
+    try:
+        child = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, env=env)
+        out, _ = await asyncio.wait_for(child.communicate(), 20)
+        text = out.decode(errors="replace").strip().splitlines()
+        version = text[0] if text else None
+    except (OSError, TimeoutError):
+        version = None
+    _versions[key] = version
+    return version
