@@ -31,37 +31,15 @@ class PlanError(ValueError):
     """The plan cannot run; the message says why."""
 
 
-class PlanAssignment(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One assignment as a plan file writes it: the user's keys only.
-
-    Strict on purpose, unlike ``protocol.AssignmentSpec`` (which stored
-    events must keep decoding across versions); ``run_kind`` is orchd's own.
-    """
-
-    name: str
-    agent: str
-    role: str = ""
-    prompt: str = ""
-    weight: float = 1.0
-    after: list[str] = []
-    argv: list[str] | None = None
-    env: dict[str, str] | None = None
-    profile: str | None = None
-    rerun: bool = False
-
-    def spec(self) -> p.AssignmentSpec:
-        return p.AssignmentSpec(name=self.name, agent=self.agent, role=self.role, prompt=self.prompt,
-                                weight=self.weight, after=list(self.after), argv=self.argv, env=self.env,
-                                profile=self.profile, rerun=self.rerun)
-
-
 class PlanFile(msgspec.Struct, forbid_unknown_fields=True):
-    assignments: list[PlanAssignment]
+    assignments: list[p.AssignmentSpec]
 
 
+RESERVED_KEYS = ("run_kind",)  # orchd's own: never in a plan file
 PLAN_KEYS = PlanFile.__struct_fields__
-ASSIGNMENT_KEYS = PlanAssignment.__struct_fields__
-RESERVED_KEYS = ("run_kind",)
+ASSIGNMENT_KEYS = tuple(k for k in p.AssignmentSpec.__struct_fields__ if k not in RESERVED_KEYS)
+"""A plan file's keys are the wire type's, checked strictly here by ``_check_keys`` (the wire
+type itself ignores unknown fields, so stored events keep decoding across versions)."""
 
 
 def unknown_key(where: str, key: object, valid: tuple[str, ...]) -> str:
@@ -108,7 +86,7 @@ def parse_plan(data: Any, source: str | None = None) -> list[p.AssignmentSpec]:
             plan = msgspec.convert(data, PlanFile)
         except msgspec.ValidationError as exc:
             raise PlanError(str(exc)) from None
-        specs = [a.spec() for a in plan.assignments]
+        specs = plan.assignments
         for a in specs:
             check_assignment(a)
     except PlanError as exc:

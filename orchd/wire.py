@@ -184,14 +184,28 @@ def _check_values(body: msgspec.Struct) -> str | None:
 
 def decode_reply(data: bytes) -> p.Reply:
     """Decode a reply (client side); a malformed one raises ``WireError``."""
+    return _decode(_rep_dec, data, "malformed reply from daemon", invalid=p.ErrorCode.BAD_JSON,
+                   too_deep=p.ErrorCode.BAD_JSON)
+
+
+def _decode(dec, data: bytes, what: str, *, invalid: str = p.ErrorCode.INVALID,
+            malformed: str = p.ErrorCode.BAD_JSON, too_deep: str = p.ErrorCode.INVALID):
+    """``dec.decode(data)``, any failure as a ``WireError`` whose detail starts with ``what``.
+
+    ``invalid``: the code for a schema mismatch; ``malformed``: for bytes that do
+    not parse (bad syntax, invalid UTF-8); ``too_deep``: for nesting that exhausts
+    the decoder's recursion.
+    """
     try:
-        return _rep_dec.decode(data)
+        return dec.decode(data)
+    except msgspec.ValidationError as exc:
+        raise WireError(invalid, f"{what}: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise WireError(p.ErrorCode.BAD_JSON, f"malformed reply from daemon: {exc}") from None
+        raise WireError(malformed, f"{what}: {exc}") from None
     except UnicodeDecodeError as exc:
-        raise WireError(p.ErrorCode.BAD_JSON, f"malformed reply from daemon: {_not_utf8(exc)}") from None
+        raise WireError(malformed, f"{what}: {_not_utf8(exc)}") from None
     except RecursionError:
-        raise WireError(p.ErrorCode.BAD_JSON, f"malformed reply from daemon: {_TOO_DEEP}") from None
+        raise WireError(too_deep, f"{what}: {_TOO_DEEP}") from None
 
 
 # ---------------------------------------------------------------- events
@@ -277,16 +291,7 @@ def split_frame(frame: bytes) -> tuple[bytes, bytes, bytes]:
 
 def decode_event(js: bytes) -> tuple[p.Stamp, p.Ev]:
     """Decode a published event's JSON into its stamp and body, or raise ``WireError``."""
-    try:
-        return _stamp_dec.decode(js), _event_dec.decode(js)
-    except msgspec.ValidationError as exc:
-        raise WireError(p.ErrorCode.INVALID, f"event: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise WireError(p.ErrorCode.BAD_JSON, f"event: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise WireError(p.ErrorCode.BAD_JSON, f"event: {_not_utf8(exc)}") from None
-    except RecursionError:
-        raise WireError(p.ErrorCode.INVALID, f"event: {_TOO_DEEP}") from None
+    return _decode(_stamp_dec, js, "event"), _decode(_event_dec, js, "event")
 
 
 SYNC_TOPIC = b"~sync"
@@ -307,16 +312,7 @@ class InboxDecoder:
         self.name = name
 
     def decode(self, raw: bytes) -> p.Msg:
-        try:
-            return self._dec.decode(raw)
-        except msgspec.ValidationError as exc:
-            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: malformed msgpack: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: {_not_utf8(exc)}") from None
-        except RecursionError:
-            raise WireError(p.ErrorCode.INVALID, f"{self.name} inbox: message {_TOO_DEEP}") from None
+        return _decode(self._dec, raw, f"{self.name} inbox", malformed=p.ErrorCode.INVALID)
 
     def __repr__(self) -> str:
         return f"InboxDecoder({self.name})"
