@@ -62,7 +62,13 @@ MARKER_EVENTS = {
     "REQUEST_REVIEW": p.WorkerReviewRequest,
     "DONE": p.WorkerDone,
 }
-READ_CHUNK = 1 << 20
+# What one worker may hold of its agent's output while the log is slow or stuck: Appends in
+# flight to the journal (WORKER_OUTBOX_HWM, plus the journal's MAILBOX_HWM), each one read of at
+# most READ_CHUNK, and the pipe's stream buffer (2 x READ_CHUNK).  Past that the agent is held
+# back by its stdout pipe: ~5 MiB per worker (it was ~80 MiB with 1 MiB reads and 1,000 Appends).
+# Lines longer than a read are joined by the line framer, not by the stream.
+READ_CHUNK = 64 * 1024
+WORKER_OUTBOX_HWM = 16
 STDERR_TAIL = 50
 # the longest the control loop waits on its mailbox before looking again: a safety net in case a
 # ZeroMQ wake-up were missed (the deadlines themselves never need polling)
@@ -124,7 +130,7 @@ class Worker:
 
     async def run(self, restarts: int = 0) -> None:
         spec = self.spec
-        self._out = Outbox(self.ctx, hwm=1000)  # a stuck log holds back the agent, not gigabytes of output
+        self._out = Outbox(self.ctx, hwm=WORKER_OUTBOX_HWM)
         inbox = Mailbox(self.ctx, mailbox_endpoint(spec.session, spec.name, spec.gen))
         self._deadlines = Deadlines(time.monotonic(), start_delay_s=spec.start_delay_s,
                                     wall_time_s=spec.wall_time_s, stall_s=spec.stall_s,
@@ -159,7 +165,7 @@ class Worker:
         try:
             if not Path(launch.cwd).is_dir():
                 raise FileNotFoundError(f"working directory {launch.cwd} does not exist")
-            child = await proc.spawn(launch.argv, launch.cwd, env, limit=spec.max_line_bytes)
+            child = await proc.spawn(launch.argv, launch.cwd, env, limit=READ_CHUNK)
         except OSError as exc:
             _log.warning("agent_spawn_failed", session=spec.session, worker=spec.name, error=str(exc))
             await self.emit(p.WorkerExited(state="failed", reason=f"cannot start {launch.argv[0]!r}: {exc}"))

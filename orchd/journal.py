@@ -73,6 +73,10 @@ from orchd.store import EventLog
 _log = log.get("orchd.journal")
 
 CHECKPOINT_EVERY = 5000            # events between WAL checkpoints (run in a thread, off the commit path)
+CHECKPOINT_BYTES = 8 * 1024 * 1024  # ... or this many bytes of event bodies, whichever comes first
+WAL_CHECK_BYTES = 1024 * 1024      # event bytes between looks at the WAL file's size
+WAL_MAX_BYTES = 32 * 1024 * 1024   # a WAL above this is checkpointed and truncated before the next append
+BATCH_MAX_BYTES = 8 * 1024 * 1024  # a batch ends after this many bytes of events (bounds the WAL's overshoot)
 SESSIONS_REMEMBERED = 10_000       # sessions whose last seq the journal keeps for ``prev`` (least recent go)
 BACKOFF_FIRST_S = 0.05             # first retry of a failed append; doubles up to BACKOFF_CAP_S
 BACKOFF_CAP_S = 2.0
@@ -100,6 +104,8 @@ class JournalActor:
         self._routes: dict[bytes, tuple[int, ...]] = {}  # kind -> followers that want it
         self._uncommitted = False   # last_of holds seqs of a batch not committed yet
         self._since_ckpt = 0
+        self._since_ckpt_bytes = 0
+        self._since_wal_check = 0
         self._ckpt_task: asyncio.Task | None = None
 
     async def run(self, restarts: int = 0) -> None:
@@ -141,7 +147,7 @@ class JournalActor:
     async def _handle(self, msgs: list[bytes]) -> list[bytes]:
         """Log, publish and forward the events of ``msgs``; returns the messages it left for
         the next batch (a batch ends after ``batch_max_events``, so that publishing it cannot
-        overrun the SNDHWM of a subscriber that keeps up)."""
+        overrun the SNDHWM of a subscriber that keeps up, or after ``BATCH_MAX_BYTES``)."""
         s = self.s
         rows = []
         frames = []
@@ -154,6 +160,7 @@ class JournalActor:
         barriers: list[p.Barrier] = []
         rest: list[bytes] = []
         not_published = 0
+        size = 0
         self._uncommitted = True
         for i, raw in enumerate(msgs):
             try:
@@ -167,6 +174,7 @@ class JournalActor:
                         seq += 1
                         frame, topic, kind, js = wire.sequence_frame(pf, seq, last_of)
                         rows.append((seq, topic.decode(), kind.decode(), js))
+                        size += len(js)
                         if len(frame) <= inline_max:
                             frames.append(frame)
                         else:
@@ -176,7 +184,7 @@ class JournalActor:
                             route = self._route(kind)
                         for f in route:
                             follow[f].append(js)
-                    if len(rows) >= s.batch_max_events:
+                    if len(rows) >= s.batch_max_events or size >= BATCH_MAX_BYTES:
                         rest = msgs[i + 1:]
                         break
                 case p.PublishSync(token=token):
@@ -192,7 +200,7 @@ class JournalActor:
                 return rest
             self.last_seq = seq
             metrics.events.inc(len(rows))
-            self._checkpoint_now_and_then(len(rows))
+            self._checkpoint_now_and_then(len(rows), size)
             wire.forget_oldest(last_of, SESSIONS_REMEMBERED)
         self._uncommitted = False
         send = s.pub.send
@@ -206,6 +214,8 @@ class JournalActor:
                     await self._tell(f.endpoint, wire.pack(p.Committed(events=events)))
             for b in barriers:  # everything sent before it is logged now
                 await self._tell(b.reply_to, wire.pack(p.BarrierReached(token=b.token, last_seq=self.last_seq)))
+        if rows and self._since_wal_check >= WAL_CHECK_BYTES:
+            await self._bound_wal()
         if crash_at >= 0:
             s.unhandled = msgs[crash_at + 1:]
             raise RuntimeError("injected fault")
@@ -302,17 +312,49 @@ class JournalActor:
                 if f.log_health:
                     await self._tell(f.endpoint, msg)
 
-    def _checkpoint_now_and_then(self, n: int) -> None:
+    def _checkpoint_now_and_then(self, n: int, size: int) -> None:
+        """A PASSIVE checkpoint in a thread every CHECKPOINT_EVERY events or CHECKPOINT_BYTES."""
         self._since_ckpt += n
-        if self._since_ckpt >= CHECKPOINT_EVERY and (self._ckpt_task is None or self._ckpt_task.done()):
-            self._since_ckpt = 0
+        self._since_ckpt_bytes += size
+        self._since_wal_check += size
+        if ((self._since_ckpt >= CHECKPOINT_EVERY or self._since_ckpt_bytes >= CHECKPOINT_BYTES)
+                and (self._ckpt_task is None or self._ckpt_task.done())):
+            self._since_ckpt = self._since_ckpt_bytes = 0
             self._ckpt_task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._checkpoint))
 
-    def _checkpoint(self) -> None:  # in a thread
+    async def _bound_wal(self) -> None:
+        """Keep the WAL under WAL_MAX_BYTES, also under a flood.
+
+        A PASSIVE checkpoint never catches up while appends go on during it, and
+        SQLite only starts the WAL over when a checkpoint reached its end: under a
+        steady flood the file grows without bound (1.9 GB beside a 1 GB log was
+        measured).  Past WAL_MAX_BYTES the journal stops appending, waits for a
+        TRUNCATE checkpoint in a thread (tens of ms for 32 MiB; the producers feel
+        it through their high-water marks, the event loop keeps serving) and goes
+        on.  It runs after a batch is published and forwarded, so it delays no
+        event that is already committed."""
+        self._since_wal_check = 0
         try:
-            self._log.checkpoint()
+            wal = self.log_path.with_name(self.log_path.name + "-wal").stat().st_size
+        except OSError:
+            return
+        if wal <= WAL_MAX_BYTES:
+            return
+        if self._ckpt_task is not None:
+            await asyncio.wait({self._ckpt_task})
+        started = time.monotonic()
+        busy = await asyncio.to_thread(self._checkpoint, "TRUNCATE")
+        self._since_ckpt = self._since_ckpt_bytes = 0
+        _log.info("event_log_wal_truncated", wal_bytes=wal, busy=busy,
+                  ms=round((time.monotonic() - started) * 1000, 1))
+
+    def _checkpoint(self, mode: str = "PASSIVE") -> bool | None:  # in a thread
+        """Run a checkpoint; True when readers kept it from finishing, None when it failed."""
+        try:
+            return self._log.checkpoint(mode)
         except (sqlite3.OperationalError, OSError) as exc:  # the next one tries again; appends go on meanwhile
             _log.warning("event_log_checkpoint_failed", error=str(exc))
+            return None
 
     def _close_log(self) -> None:
         if self._log is None:

@@ -66,11 +66,15 @@ class EventLog:
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._ckpt: sqlite3.Connection | None = None
 
-    def checkpoint(self) -> None:
-        """A PASSIVE WAL checkpoint on a connection of its own (safe from a thread)."""
+    def checkpoint(self, mode: str = "PASSIVE") -> bool:
+        """A WAL checkpoint (``PASSIVE`` or ``TRUNCATE``) on a connection of its own (safe
+        from a thread, one at a time).  Returns True when readers kept it from finishing."""
+        if mode not in ("PASSIVE", "TRUNCATE"):
+            raise ValueError(mode)
         if self._ckpt is None:
-            self._ckpt = connect(self.path)
-        self._ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._ckpt = connect(self.path, busy_timeout_ms=1000)
+        busy, _, _ = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return bool(busy)
 
     def last_seq(self) -> int:
         row = self._conn.execute("SELECT max(seq) FROM events").fetchone()
