@@ -78,8 +78,8 @@ def child_pub(endpoint: str, n: int, paced: bool) -> None:
     ctx.destroy(linger=1000)
 
 
-def child_agent(n: int, paced: bool) -> None:
-    """The agent program of the daemon path: JSON lines on stdout."""
+def child_agent(n: int, paced: bool, period_s: float = 0.001) -> None:
+    """The agent program of the daemon path: JSON lines on stdout (paced: one per ``period_s``)."""
     out = sys.stdout.buffer
     if not paced:  # as fast as it can (same lines as tests/fakeagent.py json:N)
         w, pad = out.write, PAD.encode()
@@ -89,7 +89,7 @@ def child_agent(n: int, paced: bool) -> None:
         return
     start = time.monotonic()
     for i in range(n):
-        _pace(i, start, 0.001)
+        _pace(i, start, period_s)
         out.write(b'{"i":%d,"t":%d}\n' % (i, time.time_ns()))
         out.flush()
 
@@ -212,6 +212,13 @@ class Daemon:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def written(self) -> int:
+        """Bytes the daemon process has caused to be written to storage so far (/proc io)."""
+        for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+        return 0
+
     def stop(self) -> None:
         # cProfile writes its file only on an orderly exit: SIGINT (SIGTERM is handled the same)
         if self.proc.poll() is None:
@@ -224,11 +231,11 @@ class Daemon:
         self.log.close()
 
 
-def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
+def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float = 0.001) -> dict:
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)  # let the subscription reach the PUB before anything is published
-    cpu0 = d.cpu_s()
-    session = d.submit([sys.executable, SELF, "_agent", str(n), str(int(paced))])
+    cpu0, written0 = d.cpu_s(), d.written()
+    session = d.submit([sys.executable, SELF, "_agent", str(n), str(int(paced)), str(period_s)])
     topic = session.encode() + b" "
     exited = topic + b"worker.exited "
     try:
@@ -236,6 +243,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
     finally:
         sub.close()
     cpu = d.cpu_s() - cpu0
+    written = d.written() - written0
     mine = [(t, f) for t, f in got if f.startswith(topic)]
     seqs = [int(f[f.index(b'{"seq":') + 7: f.index(b",", f.index(b'{"seq":'))]) for _, f in mine]
     gaps = sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
@@ -254,6 +262,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool) -> dict:
         if started:
             res["rate_from_start"] = len(out) / ((out[-1][0] - started[0]) / 1e9)
     res["cpu_us_per_line"] = cpu * 1e6 / max(1, len(out))  # the daemon's user+sys CPU (incl. submit)
+    res["written_bytes_per_event"] = written / max(1, len(mine))  # log + WAL + daemon log, all events of the session
     return res
 
 
@@ -263,10 +272,11 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_pub":
         return child_pub(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1") or 0
     if len(sys.argv) > 1 and sys.argv[1] == "_agent":
-        return child_agent(int(sys.argv[2]), sys.argv[3] == "1") or 0
+        return child_agent(int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])) or 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=200_000)
     ap.add_argument("--paced", type=int, default=5_000)
+    ap.add_argument("--slow", type=int, default=500, help="lines of the 50 lines/s run (disk written per event)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", metavar="FILE", help="run the daemon under cProfile, write stats to FILE")
     ap.add_argument("--tmp-base", default="/tmp", help="where the temp dir goes (state + ipc; keep it short)")
@@ -275,7 +285,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ob", dir=args.tmp_base))  # short: ipc paths < ~100 bytes
     ctx = zmq.Context()
     d = None
-    runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "daemon_paced": []}
+    runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "daemon_paced": [], "daemon_50": []}
     try:
         d = Daemon(tmp, os.path.abspath(args.profile) if args.profile else None)
         run_daemon(ctx, d, 1000, False)  # warm-up: imports, first session, SQLite file
@@ -283,7 +293,8 @@ def main() -> int:
             for key, fn in (("raw", lambda: run_raw(ctx, tmp, args.lines, False)),
                             ("daemon", lambda: run_daemon(ctx, d, args.lines, False)),
                             ("raw_paced", lambda: run_raw(ctx, tmp, args.paced, True)),
-                            ("daemon_paced", lambda: run_daemon(ctx, d, args.paced, True))):
+                            ("daemon_paced", lambda: run_daemon(ctx, d, args.paced, True)),
+                            ("daemon_50", lambda: run_daemon(ctx, d, args.slow, True, 0.02))):
                 res = fn()
                 runs[key].append(res)
                 print(f"[{r + 1}/{args.repeat}] {key:13s} " + " ".join(
@@ -313,7 +324,14 @@ def main() -> int:
         print(f"  {'latency ' + q + ' us':24s}{a:>12,.0f}{b:>12,.0f}{b / a:>12.1f}")
     print(f"  {'p50 split: write->worker':24s}{'':>12s}{med('daemon_paced', 'to_worker_p50'):>12,.0f}   us")
     print(f"  {'p50 split: worker->SUB':24s}{'':>12s}{med('daemon_paced', 'after_worker_p50'):>12,.0f}   us")
+    disk = med("daemon_50", "written_bytes_per_event")
+    print(f"  {'disk written/event, 50/s':24s}{'':>12s}{disk:>12,.0f}   bytes (log, WAL and the daemon's own log)")
     print(f"  missing lines: {lost}, seq gaps: {gaps}")
+    print(json.dumps({"flood_ratio": round(dmn / raw, 3), "flood_cpu_us_per_line": round(cpu, 1),
+                      "paced_p99_us": round(med("daemon_paced", "p99")),
+                      "paced_cpu_us_per_line": round(med("daemon_paced", "cpu_us_per_line"), 1),
+                      "raw_paced_p99_us": round(med("raw_paced", "p99")),
+                      "disk_bytes_per_event_50_per_s": round(disk), "lost": lost, "seq_gaps": gaps}))
     return 1 if lost or gaps else 0
 
 
