@@ -90,7 +90,8 @@ def take_result(s: p.SessionInfo) -> str | None:
     """How to take a ``done`` session's result into the target (None before then)."""
     if s.state != "done" or not s.branch:
         return None
-    return f"take the result: git -C {clean(s.target)} merge {clean(s.branch)}"
+    import shlex
+    return f"take the result: git -C {shlex.quote(clean(s.target))} merge {shlex.quote(clean(s.branch))}"
 
 
 def ended_line(s: p.SessionInfo) -> str:
@@ -129,7 +130,7 @@ def session(s: p.SessionInfo, now: float | None = None) -> str:
     tokens = s.input_tokens + s.output_tokens
     if tokens or s.cost_usd is not None:
         times.append(f"tokens {tokens}" + (f", cost {cost(s.cost_usd, s.rehearse)}" if s.cost_usd is not None else ""))
-    if s.rehearse:
+    if s.rehearse and s.cost_usd is None:
         times.append("rehearsal")
     lines.append("  " + "; ".join(times))
     if (take := take_result(s)) is not None:
@@ -150,7 +151,8 @@ def sessions(ss: list[p.SessionInfo], now: float | None = None) -> str:
     now = time.time() if now is None else now
     rows = [[s.id, s.state, f"{s.progress * 100:.0f}%", len(s.workers),
              time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_ts)),
-             elapsed(s.started_at, s.ended_at, now), cost(s.cost_usd, False) + (" R" if s.rehearse else ""),
+             elapsed(s.started_at, s.ended_at, now),
+             cost(s.cost_usd, False) + (" (rehearsal)" if s.rehearse and s.cost_usd is not None else ""),
              s.task[:40]] for s in ss]
     return table(rows, ["SESSION", "STATE", "PROGRESS", "WORKERS", "CREATED", "ELAPSED", "COST", "TASK"])
 

@@ -42,6 +42,7 @@ class _Stamp(msgspec.Struct):
     worker: str | None = None
     state: str | None = None
     reason: str | None = None
+    rehearse: bool = False  # session.submitted: a rehearsal session
 
 
 _stamp = msgspec.json.Decoder(_Stamp)
@@ -92,12 +93,16 @@ class _Printer:
     """Prints handed-out events; notices the end of the session ``--until-done`` waits for.
 
     ``line`` formats one shown event for human output (``watch``'s event
-    line by default); ``tail``: hold back all but the last ``tail`` lines of
-    the history until ``end_of_history``.
+    line by default), told whether its session is a rehearsal; ``tail``:
+    hold back all but the last ``tail`` lines of the history until
+    ``end_of_history``.  ``rehearsals``: the rehearsal sessions known
+    beforehand; every ``session.submitted{rehearse}`` seen adds its session,
+    printed or not.
     """
 
     def __init__(self, as_json: bool, until: str | None, only: Filter | None = None,
-                 line: Callable[[dict], str] | None = None, tail: int | None = None) -> None:
+                 line: Callable[[dict, bool], str] | None = None, tail: int | None = None,
+                 rehearsals: set[str] | None = None) -> None:
         self.as_json = as_json
         self.until = until
         self.only = only or Filter()
@@ -105,6 +110,7 @@ class _Printer:
         self.ended: _Stamp | None = None  # the watched session's terminal session.state, once printed
         self.out = sys.stdout.buffer
         self._tail: deque[bytes] | None = deque(maxlen=tail) if tail is not None else None
+        self.rehearsals = set(rehearsals or ())
 
     def _write(self, data: bytes) -> None:
         if self._tail is not None:
@@ -123,13 +129,17 @@ class _Printer:
         """Print events in order; True once the watched session has ended (nothing after is printed)."""
         for it in items:
             js, st = it.data
+            if st.rehearse and st.kind == "session.submitted" and st.session:
+                self.rehearsals.add(st.session)
             if self.only.shows(st.kind, st.worker):
                 if self.as_json:
                     self._write(js + b"\n")
                 else:
                     from orchctl import render
                     ev = json.loads(js)
-                    self._write((self.line(ev) if self.line else render.event_line(ev)).encode() + b"\n")
+                    rehearsal = st.session in self.rehearsals
+                    self._write((self.line(ev, rehearsal) if self.line else render.event_line(ev, rehearsal)).encode()
+                                + b"\n")
             if self.until is not None and st.kind == "session.state" and st.session == self.until \
                     and st.state in p.SESSION_TERMINAL:
                 self.ended = st
@@ -244,14 +254,8 @@ def watch(client: Client, events_ep: str, session: str | None, since: int, until
     from orchctl import render
     known = _lookup(client, session).sessions
     initial = known[0] if session is not None else None
-    rehearsals = {s.id for s in known if s.rehearse}
-
-    def line(ev: dict) -> str:
-        if ev.get("kind") == "session.submitted" and ev.get("rehearse"):
-            rehearsals.add(ev.get("session"))
-        return render.event_line(ev, rehearsal=ev.get("session") in rehearsals)
-
-    printer = _Printer(as_json, session if until_done else None, only, line=line)
+    printer = _Printer(as_json, session if until_done else None, only,
+                       rehearsals={s.id for s in known if s.rehearse})
     _stream(client, events_ep, session, since, printer, initial)
     if not until_done:
         return 0  # not reached: without --until-done a watch ends by a signal or an error
@@ -283,7 +287,7 @@ def _log_text(ev: dict) -> str:
     return f"{kind.split('.', 1)[1]}: {render.summary(ev)}" if kind != "agent.error" else render.summary(ev)
 
 
-def _log_line(ev: dict) -> str:
+def _log_line(ev: dict, rehearsal: bool = False) -> str:
     from orchctl import render
     return f"[{render.clean(ev.get('worker') or '-')}] {_log_text(ev)}"
 

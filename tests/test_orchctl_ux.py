@@ -177,6 +177,26 @@ def test_a_rehearsals_cost_is_shown_as_a_rehearsal(d, tmp_path):
     assert "not billed" not in d.ctl("status", real).stdout.decode()
 
 
+def test_watching_everything_tells_rehearsals_submitted_meanwhile(d, tmp_path):
+    usage = json.dumps({"kind": "agent.usage", "input_tokens": 1, "output_tokens": 2, "cost_usd": 0.25})
+    proc = subprocess.Popen([*CTL, "watch", "--kind", "agent.usage", "--kind", "daemon.",
+                             "--runtime-dir", str(d.runtime_dir)], stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("daemon.started" in x for x in lines), 30, "the watch to print its history")
+        rehearsal = _submit(d, tmp_path, "event:" + usage, "exit:0", extra=("--rehearse",))
+        real = _submit(d, tmp_path, "event:" + usage, "exit:0")
+        got = wait_for(lambda: {s: x for x in lines for s in (rehearsal, real) if s in x and "agent.usage" in x}
+                       if sum("agent.usage" in x for x in lines) >= 2 else None, 60, "both usage lines")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert got[rehearsal].rstrip().endswith("cost=$0.2500 (rehearsal, not billed)")
+    assert got[real].rstrip().endswith("cost=$0.2500")
+
+
 def test_render_durations_and_costs_are_pure():
     assert [render.duration(x) for x in (0, 59, 61, 3600, 3 * 86400 + 7200)] == ["0s", "59s", "1m01s", "1h00m",
                                                                                  "3d02h"]
