@@ -35,6 +35,41 @@ class Found:
     plan_error: str | None = None  # the planner's previous invalid answer, when asking again
 
 
+BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TERM", "COLORTERM", "NO_COLOR", "TZ", "USER", "LOGNAME",
+            "SHELL", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
+            "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "no_proxy",
+            "all_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS")
+"""The daemon's variables every agent gets (when set): where programs and the user's files are, the
+locale and terminal, the user's name, and how to reach the network (proxies, CA certificates).
+``TMPDIR`` is not among them: each run gets a private one."""
+
+AGENT_ENV = {
+    "claude": ("ANTHROPIC_*", "CLAUDE_*", "IS_SANDBOX"),
+    "codex": ("OPENAI_*", "CODEX_*"),
+    "gemini": ("GEMINI_*", "GOOGLE_*"),
+    "command": (),
+}
+"""What each adapter's CLI needs besides ``BASE_ENV``: its API keys, endpoints and config dirs
+(``NAME_*`` is a prefix).  A ``command`` program gets only ``BASE_ENV``, its ``env`` and the pass list."""
+
+
+def _passes(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(name.startswith(pat[:-1]) if pat.endswith("*") else name == pat for pat in patterns)
+
+
+def agent_env(environ: dict[str, str] | os._Environ, agent: str, passed: list[str]) -> dict[str, str]:
+    """The part of the daemon's ``environ`` an ``agent`` run starts from (pure).
+
+    ``BASE_ENV``, the adapter's ``AGENT_ENV`` and the configured pass list
+    (``agent_env_pass`` and ``[agents.<name>] env_pass``); nothing else of
+    the daemon's environment.  The worker adds the adapter's launch env
+    (private TMPDIR, per-run HOME...), the assignment's ``env``, the
+    rehearsal's and a relaunch fix's variables on top.
+    """
+    keep = (*BASE_ENV, *AGENT_ENV.get(agent, ()), *passed)
+    return {k: v for k, v in environ.items() if _passes(k, keep)}
+
+
 def run_dirs(cfg: Config, session: str, assignment: str, gen: int) -> tuple[Path, Path]:
     """(run dir, private TMPDIR) of one generation of one assignment."""
     run_dir = cfg.state_dir / "runs" / session / assignment / str(gen)
@@ -85,7 +120,8 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
                       wall_time_s=limits.wall_time_s, stall_s=limits.stall_s,
                       max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s,
                       state_dir=str(cfg.state_dir), allow_unconfined=cfg.allow_unconfined,
-                      extra_env=extra_env, start_delay_s=cmd.delay_s, start_paused=start_paused)
+                      extra_env=extra_env, start_delay_s=cmd.delay_s, start_paused=start_paused,
+                      base_env=agent_env(os.environ, a.agent, [*cfg.agent_env_pass, *acfg.env_pass]))
     ev = p.WorkerLaunching(resume=bool(rid), worktree=found.cwd if found.branch else None, branch=found.branch,
                            reason=cmd.reason, delay_s=cmd.delay_s)
     return spec, ev

@@ -49,6 +49,7 @@ class WorkerView:
     relaunches: int = 0
     usage: dict[int, tuple[int, int, float | None]] = field(default_factory=dict)
     ended_ts: float = 0.0    # when the current generation exited (stamp ts)
+    started_ts: float = 0.0  # when it was first launched (stamp ts); 0: never
     preparing: bool = False  # not from events: the supervisor is having its worktree made
 
     @property
@@ -90,6 +91,8 @@ class SessionView:
     stop_reason: str | None = None  # a stop was asked for; the session ends once nothing runs
     stop_state: str = "stopped"     # ... in this state (a budget stop ends it "failed")
     workers: dict[str, WorkerView] = field(default_factory=dict)
+    started_ts: float = 0.0         # the first session.state running (stamp ts); 0: not yet
+    ended_ts: float = 0.0           # its terminal session.state (stamp ts); 0: not ended
     merging: bool = False           # not from events: the supervisor is having it merged
 
     def assignments(self) -> list[WorkerView]:
@@ -154,10 +157,17 @@ class SessionView:
                 signal=w.signal, role=w.spec.role, weight=w.spec.weight, after=list(w.spec.after),
                 gen=max(w.gen, 0), pid=w.pid, reason=w.reason, milestones=w.milestones,
                 progress=round(w.progress(), 3), branch=w.branch, worktree=w.worktree,
-                input_tokens=tin, output_tokens=tout, cost_usd=cost))
+                input_tokens=tin, output_tokens=tout, cost_usd=cost, started_at=w.started_ts or None,
+                ended_at=(w.ended_ts or None) if w.state in p.WORKER_TERMINAL else None))
+        costs = [w.cost_usd for w in workers if w.cost_usd is not None]
         return p.SessionInfo(id=self.id, state=self.state, task=self.task, target=self.target,
                              reason=self.reason, created_ts=self.created_ts,
-                             progress=round(self.progress(), 3), branch=self.branch, workers=workers)
+                             progress=round(self.progress(), 3), branch=self.branch, workers=workers,
+                             rehearse=self.rehearse, started_at=self.started_ts or None,
+                             ended_at=(self.ended_ts or None) if self.state in p.SESSION_TERMINAL else None,
+                             input_tokens=sum(w.input_tokens for w in workers),
+                             output_tokens=sum(w.output_tokens for w in workers),
+                             cost_usd=sum(costs) if costs else None)
 
 
 class Projection:
@@ -187,6 +197,10 @@ class Projection:
         match ev:
             case p.SessionStateChanged(state=state, reason=reason):
                 s.state, s.reason = state, reason
+                if state == "running" and not s.started_ts:
+                    s.started_ts = stamp.ts
+                if state in p.SESSION_TERMINAL:
+                    s.ended_ts = stamp.ts
                 return
             case p.SessionPlanned(assignments=assignments):
                 s.workers.update({a.name: WorkerView(spec=a) for a in assignments})
@@ -213,6 +227,7 @@ class Projection:
                 if w.gen >= 0:
                     w.relaunches += 1
                 w.gen, w.state, w.preparing = stamp.gen, "running", False
+                w.started_ts = w.started_ts or stamp.ts
                 w.exit_code = w.signal = w.pid = None
                 w.reason = None
                 w.failure = None

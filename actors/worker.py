@@ -93,6 +93,8 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     start_delay_s: float = 0.0  # a recovery backoff: wait (stoppable) before starting the agent
     start_paused: bool = False  # the session is paused: wait for ResumeWorker before starting the agent
     exit_grace_s: float = 2.0  # after the agent exits, how long to read on before killing what it left
+    base_env: dict[str, str] | None = None  # the environment the agent starts from (actors.launch.agent_env);
+                                            # None: the daemon's whole environment
 
 
 def mailbox_endpoint(session: str, name: str, gen: int) -> str:
@@ -152,7 +154,7 @@ class Worker:
         except (ValueError, OSError) as exc:
             await self.emit(p.WorkerExited(state="failed", reason=f"cannot build the command: {exc}"))
             return
-        env = dict(os.environ)
+        env = dict(os.environ if spec.base_env is None else spec.base_env)
         env.update(launch.env)
         env.update(spec.extra_env)
         env[proc.MARKER] = spec.state_dir

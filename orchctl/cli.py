@@ -68,6 +68,30 @@ def _reply_or_exit(args, reply) -> int | None:
     return None
 
 
+def _resolve_session(args) -> None:
+    """Replace ``args.session`` (a prefix, ``last`` or a full id) by the full id it means.
+
+    Client-side, from one ``Status`` call (see ``orchctl.ids``); a full id
+    is sent as it is.  No match is ``not_found`` and several matches are
+    ``ambiguous`` (exit 1, naming the candidates).
+    """
+    from orchctl import ids
+    from orchctl.client import Refused
+    text = getattr(args, "session", None)
+    if text is None or ids.is_full(text):
+        return
+    reply = _client(args).call(p.Status())
+    if isinstance(reply, p.Error):
+        raise Refused(reply)
+    try:
+        args.session = ids.pick(text, [(s.id, s.created_ts) for s in reply.sessions])
+    except ids.NoMatch as exc:
+        raise Refused(p.Error(code=p.ErrorCode.NOT_FOUND, detail=str(exc))) from None
+    except ids.Ambiguous as exc:
+        raise Refused(p.Error(code="ambiguous", detail=f"{text!r} could be any of {', '.join(exc.candidates)}: "
+                                                       "give more of the id")) from None
+
+
 def _load_file(path: str) -> dict:
     """A plan or scenario file: TOML by extension, else JSON."""
     try:
@@ -167,7 +191,9 @@ def cmd_submit(args) -> int:
     if args.json:
         _print_json({"session": reply.session, "assignments": reply.assignments})
     else:
-        print(f"session {reply.session} submitted: {', '.join(reply.assignments)}")
+        from orchctl import render
+        print(f"session {reply.session} submitted: {render.clean(', '.join(reply.assignments))}")
+        print(f"next: orchctl watch {reply.session} --until-done    (or: orchctl status {reply.session})")
     return EXIT_OK
 
 
@@ -233,14 +259,22 @@ def cmd_watch(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    """``orchctl logs SESSION [--worker W] --json``: the session's agent text, tool results and stderr so far.
+    """``orchctl logs SESSION [--worker W] [--tail N] [--follow] --json``: the session's agent text,
+    tool results (ok/failed and a short output) and stderr.
+
+    Without ``--follow``, what is recorded so far; with it, that history and
+    then live lines until the session ends (exit 0) or Ctrl-C (130), by the
+    same history-then-live cursor as ``watch``.  ``--tail N``: only the last
+    N lines of the history (then, following, every new line).
 
     Wire: ``Status{session}`` (an unknown SESSION is ``not_found``, exit 1;
     a WORKER the session does not have is exit 1, naming its workers), then
-    ``Replay{since, session}`` pages.
+    ``Replay{since, session}`` pages (following: ``Sync`` and the events
+    SUB first, as ``watch``).
     """
     from orchctl.watch import history
-    return history(_client(args), args.session, args.worker, args.json)
+    return history(_client(args), args.session, args.worker, args.json, tail=args.tail, follow=args.follow,
+                   events_ep=_events(args))
 
 
 def cmd_parse(args) -> int:
@@ -276,6 +310,16 @@ def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help=f"how long to wait for the daemon's answer (default {DEFAULT_TIMEOUT_S:g}; "
                              f"{SLOW_TIMEOUT_S:g} for submit and the session commands)")
     parser.add_argument("--version", action="store_true", default=d(False), help="print the version and exit")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of lines: {text!r}") from None
+    if not (0 <= value <= 10_000_000):
+        raise argparse.ArgumentTypeError(f"a number of lines from 0 to 10000000, got {text!r}")
+    return value
 
 
 def _seq(text: str) -> int:
@@ -349,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("logs", help="a session's agent output and tool results so far")
     s.add_argument("session")
     s.add_argument("--worker", metavar="NAME", help="only this worker (an unknown one is an error)")
+    s.add_argument("--tail", type=_count, metavar="N", help="only the last N lines of the history")
+    s.add_argument("--follow", "-f", action="store_true",
+                   help="then print new lines as they come, until the session ends (or Ctrl-C)")
     s.set_defaults(func=cmd_logs)
 
     s = command("parse", help="normalize an agent's stream (no daemon)")
@@ -374,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         parser.error("a command is required (see orchctl --help)")
     try:
+        _resolve_session(args)
         return args.func(args)
     except UsageError as exc:
         print(f"orchctl: {exc}", file=sys.stderr)

@@ -54,25 +54,107 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def session(s: p.SessionInfo) -> str:
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h04m``, ``3d02h``: a length of time, compactly."""
+    n = max(0, int(seconds))
+    if n < 60:
+        return f"{n}s"
+    if n < 3600:
+        return f"{n // 60}m{n % 60:02d}s"
+    if n < 86400:
+        return f"{n // 3600}h{n % 3600 // 60:02d}m"
+    return f"{n // 86400}d{n % 86400 // 3600:02d}h"
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def elapsed(started: float | None, ended: float | None, now: float) -> str:
+    """How long it ran (``ended``) or has been running (``now``); empty when it never started."""
+    if not started:
+        return ""
+    return duration((ended or now) - started)
+
+
+def cost(usd: float | None, rehearsal: bool) -> str:
+    """``$0.0123``; a rehearsal's says it is not money spent.  Empty when no agent reported a cost."""
+    if usd is None:
+        return ""
+    return f"${usd:.4f}" + (" (rehearsal, not billed)" if rehearsal else "")
+
+
+def take_result(s: p.SessionInfo) -> str | None:
+    """How to take a ``done`` session's result into the target (None before then)."""
+    if s.state != "done" or not s.branch:
+        return None
+    import shlex
+    return f"take the result: git -C {shlex.quote(clean(s.target))} merge {shlex.quote(clean(s.branch))}"
+
+
+def ended_line(s: p.SessionInfo) -> str:
+    """One line for a session that ended: state, duration, cost, and for ``done`` how to take the result."""
+    out = f"session {clean(s.id)} ended {s.state}"
+    if s.started_at:
+        out += f" after {elapsed(s.started_at, s.ended_at, s.ended_at or s.started_at)}"
+    if s.cost_usd is not None:
+        out += f", cost {cost(s.cost_usd, s.rehearse)}"
+    elif s.rehearse:
+        out += " (rehearsal)"
+    if (take := take_result(s)) is not None:
+        out += f"; {take}"
+    return out
+
+
+def session(s: p.SessionInfo, now: float | None = None) -> str:
+    """A session's status: a head line (state, progress, times, cost, branch) and its workers' table.
+
+    ``now`` (unix seconds) gives the elapsed time of what still runs.
+    """
+    now = time.time() if now is None else now
     head = f"session {clean(s.id)}  {s.state}  {s.progress * 100:.0f}%"
     if s.reason:
         head += f"  ({clean(s.reason)})"
     if s.branch:
         head += f"  branch {clean(s.branch)}"
+    lines = [head]
+    times = []
+    if s.started_at:
+        times.append(f"started {_when(s.started_at)}")
+        times.append(f"ended {_when(s.ended_at)} after {elapsed(s.started_at, s.ended_at, now)}" if s.ended_at
+                     else f"elapsed {elapsed(s.started_at, None, now)}")
+    else:
+        times.append(f"submitted {_when(s.created_ts)}")
+    tokens = s.input_tokens + s.output_tokens
+    if tokens or s.cost_usd is not None:
+        times.append(f"tokens {tokens}" + (f", cost {cost(s.cost_usd, s.rehearse)}" if s.cost_usd is not None else ""))
+    if s.rehearse and s.cost_usd is None:
+        times.append("rehearsal")
+    lines.append("  " + "; ".join(times))
+    if (take := take_result(s)) is not None:
+        lines.append("  " + take)
     rows = [[w.name, w.agent, w.state, "" if w.exit_code is None else w.exit_code, w.gen,
              f"{w.progress * 100:.0f}%", w.milestones, w.input_tokens + w.output_tokens,
-             "" if w.cost_usd is None else f"${w.cost_usd:.4f}", w.reason or ""] for w in s.workers]
-    return head + "\n" + table(rows, ["WORKER", "AGENT", "STATE", "EXIT", "GEN", "PROGRESS",
-                                      "MILESTONES", "TOKENS", "COST", "REASON"])
+             cost(w.cost_usd, False) + (" (rehearsal)" if s.rehearse and w.cost_usd is not None else ""),
+             _when(w.started_at)[11:], elapsed(w.started_at, w.ended_at, now), w.reason or ""]
+            for w in s.workers]
+    return "\n".join(lines) + "\n" + table(rows, ["WORKER", "AGENT", "STATE", "EXIT", "GEN", "PROGRESS",
+                                                  "MILESTONES", "TOKENS", "COST", "STARTED", "ELAPSED",
+                                                  "REASON"])
 
 
-def sessions(ss: list[p.SessionInfo]) -> str:
+def sessions(ss: list[p.SessionInfo], now: float | None = None) -> str:
     if not ss:
         return "no sessions"
+    now = time.time() if now is None else now
     rows = [[s.id, s.state, f"{s.progress * 100:.0f}%", len(s.workers),
-             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_ts)), s.task[:40]] for s in ss]
-    return table(rows, ["SESSION", "STATE", "PROGRESS", "WORKERS", "CREATED", "TASK"])
+             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.created_ts)),
+             elapsed(s.started_at, s.ended_at, now),
+             cost(s.cost_usd, False) + (" (rehearsal)" if s.rehearse and s.cost_usd is not None else ""),
+             s.task[:40]] for s in ss]
+    return table(rows, ["SESSION", "STATE", "PROGRESS", "WORKERS", "CREATED", "ELAPSED", "COST", "TASK"])
 
 
 # ---------------------------------------------------------------- event summaries
@@ -103,10 +185,12 @@ def _assignments(specs: object) -> str:
     return ", ".join(names) if names else "no assignments"
 
 
-def _usage(ev: dict) -> str:
+def _usage(ev: dict, rehearsal: bool = False) -> str:
     tin, tout = ev.get("input_tokens") or 0, ev.get("output_tokens") or 0
-    cost = ev.get("cost_usd")
-    return f"tokens in={tin} out={tout}" + ("" if cost is None else f" cost=${cost:.4f}")
+    usd = ev.get("cost_usd")
+    if usd is None:
+        return f"tokens in={tin} out={tout}" + (" (rehearsal)" if rehearsal else "")
+    return f"tokens in={tin} out={tout} cost={cost(usd, rehearsal)}"
 
 
 def _started(ev: dict) -> str:
@@ -202,11 +286,15 @@ def _fallback(ev: dict) -> str:
     return " ".join(fields) or "(no fields)"
 
 
-def summary(ev: dict) -> str:
-    """One escaped line (at most ``SUMMARY_MAX`` characters, never empty) saying what ``ev`` is about."""
-    fn = _SUMMARIES.get(ev.get("kind", ""), _fallback)
+def summary(ev: dict, rehearsal: bool = False) -> str:
+    """One escaped line (at most ``SUMMARY_MAX`` characters, never empty) saying what ``ev`` is about.
+
+    ``rehearsal``: the event is a rehearsal session's, so a cost it carries is not money spent.
+    """
+    kind = ev.get("kind", "")
+    fn = _SUMMARIES.get(kind, _fallback)
     try:
-        text = clean(fn(ev))
+        text = clean(_usage(ev, rehearsal) if kind == "agent.usage" else fn(ev))
     except (TypeError, ValueError, AttributeError, KeyError):  # a field of an unexpected type
         text = clean(_fallback(ev))
     text = text.strip() or "(empty)"
@@ -230,7 +318,7 @@ def _clock(ts: object) -> str:
         return "--:--:--"
 
 
-def event_line(ev: dict) -> str:
+def event_line(ev: dict, rehearsal: bool = False) -> str:
     """``seq ts kind session worker agent gen summary``, one line, control characters escaped.
 
     A missing column is ``-``, so the line always splits into eight fields
@@ -239,4 +327,4 @@ def event_line(ev: dict) -> str:
     gen = ev.get("gen") if ev.get("worker") else None  # a generation is a worker's
     return (f"{clean(ev.get('seq', '-')):>7} {_clock(ev.get('ts'))} {_col(ev.get('kind', '?'), 22)} {_col(ev.get('session'), 11)} "
             f"{_col(ev.get('worker'), 12)} {_col(ev.get('agent'), 8)} {_col('' if gen is None else f'g{gen}', 3)} "
-            f"{summary(ev)}")
+            f"{summary(ev, rehearsal)}")

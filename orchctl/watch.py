@@ -17,6 +17,8 @@ import json
 import secrets
 import sys
 import time
+from collections import deque
+from typing import Callable
 
 import msgspec
 import zmq
@@ -40,6 +42,7 @@ class _Stamp(msgspec.Struct):
     worker: str | None = None
     state: str | None = None
     reason: str | None = None
+    rehearse: bool = False  # session.submitted: a rehearsal session
 
 
 _stamp = msgspec.json.Decoder(_Stamp)
@@ -87,25 +90,56 @@ class Filter(msgspec.Struct, frozen=True):
 
 
 class _Printer:
-    """Prints handed-out events; notices the end of the session ``--until-done`` waits for."""
+    """Prints handed-out events; notices the end of the session ``--until-done`` waits for.
 
-    def __init__(self, as_json: bool, until: str | None, only: Filter | None = None) -> None:
+    ``line`` formats one shown event for human output (``watch``'s event
+    line by default), told whether its session is a rehearsal; ``tail``:
+    hold back all but the last ``tail`` lines of the history until
+    ``end_of_history``.  ``rehearsals``: the rehearsal sessions known
+    beforehand; every ``session.submitted{rehearse}`` seen adds its session,
+    printed or not.
+    """
+
+    def __init__(self, as_json: bool, until: str | None, only: Filter | None = None,
+                 line: Callable[[dict, bool], str] | None = None, tail: int | None = None,
+                 rehearsals: set[str] | None = None) -> None:
         self.as_json = as_json
         self.until = until
         self.only = only or Filter()
+        self.line = line
         self.ended: _Stamp | None = None  # the watched session's terminal session.state, once printed
         self.out = sys.stdout.buffer
+        self._tail: deque[bytes] | None = deque(maxlen=tail) if tail is not None else None
+        self.rehearsals = set(rehearsals or ())
+
+    def _write(self, data: bytes) -> None:
+        if self._tail is not None:
+            self._tail.append(data)
+        else:
+            self.out.write(data)
+
+    def end_of_history(self) -> None:
+        """The history is printed: write the held-back tail; from now on lines go out at once."""
+        if self._tail is not None:
+            held, self._tail = self._tail, None
+            for data in held:
+                self.out.write(data)
 
     def emit(self, items: list[Item]) -> bool:
         """Print events in order; True once the watched session has ended (nothing after is printed)."""
         for it in items:
             js, st = it.data
+            if st.rehearse and st.kind == "session.submitted" and st.session:
+                self.rehearsals.add(st.session)
             if self.only.shows(st.kind, st.worker):
                 if self.as_json:
-                    self.out.write(js + b"\n")
+                    self._write(js + b"\n")
                 else:
                     from orchctl import render
-                    self.out.write(render.event_line(json.loads(js)).encode() + b"\n")
+                    ev = json.loads(js)
+                    rehearsal = st.session in self.rehearsals
+                    self._write((self.line(ev, rehearsal) if self.line else render.event_line(ev, rehearsal)).encode()
+                                + b"\n")
             if self.until is not None and st.kind == "session.state" and st.session == self.until \
                     and st.state in p.SESSION_TERMINAL:
                 self.ended = st
@@ -168,25 +202,9 @@ def _live(client: Client, sub: zmq.Socket, session: str | None, cursor: Cursor, 
             cursor.idle()  # a dropped tail, or a dead daemon: the replay call says which
 
 
-def watch(client: Client, events_ep: str, session: str | None, since: int, until_done: bool,
-          as_json: bool, only: Filter | None = None) -> int:
-    """Print events (history, then live) until interrupted or, with ``until_done``, the session ends.
-
-    A SESSION is looked up first (``Status``): an unknown one raises
-    ``Refused`` (``not_found``).  ``until_done`` needs a SESSION (the caller
-    checks).  Returns the exit code: 0, or with ``until_done`` 0 when the
-    session ended ``done`` and 1 when it ended otherwise (one line on stderr
-    says how), after printing every event up to its end.  ``only`` picks
-    the events printed (all of them by default); the end is noticed also
-    when its event is not printed.
-    """
-    initial = None
-    if session is not None:
-        reply = client.call(p.Status(session=session))
-        if isinstance(reply, p.Error):
-            raise Refused(reply)
-        initial = reply.sessions[0]
-    printer = _Printer(as_json, session if until_done else None, only)
+def _stream(client: Client, events_ep: str, session: str | None, since: int, printer: _Printer,
+            initial: p.SessionInfo | None) -> None:
+    """History from ``since``, then live, until the printer's session ends (or forever without one)."""
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.linger = 0
     sub.rcvhwm = 0
@@ -199,17 +217,53 @@ def watch(client: Client, events_ep: str, session: str | None, since: int, until
         cursor = Cursor(since, by_session=session is not None)
         # The history: everything logged up to now, which covers the early frames.
         ended = _fetch(client, session, cursor, printer)
+        printer.end_of_history()
         # Without its end in the history, a session that had ended when the
         # watch began ended at or before --since: the status says how.
-        if not ended and not (until_done and initial.state in p.SESSION_TERMINAL):
+        if not ended and not (printer.until is not None and initial.state in p.SESSION_TERMINAL):
             _live(client, sub, session, cursor, printer, early)
     finally:
         sub.close(linger=0)
     sys.stdout.flush()
+
+
+def _lookup(client: Client, session: str | None) -> p.StatusReply:
+    reply = client.call(p.Status(session=session))
+    if isinstance(reply, p.Error):
+        raise Refused(reply)
+    return reply
+
+
+def watch(client: Client, events_ep: str, session: str | None, since: int, until_done: bool,
+          as_json: bool, only: Filter | None = None) -> int:
+    """Print events (history, then live) until interrupted or, with ``until_done``, the session ends.
+
+    A SESSION is looked up first (``Status``): an unknown one raises
+    ``Refused`` (``not_found``).  ``until_done`` needs a SESSION (the caller
+    checks).  Returns the exit code: 0, or with ``until_done`` 0 when the
+    session ended ``done`` and 1 when it ended otherwise (one line on stderr
+    says how), after printing every event up to its end.  ``only`` picks
+    the events printed (all of them by default); the end is noticed also
+    when its event is not printed.  A session that ended ``done`` gets one
+    line on stderr (human output) with its cost and how to take its result.
+
+    Usage lines of rehearsal sessions say their cost is not billed: the
+    sessions known at the start (``Status``) and those submitted while
+    watching (``session.submitted{rehearse}``) are told apart.
+    """
+    from orchctl import render
+    known = _lookup(client, session).sessions
+    initial = known[0] if session is not None else None
+    printer = _Printer(as_json, session if until_done else None, only,
+                       rehearsals={s.id for s in known if s.rehearse})
+    _stream(client, events_ep, session, since, printer, initial)
     if not until_done:
         return 0  # not reached: without --until-done a watch ends by a signal or an error
     state, reason = (printer.ended.state, printer.ended.reason) if printer.ended else (initial.state, initial.reason)
     if state == "done":
+        if not as_json:
+            final = _lookup(client, session).sessions[0]
+            print(f"orchctl: {render.ended_line(final)}", file=sys.stderr)
         return 0
     print(f"orchctl: session {session} ended {state}" + (f": {reason}" if reason else ""), file=sys.stderr)
     return 1
@@ -233,42 +287,36 @@ def _log_text(ev: dict) -> str:
     return f"{kind.split('.', 1)[1]}: {render.summary(ev)}" if kind != "agent.error" else render.summary(ev)
 
 
-def history(client: Client, session: str, worker: str | None, as_json: bool) -> int:
-    """Print a session's agent text, tool results and stderr lines recorded so far.
+def _log_line(ev: dict, rehearsal: bool = False) -> str:
+    from orchctl import render
+    return f"[{render.clean(ev.get('worker') or '-')}] {_log_text(ev)}"
+
+
+def history(client: Client, session: str, worker: str | None, as_json: bool, tail: int | None = None,
+            follow: bool = False, events_ep: str | None = None) -> int:
+    """Print a session's agent text, tool results and stderr lines: recorded so far, or with ``follow``
+    also live until the session ends (or Ctrl-C); ``tail``: only the last ``tail`` lines of the history.
 
     The session is looked up first (``Status``): an unknown one raises
     ``Refused`` (``not_found``); an unknown ``worker`` is an error too (exit 1,
-    one line naming the session's workers).
+    one line naming the session's workers).  ``follow`` uses ``watch``'s
+    history-then-live cursor, so no line is lost or printed twice.
     """
-    reply = client.call(p.Status(session=session))
-    if isinstance(reply, p.Error):
-        raise Refused(reply)
-    names = [w.name for w in reply.sessions[0].workers]
+    info = _lookup(client, session).sessions[0]
+    names = [w.name for w in info.workers]
     if worker is not None and worker not in names:
         from orchctl import render
         valid = ", ".join(render.clean(n) for n in names) or "none yet"
         print(f"orchctl: session {session} has no worker {render.clean(worker)!r} (its workers: {valid})",
               file=sys.stderr)
         return 1
-    cursor = 0
-    out = sys.stdout.buffer
-    while True:
-        reply = client.call(p.Replay(since=cursor, session=session, limit=PAGE))
-        if isinstance(reply, p.Error):
-            print(f"orchctl: {reply.detail} [{reply.code}]", file=sys.stderr)
-            return 1
-        for raw in reply.events:
-            ev = json.loads(bytes(raw))
-            cursor = ev["seq"]
-            if ev["kind"] not in LOG_KINDS or (worker and ev.get("worker") != worker):
-                continue
-            if as_json:
-                out.write(bytes(raw) + b"\n")
-            else:
-                from orchctl import render
-                who = render.clean(ev.get("worker") or "-")
-                out.write(f"[{who}] {_log_text(ev)}\n".encode())
-        if not reply.more:
-            break
+    only = Filter(workers=(worker,) if worker else (), kinds=tuple(sorted(LOG_KINDS)))
+    printer = _Printer(as_json, session if follow else None, only, line=_log_line, tail=tail)
+    if follow:
+        _stream(client, events_ep, session, 0, printer, info)
+        return 0
+    cursor = Cursor(0, by_session=True)
+    _fetch(client, session, cursor, printer)
+    printer.end_of_history()
     sys.stdout.flush()
     return 0

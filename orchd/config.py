@@ -25,6 +25,8 @@ Profile = Literal["workspace", "readonly", "yolo"]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
                      BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
 LogFormat = Literal["auto", "json", "console"]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")]
+"""An environment variable's name passed through to agents; ``NAME_*`` (a trailing ``*``) is a prefix."""
 
 
 class ConfigError(ValueError):
@@ -53,6 +55,7 @@ class AgentConfig(BaseModel):
     home: str | None = None            # HOME for this agent's runs; None: real runs inherit the daemon's
                                        # HOME (so logged-in CLIs find their credentials), rehearsals get
                                        # a private one per assignment under the state dir
+    env_pass: list[EnvName] = []       # more of the daemon's env vars this agent's runs get (see actors/launch.py)
 
 
 class Role(BaseModel):
@@ -89,6 +92,7 @@ class Config(BaseModel):
     allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
     fault_injection: bool = False         # testing only: accept the InjectFault control request
     agent_preference: list[AgentName] = ["claude", "codex", "gemini"]
+    agent_env_pass: list[EnvName] = []    # more of the daemon's env vars every agent gets (see actors/launch.py)
     limits: Limits = Field(default_factory=Limits)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)

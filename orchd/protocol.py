@@ -239,6 +239,8 @@ class WorkerInfo(Wire):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
+    started_at: float | None = None  # unix seconds: its first launch (worker.launching ts)
+    ended_at: float | None = None    # unix seconds: its last run exited, once it is done, failed or stopped
 
 
 class SessionInfo(Wire):
@@ -253,6 +255,12 @@ class SessionInfo(Wire):
     progress: float = 0.0
     branch: str | None = None
     workers: list[WorkerInfo] = []
+    rehearse: bool = False           # a rehearsal: the scripted model server, no tokens spent, cost not billed
+    started_at: float | None = None  # unix seconds: it started running
+    ended_at: float | None = None    # unix seconds: it ended (done, failed, stopped, escalated)
+    input_tokens: int = 0            # over all its workers
+    output_tokens: int = 0
+    cost_usd: float | None = None    # None when no agent reported a cost
 
 
 class StatusReply(Rep, tag="status"):

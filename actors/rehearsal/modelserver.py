@@ -22,6 +22,8 @@ consume a scripted reply.
 
 A conversation is keyed by dialect plus the assignment name found in the
 prompt (``orchd-assignment: NAME``), so several agents can share one server.
+The same name picks the scenario's ``assignments.NAME`` list when it has
+one, else the agent's list (``agents.<agent>``, then ``agents.*``).
 Each model call of a conversation takes the next matching reply; after a tool
 call the CLI calls again with the tool result, which takes the reply after
 it.  When the list runs out the answer is ``DONE: {assignment}``.
@@ -58,14 +60,18 @@ class Script:
     """Picks each conversation's next reply; thread-safe, no I/O."""
 
     scenario: dict[str, Any]
-    _consumed: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    _consumed: dict[tuple[str, str, str], set[int]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_reply(self, turn: dialects.Turn) -> dict[str, Any]:
         """The reply for this model call, with ``{assignment}`` filled in."""
-        agents = self.scenario.get("agents", {})
-        replies = agents.get(turn.agent, agents.get("*", []))
-        key = (turn.agent, turn.assignment or "")
+        own = self.scenario.get("assignments", {})
+        if turn.assignment is not None and turn.assignment in own:
+            replies, source = own[turn.assignment], "assignment"
+        else:
+            agents = self.scenario.get("agents", {})
+            replies, source = agents.get(turn.agent, agents.get("*", [])), "agent"
+        key = (source, turn.agent, turn.assignment or "")
         with self._lock:
             used = self._consumed.setdefault(key, set())
             for i, reply in enumerate(replies):

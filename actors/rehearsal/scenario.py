@@ -103,7 +103,15 @@ class Agents(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    agents: Agents
+    """Reply lists by agent (``agents``) and by assignment name (``assignments``): an assignment's own
+    list wins over its agent's.  At least one of the two keys is needed."""
+
+    agents: Agents | UnsetType = UNSET
+    assignments: dict[NonEmpty, list[Reply]] | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        if self.agents is UNSET and self.assignments is UNSET:
+            raise ValueError("missing key 'agents'")
 
 
 _AT = re.compile(r"^(?P<msg>.*?) - at `(?P<key>key` in `)?\$(?P<path>[^`]*)`$", re.S)
@@ -126,12 +134,22 @@ def _message(exc: msgspec.ValidationError) -> str:
     msg = msg[:1].lower() + msg[1:]
     if path == "agents" and msg.startswith("unknown key"):
         msg += f" (expected {', '.join(AGENT_KEYS[:-1])} or {AGENT_KEYS[-1]})"
+
     line = f"{path}: {msg}" if path else msg
     return line.replace("\n", " ")
 
 
 def validate_scenario(data: Any) -> Scenario:
     """The typed scenario; ``ScenarioError`` names the first bad value's path."""
+    if isinstance(data, dict) and isinstance(data.get("assignments"), dict):
+        # each assignment's list alone first, so an error names the assignment (msgspec says "[...]")
+        for name, replies in data["assignments"].items():
+            try:
+                msgspec.convert(replies, list[Reply])
+            except msgspec.ValidationError as exc:
+                where = _message(exc)
+                sep = "" if where.startswith("[") else ": "
+                raise ScenarioError(f"assignments.{name}{sep}{where}") from None
     try:
         return msgspec.convert(data, Scenario)
     except msgspec.ValidationError as exc:
