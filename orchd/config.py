@@ -86,6 +86,7 @@ class Config(BaseModel):
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
     metrics_port: int | None = None       # e.g. 9464; None: no metrics endpoint
+    http_listen: str = "127.0.0.1:7878"   # the web dashboard's HTTP bridge, HOST:PORT or "off"
     allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
     fault_injection: bool = False         # testing only: accept the InjectFault control request
     agent_preference: list[AgentName] = ["claude", "codex", "gemini"]
