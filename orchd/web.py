@@ -64,7 +64,7 @@ CALL_TIMEOUT_S = 10.0
 SYNC_DEADLINE_S = 5.0
 IDLE_S = 2.0             # no live event for this long: read the log's tail (a dropped tail) and send a keepalive
 PAGE = 2000              # events per Replay page sent to one SSE client
-SSE_QUEUE = 2000         # live events queued per SSE client before it is dropped
+SSE_QUEUE = 10_000       # live events queued per SSE client before it is dropped (a few MiB at most)
 SSE_SNDBUF_BYTES = 128 * 1024  # the kernel's send buffer per SSE connection: what a frozen browser can hold up
 SUB_HWM = 100_000
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -494,19 +494,19 @@ class Bridge:
 
     async def submit(self, request: web.Request) -> web.Response:
         """``POST /api/sessions`` with the ``submit`` request's fields as JSON (``target``, ``task``, ``plan``...)."""
-        return await self._forward(request, "submit", {})
+        return await self._forward(request, p.Submit, {})
 
     async def act(self, request: web.Request) -> web.Response:
         """``POST /api/sessions/ID/{pause,resume,stop,review,answer}`` (answer: ``{"text": ...}``)."""
         sid, action = request.match_info["sid"], request.match_info["action"]
         if action == "answer":
-            return await self._forward(request, "answer", {"session": sid})
+            return await self._forward(request, p.Answer, {"session": sid})
         if action not in ACTIONS:
             return _error(404, p.ErrorCode.NOT_FOUND, f"no action {action!r} (pause, resume, stop, review, answer)")
         return _reply(await self.link.call(ACTIONS[action](session=sid)))
 
-    async def _forward(self, request: web.Request, kind: str, fixed: dict) -> web.Response:
-        """Check a JSON body exactly as the daemon would (``wire.decode_request``), then send it."""
+    async def _forward(self, request: web.Request, typ: type[p.Req], fixed: dict) -> web.Response:
+        """Check a JSON body as the daemon would (``wire.decode_request``) and for unknown keys, then send it."""
         raw = await request.read()
         try:
             body = json.loads(raw or b"{}")
@@ -514,6 +514,11 @@ class Bridge:
             return _error(400, p.ErrorCode.BAD_JSON, f"the body is not JSON: {exc}")
         if not isinstance(body, dict):
             return _error(400, p.ErrorCode.INVALID, "the body must be a JSON object")
+        unknown = sorted(set(body) - set(typ.__struct_fields__))
+        if unknown:
+            return _error(400, p.ErrorCode.INVALID, f"unknown field {unknown[0]!r} (known: "
+                          f"{', '.join(f for f in typ.__struct_fields__ if f not in fixed)})")
+        kind = typ.__struct_config__.tag
         envelope = {"v": p.VERSION, "id": "web", "body": {**body, **fixed, "kind": kind}}
         try:
             req = wire.decode_request(json.dumps(envelope).encode(), MAX_BODY_BYTES)
