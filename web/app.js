@@ -91,12 +91,14 @@ const state = {
   events: [],                 // {seq, ts, kind, session, worker, text}
   view: [],                   // indices into events that pass the filters
   lastSeq: 0, gaps: 0, dupes: 0, received: 0,
+  loadedAt: Date.now() / 1000, maxLagMs: 0,   // the worst delay from an event's time to the page, since load
   follow: true,
   workers: new Set(), sessions: new Set(),
 };
 window.orchdDebug = {   // read by the browser tests
   get received() { return state.received; }, get lastSeq() { return state.lastSeq; },
   get gaps() { return state.gaps; }, get dupes() { return state.dupes; }, get kept() { return state.events.length; },
+  get maxLagMs() { return state.maxLagMs; },
 };
 
 function summary(ev) {
@@ -117,6 +119,7 @@ function onEvent(ev) {
   state.lastSeq = ev.seq;
   state.received++;
   const now = Date.now();
+  if (ev.ts > state.loadedAt) state.maxLagMs = Math.max(state.maxLagMs, now - ev.ts * 1000);
   if (ev.session) {
     state.lastEventTs.set(ev.session, now);
     if (ev.worker) state.lastEventTs.set(ev.session + "/" + ev.worker, now);
