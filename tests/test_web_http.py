@@ -197,3 +197,20 @@ def test_http_listen_off_bad_and_port_in_use(daemon_factory, tmp_path):
         assert d.ctl("web", "--json", check=False).returncode == 3
     finally:
         blocker.close()
+
+
+def test_a_non_loopback_bind_needs_the_token_on_every_api_route(daemon_factory):
+    d = daemon_factory(env={"ORCHD_HTTP_LISTEN": "0.0.0.0:0"})
+    web = web_of(d)
+    assert web.url.startswith("http://0.0.0.0:")
+    for path in ("/api/snapshot", "/api/events", "/metrics"):
+        status, _, _ = web.request("GET", path, token=None)
+        assert status == 401, path
+    assert web.request("GET", "/api/snapshot")[0] == 200
+    assert web.request("GET", "/", token=None)[0] == 200  # the page itself asks for the token
+    stream = Sse(web, f"/api/events?token={web.token}")
+    assert stream.next()[1]["kind"] == "daemon.started"
+    # SIGTERM with a browser still connected: the daemon stops cleanly and at once
+    assert d.stop(timeout_s=20) == 0
+    stream.close()
+    assert not (d.runtime_dir / "web.json").exists()
