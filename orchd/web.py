@@ -68,6 +68,7 @@ SSE_QUEUE = 10_000       # live events queued per SSE client before it is droppe
 SSE_SNDBUF_BYTES = 128 * 1024  # the kernel's send buffer per SSE connection: what a frozen browser can hold up
 SUB_HWM = 100_000
 MAX_BODY_BYTES = 4 * 1024 * 1024
+REVIEWED_SESSIONS = 50   # the snapshot carries the reviews of the most recent sessions
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -413,11 +414,13 @@ class Bridge:
                             "output_tokens": sum(w.get("output_tokens", 0) for w in ws),
                             "cost_usd": sum(costs) if costs else None})
         out = {"seq": seq, "sessions": sessions, "budgets": budgets, "log_error": reply.log_error}
-        reviews = getattr(p, "Reviews", None)  # the review actor's request, when the daemon has one
+        reviews = getattr(p, "Reviews", None)  # the review actor's request: served when the daemon has it
         if reviews is not None:
-            r = await self.link.call(reviews())
-            if not isinstance(r, p.Error):
-                out["reviews"] = msgspec.to_builtins(r)
+            out["reviews"] = {}
+            for s in sessions[-REVIEWED_SESSIONS:]:
+                r = await self.link.call(reviews(session=s["id"]))
+                if not isinstance(r, p.Error):
+                    out["reviews"][s["id"]] = msgspec.to_builtins(r.reviews)
         return _json(out)
 
     async def _submitted_event(self, sid: str) -> dict | None:

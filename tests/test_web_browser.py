@@ -96,6 +96,14 @@ def test_hostile_output_is_text_events_are_live_and_buttons_act(daemon_factory, 
     page.screenshot(path=str(SHOTS / "dashboard-desktop.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(SHOTS / "dashboard-phone.png"), full_page=True)
+    # the log filters by agent and by kind
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.select_option("#f-worker", "checker")
+    rows = "() => [...document.querySelectorAll('#log .ev:not([hidden])')].map((r) => r.textContent)"
+    page.wait_for_function(f"() => ({rows})().length > 0 && ({rows})().every((t) => t.includes(' checker '))")
+    page.select_option("#f-worker", "")
+    page.fill("#f-kind", "agent.usage")
+    page.wait_for_function(f"() => ({rows})().length === 2 && ({rows})().every((t) => t.includes('agent.usage'))")
     gate2.touch()
     d.wait_session(sid2)
 

@@ -294,10 +294,13 @@ function needsOf(s) {
   return out;
 }
 
+const drafts = new Map();   // session id -> the answer being typed (the strip is rebuilt on every refresh)
 function answerBox(s) {
-  const input = el("textarea", {rows: 2, placeholder: "your answer", "aria-label": `answer ${s.id}`, class: "answer-text"});
+  const input = el("textarea", {rows: 2, placeholder: "your answer", "aria-label": `answer ${s.id}`, class: "answer-text",
+                                oninput: (e) => drafts.set(s.id, e.target.value)});
+  input.value = drafts.get(s.id) || "";
   const btn = el("button", {type: "button", class: "answer-btn", text: "answer", onclick: () => {
-    if (input.value.trim()) act(s.id, "answer", {text: input.value});
+    if (input.value.trim()) { act(s.id, "answer", {text: input.value}); drafts.delete(s.id); }
   }});
   return el("div", {class: "row"}, input, btn);
 }
@@ -314,6 +317,8 @@ function renderNeeds(sessions) {
       el("div", {class: "task", text: s.task}),
       s.reason ? el("div", {class: "muted", text: s.reason}) : null,
       s.question ? el("div", {class: "question", text: s.question}) : null,
+      ...(s.workers || []).filter((w) => w.last_decision === "stop_and_escalate" || w.state === "failed")
+        .map((w) => el("div", {class: "muted", text: `${w.name}: ${w.last_decision || w.reason || w.state}`})),
       (s.waiting_for === "answer" || s.question) ? answerBox(s) : null));
   }
   box.replaceChildren(...(cards.length ? cards : [el("p", {class: "muted", text: "nothing waits for you"})]));
@@ -332,28 +337,33 @@ function controls(s) {
 }
 
 function reviewsOf(s, snapshot) {
-  const list = [...(s.reviews || [])];
-  const all = snapshot.reviews;
-  if (Array.isArray(all)) list.push(...all.filter((r) => r.session === s.id));
-  else if (all && Array.isArray(all.reviews)) list.push(...all.reviews.filter((r) => r.session === s.id));
-  return list;
+  const all = snapshot.reviews;   // {session id: [review]} once the daemon serves reviews
+  const list = all && !Array.isArray(all) && Array.isArray(all[s.id]) ? all[s.id] : [];
+  return list.slice(-20);
+}
+
+function finding(f) {
+  if (typeof f === "string") return el("li", {text: f});
+  const where = f.file ? `${f.file}${f.line ? `:${f.line}` : ""} ` : "";
+  return el("li", {}, badge(f.severity || "note"), " ", el("span", {class: "muted", text: where}),
+            el("span", {text: f.evidence || ""}));
 }
 
 function renderReviews(s, snapshot) {
   const reviews = reviewsOf(s, snapshot);
-  const decisions = s.decisions || [];
-  if (!reviews.length && !decisions.length && s.review_round === undefined) return null;
-  return el("div", {class: "reviews"},
-    s.review_round !== undefined ? el("div", {text: `review round ${s.review_round}`}) : null,
-    ...reviews.map((r) => el("div", {class: "review"},
-      el("span", {text: `round ${r.round ?? "?"} · ${r.reviewer || r.worker || ""} `}),
-      badge(r.verdict || "pending"),
-      Array.isArray(r.findings) && r.findings.length
-        ? el("ul", {class: "findings"}, ...r.findings.slice(0, 50).map((f) =>
-            el("li", {text: typeof f === "string" ? f : JSON.stringify(f)})))
-        : null)),
-    ...decisions.slice(-20).map((d) => el("div", {class: "decision muted",
-      text: `decision: ${typeof d === "string" ? d : JSON.stringify(d)}`})));
+  if (!reviews.length) return null;
+  return el("details", {class: "reviews", open: true},
+    el("summary", {text: `reviews (${reviews.length})`}),
+    ...reviews.map((r) => el("div", {class: "review", "data-review": r.id},
+      el("div", {class: "row"},
+        el("strong", {text: `${r.assignment} · round ${r.round}`}),
+        r.decision ? badge(r.decision) : badge("pending"),
+        r.reason ? el("span", {class: "muted", text: r.reason}) : null),
+      ...(r.verdicts || []).map((v) => el("div", {class: "verdict"},
+        el("div", {class: "row"}, el("span", {text: `${v.reviewer} (${v.agent})`}), badge(v.verdict),
+           el("span", {class: "muted", text: v.summary || ""})),
+        (v.findings || []).length
+          ? el("ul", {class: "findings"}, ...v.findings.slice(0, 50).map(finding)) : null)))));
 }
 
 function workerTable(s) {
@@ -362,7 +372,8 @@ function workerTable(s) {
   const rows = (s.workers || []).map((w) => el("tr", {"data-worker": w.name},
     el("td", {}, el("strong", {text: w.name}), el("span", {class: "muted", text: ` ${w.agent}`})),
     el("td", {class: "hide-narrow", text: w.role || ""}),
-    el("td", {}, badge(w.state), w.reason ? el("div", {class: "muted", text: w.reason}) : null),
+    el("td", {}, badge(w.state), w.reason ? el("div", {class: "muted", text: w.reason}) : null,
+       w.review_round ? el("div", {class: "muted", text: `review round ${w.review_round}${w.last_decision ? ` · ${w.last_decision}` : ""}`}) : null),
     el("td", {}, el("div", {class: "row"}, bar(w.progress),
        el("span", {class: "muted", text: `w${w.weight}${w.milestones ? ` · ${w.milestones}✓` : ""}`}))),
     el("td", {}, sinceCell(`${s.id}/${w.name}`)),
@@ -396,7 +407,8 @@ function renderSessions(snapshot) {
 function render() {
   const snap = state.snapshot;
   if (!snap) return;
-  renderNeeds(snap.sessions);
+  const typing = document.activeElement && document.activeElement.classList.contains("answer-text");
+  if (!typing) renderNeeds(snap.sessions);   // not while an answer is being typed (it keeps focus)
   renderSessions(snap);
   $("seq").textContent = `seq ${Math.max(snap.seq, state.lastSeq)}`;
   if (snap.log_error) notice(`the event log cannot be written: ${snap.log_error}`);
