@@ -2,10 +2,10 @@
 
 Theory of operation
 -------------------
-The bridge holds two ZeroMQ sockets, made in ``orchd.bus``: a DEALER to the
-control socket (``ControlLink``: many requests in flight, each matched to
-its reply by id, each with a deadline) and a SUB to the events socket
-(``Hub``).  It runs inside the daemon (``orchd run --http HOST:PORT``) or as
+The bridge holds two ZeroMQ sockets, made in ``orchd.bus`` and driven by
+``orchd.web_link``: a DEALER to the control socket (``ControlLink``: many
+requests in flight, each matched to its reply by id, each with a deadline)
+and a SUB to the events socket (``Hub``).  It runs inside the daemon (``orchd run --http HOST:PORT``) or as
 its own process (``orchd web``); either way it knows nothing the public
 sockets do not say.
 
@@ -39,17 +39,16 @@ import json
 import os
 import secrets
 import socket
-import time
 from pathlib import Path
 
 import msgspec
-import zmq
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchctl.cursor import Cursor, Item
 from orchd import bus, log, metrics, protocol as p, wire
 from orchd.web_auth import Policy
+from orchd.web_link import CALL_TIMEOUT_S, ControlLink, DaemonTimeout, Hub, SseClient, event_item
 from orchd.web_diff import session_diff
 
 _log = log.get("orchd.web")
@@ -60,13 +59,9 @@ STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascri
 TOKEN_FILE = "http-token"
 INFO_FILE = "web.json"
 
-CALL_TIMEOUT_S = 10.0
-SYNC_DEADLINE_S = 5.0
 IDLE_S = 2.0             # no live event for this long: read the log's tail (a dropped tail) and send a keepalive
 PAGE = 2000              # events per Replay page sent to one SSE client
-SSE_QUEUE = 10_000       # live events queued per SSE client before it is dropped (a few MiB at most)
 SSE_SNDBUF_BYTES = 128 * 1024  # the kernel's send buffer per SSE connection: what a frozen browser can hold up
-SUB_HWM = 100_000
 MAX_BODY_BYTES = 4 * 1024 * 1024
 REVIEWED_SESSIONS = 50   # the snapshot carries the reviews of the most recent sessions
 
@@ -79,10 +74,6 @@ HTTP_STATUS = {p.ErrorCode.NOT_FOUND: 404, p.ErrorCode.BAD_STATE: 409, p.ErrorCo
                p.ErrorCode.BAD_REQUEST: 400, p.ErrorCode.BAD_JSON: 400, p.ErrorCode.TOO_LARGE: 413,
                p.ErrorCode.UNKNOWN_KIND: 400}
 ACTIONS = {"pause": p.Pause, "resume": p.Resume, "stop": p.Stop, "review": p.Review}
-
-
-class DaemonTimeout(Exception):
-    """The daemon did not answer a control request within its deadline."""
 
 
 def load_token(state_dir: Path) -> str:
@@ -99,156 +90,6 @@ def load_token(state_dir: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(token + "\n")
     return token
-
-
-class _Stamp(msgspec.Struct):
-    seq: int
-    prev: int = 0
-    session: str | None = None
-
-
-_stamp = msgspec.json.Decoder(_Stamp)
-
-
-def _item(js: bytes) -> Item:
-    st = _stamp.decode(js)
-    return Item(st.seq, st.prev, (js, st.session))
-
-
-class ControlLink:
-    """A DEALER to the control socket; ``call`` may be awaited by many tasks at once."""
-
-    def __init__(self, ctx, endpoint: str) -> None:
-        self.sock = bus.control_dealer(ctx, endpoint)
-        self._pending: dict[str, asyncio.Future] = {}
-
-    async def run(self) -> None:
-        while True:
-            raw = await self.sock.recv()
-            try:
-                reply = wire.decode_reply(raw)
-            except wire.WireError as exc:
-                _log.warning("bad_reply", error=str(exc))
-                continue
-            fut = self._pending.pop(reply.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(reply.body)
-
-    async def call(self, body: p.ControlRequest, timeout_s: float = CALL_TIMEOUT_S) -> p.ControlReply:
-        rid = secrets.token_hex(8)
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        try:
-            await self.sock.send(wire.encode_request(body, rid))
-            return await asyncio.wait_for(fut, timeout_s)
-        except TimeoutError:
-            raise DaemonTimeout(f"the daemon did not answer {type(body).__name__} within {timeout_s:g} s") from None
-        finally:
-            self._pending.pop(rid, None)
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
-class SseClient:
-    """One browser's event stream: a bounded queue the hub appends to without waiting."""
-
-    def __init__(self, session: str | None, request: web.Request, limit: int = SSE_QUEUE) -> None:
-        self.session = session
-        self.request = request
-        self.limit = limit
-        self.items: collections.deque[Item] = collections.deque()
-        self.wake = asyncio.Event()
-        self.dropped = False
-
-    def offer(self, item: Item) -> None:
-        if self.dropped or (self.session is not None and item.data[1] != self.session):
-            return
-        if len(self.items) >= self.limit:
-            self.drop()
-            return
-        self.items.append(item)
-        self.wake.set()
-
-    def drop(self) -> None:
-        self.dropped = True
-        self.items.clear()
-        self.wake.set()
-        metrics.http_sse_dropped.inc()
-        _log.warning("sse_client_dropped", session=self.session, peer=self.request.remote,
-                     reason="its queue is full (the browser is not reading)")
-        if self.request.transport is not None:
-            self.request.transport.abort()  # a blocked write fails at once; close() would wait to flush
-
-    def take(self) -> list[Item]:
-        out = list(self.items)
-        self.items.clear()
-        self.wake.clear()
-        return out
-
-
-class Hub:
-    """The events SUB: tracks the last seq seen and hands every event to the SSE clients."""
-
-    def __init__(self, ctx, endpoint: str, link: ControlLink) -> None:
-        self.sub = bus.events_sub(ctx, endpoint, SUB_HWM)
-        self.link = link
-        self.clients: set[SseClient] = set()
-        self.last_seen = 0
-        self._sync_want: bytes | None = None
-        self._synced = asyncio.Event()
-
-    async def run(self) -> None:
-        while True:
-            frame = await self.sub.recv()
-            if frame.startswith(wire.SYNC_TOPIC):
-                if frame == self._sync_want:
-                    self._synced.set()
-                continue
-            parts = frame.split(b" ", 2)
-            try:
-                item = _item(parts[2])
-            except (IndexError, msgspec.DecodeError) as exc:
-                _log.warning("bad_event_frame", error=str(exc), frame=frame[:80])
-                continue
-            self.last_seen = max(self.last_seen, item.seq)
-            for client in list(self.clients):
-                client.offer(item)
-
-    async def sync(self) -> None:
-        """Wait until the SUB's subscription is live (Clone pattern), then learn the log's last seq."""
-        deadline = time.monotonic() + SYNC_DEADLINE_S
-        while not self._synced.is_set():
-            if time.monotonic() > deadline:
-                raise DaemonTimeout("the events socket did not deliver a sync marker in time")
-            token = secrets.token_hex(8)
-            self._sync_want = wire.SYNC_TOPIC + b" " + token.encode()
-            await self.link.call(p.Sync(token=token))
-            try:
-                await asyncio.wait_for(self._synced.wait(), 0.2)
-            except TimeoutError:
-                continue
-        self.last_seen = max(self.last_seen, await self._tail_seq())
-
-    async def _tail_seq(self) -> int:
-        """The log's last seq, found with ``Replay(limit=1)`` probes (gallop, then bisect)."""
-        async def after(s: int) -> bool:
-            reply = await self.link.call(p.Replay(since=s, limit=1))
-            return isinstance(reply, p.ReplayReply) and bool(reply.events)
-        lo, step = 0, 1024
-        while await after(lo + step):
-            lo, step = lo + step, step * 2
-        hi = lo + step  # after(lo) or lo == 0; not after(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if await after(mid):
-                lo = mid
-            else:
-                hi = mid
-        return hi if await after(lo) else lo
-
-    def close(self) -> None:
-        self.sub.close(linger=0)
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -467,7 +308,7 @@ class Bridge:
                     if isinstance(reply, p.Error):
                         await resp.write(b"event: error\ndata: " + msgspec.json.encode(reply.detail) + b"\n\n")
                         return resp
-                    await _send(resp, cursor.page([_item(bytes(raw)) for raw in reply.events], reply.more))
+                    await _send(resp, cursor.page([event_item(bytes(raw)) for raw in reply.events], reply.more))
                 try:
                     await asyncio.wait_for(client.wake.wait(), IDLE_S)
                 except TimeoutError:

@@ -7,13 +7,11 @@ Screenshots of a live session (desktop and phone widths) are saved under docs/sc
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -158,7 +156,7 @@ def test_page_continues_across_a_bridge_restart(daemon_factory, git_repo, tmp_pa
 
 
 def test_a_hundred_thousand_events_keep_the_page_small(daemon_factory, git_repo, tmp_path, page):
-    """The slowest browser test (~35 s on 2 cores): most of it is the daemon logging 100,000 events."""
+    """The slowest browser test (25-35 s on 2 cores): most of it is the daemon logging 100,000 events."""
     d = daemon_factory(env=HTTP)
     web = web_of(d)
     page.goto(f"{web.url}#token={web.token}")
