@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -129,6 +130,7 @@ def main() -> int:
             s.close()
         ctx.destroy(linger=0)
         d.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

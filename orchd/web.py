@@ -63,6 +63,7 @@ IDLE_S = 2.0             # no live event for this long: read the log's tail (a d
 PAGE = 2000              # events per Replay page sent to one SSE client
 SSE_SNDBUF_BYTES = 128 * 1024  # the kernel's send buffer per SSE connection: what a frozen browser can hold up
 MAX_BODY_BYTES = 4 * 1024 * 1024
+RETRY_MAX_S = 30.0       # ``orchd web`` waits at most this long between attempts to reach the daemon
 REVIEWED_SESSIONS = 50   # the snapshot carries the reviews of the most recent sessions
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -387,13 +388,15 @@ async def serve_standalone(cfg, host: str, port: int) -> int:
     bridge = Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, host, port)
 
     async def until_stopped() -> None:
+        retry_s = 1.0
         while True:
             try:
                 await bridge.run()
                 return  # it could not bind: said in the log
             except DaemonTimeout as exc:
-                _log.warning("daemon_not_answering", error=str(exc), retry_s=1.0)
-                await asyncio.sleep(1.0)
+                _log.warning("daemon_not_answering", error=str(exc), retry_s=retry_s)
+                await asyncio.sleep(retry_s)
+                retry_s = min(retry_s * 2, RETRY_MAX_S)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -404,9 +407,10 @@ async def serve_standalone(cfg, host: str, port: int) -> int:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             task.result()  # a bug in the bridge: its traceback, exit 1
+            return 1       # it could not listen (said in the log)
+        return 0
     finally:
         task.cancel()
         waiter.cancel()
         await asyncio.wait({task, waiter})
         ctx.destroy(linger=0)
-    return 0 if bridge.url else 1

@@ -154,7 +154,7 @@ class Hub:
                 raise DaemonTimeout("the events socket did not deliver a sync marker in time")
             token = secrets.token_hex(8)
             self._sync_want = wire.SYNC_TOPIC + b" " + token.encode()
-            await self.link.call(p.Sync(token=token))
+            await self.link.call(p.Sync(token=token), timeout_s=max(0.1, min(1.0, deadline - time.monotonic())))
             try:
                 await asyncio.wait_for(self._synced.wait(), 0.2)
             except TimeoutError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import stat
 import subprocess
@@ -213,3 +214,26 @@ def test_a_non_loopback_bind_needs_the_token_on_every_api_route(daemon_factory):
     assert d.stop(timeout_s=20) == 0
     stream.close()
     assert not (d.runtime_dir / "web.json").exists()
+
+
+def test_orchd_web_waits_for_the_daemon_then_serves(daemon_factory, tmp_path):
+    d = daemon_factory(start=False)
+    d.runtime_dir.mkdir(mode=0o700, parents=True)
+    log = open(tmp_path / "bridge.log", "wb")
+    bridge = subprocess.Popen([sys.executable, "-m", "orchd.app", "web", "--state-dir", str(d.state_dir),
+                               "--runtime-dir", str(d.runtime_dir), "--http", "127.0.0.1:0"],
+                              stdout=log, stderr=subprocess.STDOUT, env={**d.env, "ORCHD_LOG_FORMAT": "json"})
+    try:
+        wait_for(lambda: "daemon_not_answering" in (tmp_path / "bridge.log").read_text(), 20,
+                 "the bridge to say the daemon does not answer")
+        d.start()
+        web = web_of(d)
+        status, body = web.json("GET", "/healthz", token=None)
+        assert status == 200 and body["ok"] is True
+        d.stop()
+        status, body = web.json("GET", "/healthz", token=None)
+        assert status == 503 and body["ok"] is False  # the bridge outlives the daemon and says so
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        assert bridge.wait(20) == 0
+        log.close()
