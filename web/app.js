@@ -113,6 +113,13 @@ function summary(ev) {
   return parts.join(" ");
 }
 
+const MAP_CAP = 5000;   // sessions and workers remembered (the least recently seen go first)
+function touch(map, key, value) {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > MAP_CAP) map.delete(map.keys().next().value);
+}
+
 function onEvent(ev) {
   if (ev.seq <= state.lastSeq) { state.dupes++; return; }
   if (state.lastSeq && ev.seq !== state.lastSeq + 1) state.gaps++;
@@ -121,13 +128,14 @@ function onEvent(ev) {
   const now = Date.now();
   if (ev.ts > state.loadedAt) state.maxLagMs = Math.max(state.maxLagMs, now - ev.ts * 1000);
   if (ev.session) {
-    state.lastEventTs.set(ev.session, now);
-    if (ev.worker) state.lastEventTs.set(ev.session + "/" + ev.worker, now);
+    const at = typeof ev.ts === "number" ? ev.ts * 1000 : now;   // history keeps its own times
+    touch(state.lastEventTs, ev.session, at);
+    if (ev.worker) touch(state.lastEventTs, ev.session + "/" + ev.worker, at);
     if (ev.kind === "worker.failure" || (ev.kind === "worker.launching" && ev.reason)) {
       const list = state.recoveries.get(ev.session) || [];
       list.push({ts: ev.ts, text: `${ev.worker || ""} ${ev.kind} ${summary(ev)}`.slice(0, TEXT_CAP)});
       if (list.length > 20) list.shift();
-      state.recoveries.set(ev.session, list);
+      touch(state.recoveries, ev.session, list);
     }
   }
   let text = summary(ev);
