@@ -268,8 +268,6 @@ def _run(args) -> int:
         flags["http_listen"] = args.http
     try:
         cfg = config.load(args.config, flags)
-        from orchd.web_auth import parse_listen
-        parse_listen(cfg.http_listen)
     except (OSError, ValueError) as exc:
         print(f"orchd: bad configuration: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ def parse_listen(value: str) -> tuple[str, int] | None:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"http listen address {value!r} is not HOST:PORT (or 'off')")
+        raise ValueError("want HOST:PORT or 'off'")
     return host.strip("[]"), int(port)
 
 
