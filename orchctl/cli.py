@@ -322,6 +322,36 @@ def _count(text: str) -> int:
     return value
 
 
+def cmd_web(args) -> int:
+    """``orchctl web [--json]``: the dashboard's URL and token (from the running bridge's ``web.json``).
+
+    No wire message: the bridge writes ``<runtime dir>/web.json`` (0600) when it
+    listens and removes it when it stops; the token file is in the state dir.
+    Exit 3 when no bridge is running.
+    """
+    info_path = _runtime(args) / "web.json"
+    try:
+        info = json.loads(info_path.read_text())
+        token = Path(info["token_file"]).read_text().strip()
+    except FileNotFoundError:
+        msg = f"no web dashboard is running (no {info_path}): start 'orchd run' (http_listen) or 'orchd web'"
+        if args.json:
+            _print_json({"error": {"code": "unreachable", "detail": msg}})
+        print(f"orchctl: {msg}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except PermissionError:
+        print(f"orchctl: permission denied: {info_path} belongs to another user", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"orchctl: {info_path} is not usable: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        _print_json({"url": info["url"], "token": token})
+    else:
+        print(f"{info['url']}#token={token}")
+    return EXIT_OK
+
+
 def _seq(text: str) -> int:
     try:
         value = int(text)
@@ -397,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--follow", "-f", action="store_true",
                    help="then print new lines as they come, until the session ends (or Ctrl-C)")
     s.set_defaults(func=cmd_logs)
+
+    s = command("web", help="the web dashboard's URL and token")
+    s.set_defaults(func=cmd_web)
 
     s = command("parse", help="normalize an agent's stream (no daemon)")
     s.add_argument("--agent", required=True)

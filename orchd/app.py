@@ -180,6 +180,7 @@ async def serve(cfg: config.Config) -> int:
             await out.send(JOURNAL, wire.pack(p.Append(frames=[frame])))
 
         await announce(p.DaemonStarted(pid=os.getpid(), version=__version__, last_seq=last_seq))
+        http = _start_http(ctx, cfg)
         esc = asyncio.ensure_future(root.wait_escalation())
         waiter = asyncio.ensure_future(stop.wait())
         ready = asyncio.ensure_future(sup_ready.wait())
@@ -198,6 +199,8 @@ async def serve(cfg: config.Config) -> int:
         # the supervisor first (no new launches), then the workers (they stop their agents and log
         # how they ended), then the journal, which flushes its inbox
         root.begin_shutdown()
+        if http is not None:
+            await http.shutdown()
         await root.stop_child("supervisor")
         await workers.shutdown(concurrent=True)
         await journal.flush_and_stop(timeout_s=5.0)
@@ -210,6 +213,28 @@ async def serve(cfg: config.Config) -> int:
         ctx.destroy(linger=0)
     _log.info("orchd_stopped", code=code)
     return code
+
+
+def _start_http(ctx, cfg: config.Config):
+    """The web dashboard's HTTP bridge (``http_listen``), under its own supervisor.
+
+    It is a client of the public sockets like any other, so it may fail
+    without touching the daemon: a port in use is logged and the daemon runs
+    on without it; a crash is restarted a few times, then it stays down.
+    """
+    from orchd.actor import ChildSpec, Supervisor
+    from orchd.supervision import Restart
+    from orchd.web_auth import parse_listen
+    listen = parse_listen(cfg.http_listen)
+    if listen is None:
+        return None
+    from orchd.web import Bridge
+    sup = Supervisor("http", max_restarts=3, period_s=60.0)
+
+    def start_bridge(restarts: int):
+        return Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, *listen).run()
+    sup.start_child(ChildSpec("http", start_bridge, restart=Restart.TRANSIENT, shutdown_s=3.0))
+    return sup
 
 
 JOURNAL = "inproc://journal"
@@ -239,6 +264,8 @@ def cmd_run(args) -> int:
 
 def _run(args) -> int:
     flags = {"state_dir": args.state_dir, "runtime_dir": args.runtime_dir}
+    if getattr(args, "http", None) is not None:
+        flags["http_listen"] = args.http
     try:
         cfg = config.load(args.config, flags)
     except (OSError, ValueError) as exc:
@@ -272,7 +299,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, help="TOML config file")
     run.add_argument("--state-dir", type=Path, help="where the event log and worktrees live")
     run.add_argument("--runtime-dir", type=Path, help="where the ipc sockets live (mode 0700)")
+    run.add_argument("--http", metavar="HOST:PORT", help="the web dashboard's address (default 127.0.0.1:7878; "
+                     "'off' disables it)")
     run.set_defaults(func=cmd_run)
+    webp = sub.add_parser("web", help="run the web dashboard's HTTP bridge alone, as a client of a running daemon")
+    webp.add_argument("--config", type=Path, help="TOML config file")
+    webp.add_argument("--state-dir", type=Path, help="where the bridge's token is kept (the daemon's state dir)")
+    webp.add_argument("--runtime-dir", type=Path, help="the daemon's runtime dir (its sockets)")
+    webp.add_argument("--http", metavar="HOST:PORT", help="address to listen on (default: http_listen)")
+    webp.set_defaults(func=cmd_web)
     doctor = sub.add_parser("doctor", help="check the agent CLIs (and rehearse them)")
     doctor.add_argument("--config", type=Path)
     doctor.add_argument("--rehearse", action="store_true", help="run each real CLI against the scripted model server")
@@ -283,6 +318,31 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=_check_config)
     args = ap.parse_args(argv)
     return args.func(args)
+
+
+def cmd_web(args) -> int:
+    """``orchd web``: the HTTP bridge in its own process (exit 2 bad configuration, 1 cannot listen)."""
+    flags = {"state_dir": args.state_dir, "runtime_dir": args.runtime_dir}
+    if args.http is not None:
+        flags["http_listen"] = args.http
+    try:
+        cfg = config.load(args.config, flags)
+        from orchd.web_auth import parse_listen
+        listen = parse_listen(cfg.http_listen)
+    except (OSError, ValueError) as exc:
+        print(f"orchd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if listen is None:
+        print("orchd: web: the HTTP address is 'off': give --http HOST:PORT", file=sys.stderr)
+        return 2
+    log.setup(cfg.log_level, cfg.log_format)
+    old_umask = os.umask(0o077)  # the token file and web.json are owner-only
+    try:
+        prepare_state_dir(cfg.state_dir)
+        from orchd.web import serve_standalone
+        return asyncio.run(serve_standalone(cfg, *listen))
+    finally:
+        os.umask(old_umask)
 
 
 def _doctor(args) -> int:

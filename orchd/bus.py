@@ -66,3 +66,25 @@ def push(ctx: zmq.asyncio.Context, endpoint: str, hwm: int, linger_s: float = 0.
     sock.sndhwm = hwm
     sock.connect(endpoint)
     return sock
+
+
+# ---------------------------------------------------------------- the HTTP bridge's client sockets
+
+def control_dealer(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
+    """A client's DEALER to the control socket (the HTTP bridge is a client like ``orchctl``)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.sndhwm = 1000
+    sock.rcvhwm = 1000
+    sock.connect(endpoint)
+    return sock
+
+
+def events_sub(ctx: zmq.asyncio.Context, endpoint: str, hwm: int) -> zmq.asyncio.Socket:
+    """A client's SUB to the events socket, subscribed to every event and to sync markers."""
+    sock = ctx.socket(zmq.SUB)
+    sock.linger = 0
+    sock.rcvhwm = hwm
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(endpoint)
+    return sock

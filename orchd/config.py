@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from orchd import paths
 
@@ -27,6 +27,15 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
 LogFormat = Literal["auto", "json", "console"]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\*?$")]
 """An environment variable's name passed through to agents; ``NAME_*`` (a trailing ``*``) is a prefix."""
+
+
+def _http_listen(value: str) -> str:
+    from orchd.web_auth import parse_listen
+    parse_listen(value)  # raises ValueError: "... is not HOST:PORT (or 'off')"
+    return value
+
+
+HttpListen = Annotated[str, AfterValidator(_http_listen)]
 
 
 class ConfigError(ValueError):
@@ -89,6 +98,7 @@ class Config(BaseModel):
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
     metrics_port: int | None = None       # e.g. 9464; None: no metrics endpoint
+    http_listen: HttpListen = "127.0.0.1:7878"   # the web dashboard's HTTP bridge, HOST:PORT or "off"
     allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
     fault_injection: bool = False         # testing only: accept the InjectFault control request
     agent_preference: list[AgentName] = ["claude", "codex", "gemini"]

@@ -22,3 +22,9 @@ events_not_published = Counter("orchd_events_not_published_total", "Events logge
                                "PUB because their frame is over pub_inline_max_bytes (subscribers Replay them)",
                                registry=REGISTRY)
 log_writable.set(1)
+http_refused = Counter("orchd_http_refused_total", "HTTP requests refused by the bridge "
+                       "(no_token, bad_token, cross_origin, bad_host)", ["reason"], registry=REGISTRY)
+http_sse_clients = Gauge("orchd_http_sse_clients", "Server-Sent Events clients connected to the bridge",
+                         registry=REGISTRY)
+http_sse_dropped = Counter("orchd_http_sse_dropped_total", "SSE clients dropped because their queue was full "
+                           "(a slow or frozen browser; it resumes from Last-Event-ID)", registry=REGISTRY)

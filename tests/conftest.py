@@ -42,7 +42,7 @@ class Daemon:
         self.state_dir = state_dir
         self.runtime_dir = runtime_dir
         self.config = config
-        self.env = {**os.environ, "ORCHD_LOG_FORMAT": "json", **(env or {})}
+        self.env = {**os.environ, "ORCHD_LOG_FORMAT": "json", "ORCHD_HTTP_LISTEN": "off", **(env or {})}
         self.env.pop("ORCHD_RUNTIME_DIR", None)
         self.proc: subprocess.Popen | None = None
         self.log_path = state_dir.parent / f"daemon-{id(self)}.log"
