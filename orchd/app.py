@@ -19,7 +19,7 @@ import stat
 import sys
 from pathlib import Path
 
-from orchd import __version__, config, log
+from orchd import __version__, config, log, redact
 
 _log = log.get("orchd")
 
@@ -244,6 +244,7 @@ def _run(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"orchd: bad configuration: {exc}", file=sys.stderr)
         return 2
+    redact.configure(os.environ)  # before anything is logged: the credentials in our environment
     log.setup(cfg.log_level, cfg.log_format)
     try:
         prepare_runtime_dir(cfg.runtime_dir)
