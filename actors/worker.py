@@ -111,6 +111,7 @@ class Worker:
         self._stopper: asyncio.Task | None = None
         self._out_framer = LineFramer(spec.max_line_bytes)
         self._parser = self.adapter.new_parser()
+        self._redactor = redact.current()  # plus the run's own credentials once its env is known
 
     # ------------------------------------------------------------ emitting
 
@@ -119,7 +120,7 @@ class Worker:
         agent text, tool inputs and outputs, stderr lines, argv, error messages."""
         ts = time.time() if ts is None else ts
         frames = wire.pending_frames(self._topic, self._stamp, ts, events)
-        r = redact.current()
+        r = self._redactor
         if any(r.maybe_bytes(f) for f in frames):  # rare: only then are the events walked
             frames = wire.pending_frames(self._topic, self._stamp, ts, [r.event(ev) for ev in events])
         return frames
@@ -156,6 +157,8 @@ class Worker:
         env = dict(os.environ)
         env.update(launch.env)
         env.update(spec.extra_env)
+        # a credential given to this run (a plan's env) is as secret as the daemon's own
+        self._redactor = redact.current().extended(redact.credentials({**launch.env, **spec.extra_env}))
         env[proc.MARKER] = spec.state_dir
         env["ORCHD_SESSION"] = spec.session
         env["ORCHD_WORKER"] = spec.name

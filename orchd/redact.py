@@ -56,7 +56,7 @@ _SEP = r"(?:\\?[\"'][ \t]*:[ \t]*\\?[\"']|[ \t]*[=:][ \t]*(?:\\?[\"'])?)"
 # after a quoted name (JSON, or JSON escaped inside a string) only a quoted value counts, so a
 # number in JSON is never touched; a value never holds a quote, a backslash or a bracket, so a
 # replacement cannot break the text around it
-_VALUE = r"[^\s\"'\\,;&<>(){}\[\]]{4,}"
+_VALUE = r"[^\s\"'\\,;&<>(){}\[\]]{4,}+(?!\[redacted)"  # not the rest of a key redacted already
 _SK = re.compile(r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}")
 _AIZA = re.compile(r"AIza[0-9A-Za-z_\-]{30,}")
 _BEARER = re.compile(r"(bearer[ \t]+)[A-Za-z0-9._~+/\-]{8,}=*", re.IGNORECASE)
@@ -113,6 +113,7 @@ class Redactor:
                 values.setdefault(value, name)
                 escaped = json.dumps(value)[1:-1]  # how it looks inside a JSON string
                 values.setdefault(escaped, name)
+        self._secrets = dict(secrets or {})
         self._names = values
         self._values = tuple(sorted(values, key=len, reverse=True))
         self._values_b = tuple(v.encode("utf-8", "replace") for v in self._values)
@@ -120,7 +121,13 @@ class Redactor:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Redactor:
         """A redactor for the credentials in ``environ`` (names with KEY/TOKEN/SECRET/PASSWORD, values of 8+)."""
-        return cls({k: v for k, v in environ.items() if _ENV_NAME_RE.search(k)})
+        return cls(credentials(environ))
+
+    def extended(self, secrets: Mapping[str, str]) -> Redactor:
+        """This redactor plus more secret values (a worker adds its assignment's credentials)."""
+        if not any(len(v) >= MIN_ENV_SECRET_CHARS for v in secrets.values()):
+            return self
+        return Redactor({**self._secrets, **secrets})
 
     # ------------------------------------------------------------ text
 
@@ -194,14 +201,24 @@ class Redactor:
         return obj
 
     def event(self, ev: Any) -> Any:
-        """A Struct (a protocol event) with every string field redacted; ``ev`` itself when none changed."""
+        """A Struct (a protocol event) with every string field redacted; ``ev`` itself when none changed.
+
+        A Struct with an ``env`` dict (an assignment) has the credentials in it redacted from
+        its other fields too (its argv, its prompt)."""
+        env = getattr(ev, "env", None)
+        r = self.extended(credentials(env)) if isinstance(env, dict) and env else self
         changes = {}
         for name in ev.__struct_fields__:
             old = getattr(ev, name)
-            new = self.value(old)
+            new = r.value(old)
             if new is not old:
                 changes[name] = new
         return msgspec.structs.replace(ev, **changes) if changes else ev
+
+
+def credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """The entries of ``environ`` whose names say they hold a credential (KEY, TOKEN, SECRET, PASSWORD)."""
+    return {k: v for k, v in environ.items() if isinstance(v, str) and _ENV_NAME_RE.search(k)}
 
 
 _current = Redactor()
