@@ -20,9 +20,11 @@ actor only delivers it, on each configured channel that wants it
 Each delivery is its own task, so a dead webhook delays nothing else, and
 ends with one event: ``notify.sent`` or ``notify.failed`` (channel, key,
 situation, error, attempts).  Before handling new events the notifier
-replays the log's followed events into the tracker, so nothing committed
-before it started is notified again (see ``orchd.notify``).  When the
-daemon stops, deliveries still in flight are abandoned.
+reads the log's followed events into the tracker: those committed before
+the daemon started (or handled by an earlier life of this actor, as
+``NotifierPorts.handled_seq`` says) send nothing; later ones are notified
+(see ``orchd.notify``).  When the daemon stops, or the actor crashes,
+deliveries still in flight are abandoned.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ WEBHOOK_THREADS = 4
 class Notifier:
     """One life of the notifier (a fresh object on every restart; mailbox and outbox outlive it)."""
 
-    def __init__(self, cfg: NotifyConfig, log_path: Path, inbox: Mailbox, out: Outbox, journal_ep: str,
-                 state_dir: str) -> None:
-        self.cfg, self.log_path, self.inbox, self.out, self.journal_ep = cfg, log_path, inbox, out, journal_ep
+    def __init__(self, cfg: NotifyConfig, log_path: Path, ports: NotifierPorts, state_dir: str) -> None:
+        self.cfg, self.log_path, self.ports = cfg, log_path, ports
+        self.inbox, self.out, self.journal_ep = ports.inbox, ports.out, ports.journal_ep
         self.state_dir = state_dir
         self.tracker = notify.Tracker()
         self.channels = cfg.channels()
+        self._pending: list[notify.Notification] = []  # due for events committed while we started
         self._pool: ThreadPoolExecutor | None = None
 
     async def run(self, restarts: int = 0) -> None:
@@ -68,6 +71,8 @@ class Notifier:
         self._pool = ThreadPoolExecutor(max_workers=WEBHOOK_THREADS, thread_name_prefix="orchd-webhook")
         try:
             async with asyncio.TaskGroup() as tg:
+                for n in self._pending:
+                    self._send(n, tg)
                 while True:
                     for raw in await self.inbox.recv_batch(None):
                         self._handle(raw, replayed, tg)
@@ -75,12 +80,22 @@ class Notifier:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _replay(self) -> int:
-        """Feed the log's followed events to the tracker without sending anything; the last seq read."""
+        """Read the log's followed events into the tracker; the last seq read.
+
+        Events up to ``ports.handled_seq`` (at the daemon's start: the log's last seq then;
+        later: the last one an earlier life of this actor handled) send nothing; later ones
+        (committed while we started) are handled like new ones.
+        """
         rows = LogReader.read_state(self.log_path, "", tuple(notify.FOLLOWS.kinds))
         for _, body in rows:
             decoded = self._decode(body)
-            if decoded is not None:
+            if decoded is None:
+                continue
+            if decoded[0].seq <= self.ports.handled_seq:
                 self.tracker.replay(*decoded)
+            else:
+                self._pending += self.tracker.feed(*decoded)
+                self.ports.handled_seq = decoded[0].seq
         return rows[-1][0] if rows else 0
 
     def _decode(self, body: bytes) -> tuple[p.Stamp, p.Ev] | None:
@@ -101,18 +116,22 @@ class Notifier:
                 for body in bodies:
                     decoded = self._decode(body)
                     if decoded is None or decoded[0].seq <= replayed:
-                        continue  # already seen by the replay
+                        continue  # already read by the replay
                     for n in self.tracker.feed(*decoded):
-                        _log.info("notify", situation=n.situation, key=n.key, session=n.session)
-                        for channel, situations in self.channels.items():
-                            if notify.wanted(n, situations):
-                                tg.create_task(self._deliver(channel, n))
+                        self._send(n, tg)
+                    self.ports.handled_seq = max(self.ports.handled_seq, decoded[0].seq)
             case p.LogHealth():
                 pass  # not followed for health; events come once they are committed
             case p.Crash():
                 raise RuntimeError("injected fault")
 
     # ------------------------------------------------------------ delivery
+
+    def _send(self, n: notify.Notification, tg: asyncio.TaskGroup) -> None:
+        _log.info("notify", situation=n.situation, key=n.key, session=n.session)
+        for channel, situations in self.channels.items():
+            if notify.wanted(n, situations):
+                tg.create_task(self._deliver(channel, n))
 
     async def _deliver(self, channel: str, n: notify.Notification) -> None:
         payload = msgspec.json.encode(n)
@@ -181,15 +200,15 @@ class NotifierPorts:
     """What outlives a restart of the notifier (made once by the daemon): its mailbox, bound
     before the journal starts forwarding to it, and its PUSH to the journal."""
 
-    def __init__(self, ctx, cfg: Config, log_path: Path, endpoint: str, journal_ep: str) -> None:
+    def __init__(self, ctx, cfg: Config, log_path: Path, endpoint: str, journal_ep: str, start_seq: int) -> None:
         self.cfg, self.log_path, self.journal_ep = cfg, log_path, journal_ep
         self.inbox = Mailbox(ctx, endpoint, hwm=10_000)
         self.out = Outbox(ctx, hwm=1000, linger_s=1.0)
+        self.handled_seq = start_seq  # events up to here were notified (or were before our time)
 
     def start(self, restarts: int):
         """A fresh actor on every (re)start."""
-        return Notifier(self.cfg.notify, self.log_path, self.inbox, self.out, self.journal_ep,
-                        str(self.cfg.state_dir)).run(restarts)
+        return Notifier(self.cfg.notify, self.log_path, self, str(self.cfg.state_dir)).run(restarts)
 
     def close(self) -> None:
         self.inbox.close()

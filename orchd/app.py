@@ -141,7 +141,7 @@ async def serve(cfg: config.Config) -> int:
                              pub_inline_max_bytes=cfg.pub_inline_max_bytes)
     journal.open()
     followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS)]
-    notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL) if cfg.notify.channels() else None
+    notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL, last_seq) if cfg.notify.channels() else None
     if notifier is not None:
         followers.append(Follower(NOTIFY, NOTIFY_FOLLOWS, log_health=False))
 

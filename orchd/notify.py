@@ -33,13 +33,16 @@ A session that waits for an answer and then escalates, fails or ends
 (``resolves``); "resolved" itself is sent when the session moves on without
 a new situation (answered, resumed, stopped).
 
-**Restarts.**  The notifier replays the log's followed events through
-``Tracker.replay`` before it handles new ones: this restores the open
-situations (so an answer after a restart still sends "resolved") and marks
-every key seen, so nothing is sent again for events committed before the
-daemon (or the notifier) started.  The other side of that choice: a
-notification whose event was committed just before a crash, but not yet
-delivered, is not sent after the restart (at most once).
+**Restarts.**  The notifier reads the log's followed events through the
+tracker before it handles new ones.  Those committed before the daemon
+started (and, after a crash of the notifier, those its previous life
+handled) go through ``Tracker.replay``: they restore the open situations (so
+an answer after a restart still sends "resolved") and mark their keys seen,
+so nothing is sent again for them.  Events committed after the daemon
+started are notified even if they came while the notifier was starting.
+The other side of that choice: a notification whose delivery was under way
+when the daemon (or the notifier) stopped or crashed is not sent again (at
+most once).
 """
 
 from __future__ import annotations

@@ -118,6 +118,38 @@ def test_config_is_strict(tmp_path, body, error):
         config.load(f, environ={})
 
 
+def test_events_before_the_start_are_silent_and_later_ones_are_notified(tmp_path):
+    from actors.notifier import Notifier, NotifierPorts
+    from orchd import bus
+    from orchd.store import EventLog
+
+    log_path = tmp_path / "events.sqlite3"
+    events = EventLog(log_path)
+    rows = []
+    for seq, sid, state in ((1, "s-old", "failed"), (2, "s-q", None), (3, "s-new", "failed"), (4, "s-q", "running")):
+        body = {"seq": seq, "ts": NOW, "session": sid, "kind": "session.state", "state": state} if state else \
+            {"seq": seq, "ts": NOW, "session": sid, "kind": "session.question", "question": "?"}
+        rows.append((seq, sid, body["kind"], json.dumps(body).encode()))
+    events.append(rows)
+    events.close()
+    cfg = config.Config(notify=config.NotifyConfig(command=["true"]))
+    ctx = bus.context()
+    ports = NotifierPorts(ctx, cfg, log_path, "inproc://notify-test", "inproc://journal-test", start_seq=2)
+    try:
+        n = Notifier(cfg.notify, log_path, ports, str(tmp_path))
+        assert n._replay() == 4
+        # s-old failed before the start: silent; the question was open at the start, its
+        # resolution came after: notified; so was s-new's failure
+        assert [x.key for x in n._pending] == ["s-new/failed", "s-q/question/2/resolved"]
+        assert ports.handled_seq == 4
+        again = Notifier(cfg.notify, log_path, ports, str(tmp_path))  # a restart after a crash
+        again._replay()
+        assert again._pending == []
+    finally:
+        ports.close()
+        ctx.destroy(linger=0)
+
+
 # ---------------------------------------------------------------- real daemons
 
 class Hook:
