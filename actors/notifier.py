@@ -134,7 +134,7 @@ class Notifier:
                 tg.create_task(self._deliver(channel, n))
 
     async def _deliver(self, channel: str, n: notify.Notification) -> None:
-        payload = msgspec.json.encode(n)
+        payload = wire.encode(n)  # never fails on text (a lone surrogate is repaired)
         if channel == "command":
             error, attempts = await self._command(payload), 1
         else:

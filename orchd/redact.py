@@ -16,7 +16,8 @@ Theory of operation
 * the values of the daemon's own environment variables that hold
   credentials (``from_environ``: names containing KEY, TOKEN, SECRET or
   PASSWORD, values of 8+ characters), wherever they appear, as
-  ``[redacted:NAME]``.
+  ``[redacted:NAME]``; a worker adds those of its run's environment (a
+  plan's ``env``, ``extended``).
 
 Speed: a line is first checked with a few substring tests (``maybe``); only
 a line that may hold a secret goes through the regular expressions.  A
