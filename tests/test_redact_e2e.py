@@ -73,12 +73,15 @@ def test_no_secret_reaches_the_log_watch_logs_or_the_daemon_log(daemon_factory, 
     submitted = next(e for e in events if e["kind"] == "session.submitted")
     assert submitted["assignments"][0]["env"] == {"OPENAI_API_KEY": "[redacted]"}
 
-    assert d.stop() == 0
     state = Path(d.state_dir)
-    files = [f for f in state.rglob("*") if f.is_file()]
-    assert any(f.name == "events.sqlite3" for f in files)
-    for f in files:  # the event log with its -wal and -shm, and everything else orchd keeps
+    live = [f for f in state.rglob("*") if f.is_file()]
+    assert {"events.sqlite3", "events.sqlite3-wal"} <= {f.name for f in live}  # the daemon runs: a WAL
+    for f in live:  # the event log with its -wal and -shm, and everything else orchd keeps
         _no_secret(str(f), f.read_bytes())
+    assert d.stop() == 0
+    for f in state.rglob("*"):  # and once the WAL is checkpointed into the log
+        if f.is_file():
+            _no_secret(str(f), f.read_bytes())
     daemon_log = d.log_path.read_bytes()
     assert b"agent_spawn_failed" in daemon_log  # the error was logged, redacted
     _no_secret("the daemon's log", daemon_log)
