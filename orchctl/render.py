@@ -277,6 +277,12 @@ _SUMMARIES = {
     "session.merged": lambda e: f"merged into {e.get('branch')} at {str(e.get('commit'))[:12]}",
     "daemon.started": lambda e: f"pid {e.get('pid')} version {e.get('version')} last seq {e.get('last_seq', 0)}",
     "daemon.stopping": lambda e: "stopping" + (f": {e['reason']}" if e.get("reason") else ""),
+    "notify.sent": lambda e: f"notified {e.get('situation')} by {e.get('channel')} (key {e.get('key')})"
+                             + (f" after {e['attempts']} attempts" if (e.get("attempts") or 1) > 1 else ""),
+    "notify.failed": lambda e: f"could not notify {e.get('situation')} by {e.get('channel')} "
+                               f"after {e.get('attempts', 1)} attempt(s): {e.get('error')}",
+    "session.question": lambda e: f"question ({e.get('source')}): {e.get('question')}",
+    "session.answered": lambda e: f"answered: {e.get('text')}",
 }
 
 

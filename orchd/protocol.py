@@ -571,6 +571,45 @@ class DaemonStopping(Ev, tag="daemon.stopping"):
     reason: str = ""
 
 
+
+# --- notification events (emitted by the notifier, actors/notifier.py)
+
+class NotifySent(Ev, tag="notify.sent"):
+    """A notification (``orchd.notify``) reached ``channel`` (command | webhook)."""
+
+    channel: str
+    key: str        # the dedupe key: the same for retries and repeats of one situation
+    situation: str  # the notification's kind (``kind`` is the event's own tag): question | escalated |
+                    # failed | budget | done | resolved
+    attempts: int = 1
+
+
+class NotifyFailed(Ev, tag="notify.failed"):
+    """A notification could not be delivered on ``channel`` (after its last attempt)."""
+
+    channel: str
+    key: str
+    situation: str
+    error: str
+    attempts: int = 1
+
+
+# The review work defines these two as well (same tag, same fields): keep one copy when merging.
+class SessionQuestion(Ev, tag="session.question"):
+    """The session waits for ``orchctl answer`` (a review's concerns, or an agent's question)."""
+
+    question: str
+    worker: str | None = None
+    source: str = "review"  # review | agent
+    review_id: str | None = None
+
+
+class SessionAnswered(Ev, tag="session.answered"):
+    text: str
+    question: str = ""
+    worker: str | None = None
+
+
 Event = Union[
     AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
     AgentError, AgentResult, AgentUnknown, AgentOutput,
@@ -580,6 +619,7 @@ Event = Union[
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
     SessionStopRequested, SessionMerged,
     DaemonStarted, DaemonStopping,
+    NotifySent, NotifyFailed, SessionQuestion, SessionAnswered,
 ]
 
 SESSION_TERMINAL = frozenset({"done", "failed", "stopped", "escalated"})
@@ -718,3 +758,7 @@ class ResumeWorker(Msg, tag="resume_worker"):
 
 
 WorkerInbox = Union[StopWorker, PauseWorker, ResumeWorker]
+
+
+NotifierInbox = Union[Committed, LogHealth, Crash]
+"""The notifier's mailbox: the journal forwards the committed events it follows."""

@@ -55,6 +55,10 @@ SAMPLES: dict[str, dict] = {
     "session.merged": {"branch": "orchd/s-1", "commit": "0123456789abcdef0123"},
     "daemon.started": {"pid": 7, "version": "0.1.0", "last_seq": 12},
     "daemon.stopping": {},
+    "notify.sent": {"channel": "webhook", "key": "s-1/failed", "situation": "failed", "attempts": 3},
+    "notify.failed": {"channel": "command", "key": "s-1/done", "situation": "done", "error": "exit code 2"},
+    "session.question": {"question": "which database?", "source": "agent"},
+    "session.answered": {"text": "sqlite"},
 }
 
 EXACT = {
@@ -70,6 +74,8 @@ EXACT = {
     "daemon.stopping": "stopping",
     "session.submitted": "task 'fix it' target /repo: impl(claude)",
     "worker.exited": "failed exit=1 (agent failed)",
+    "notify.sent": "notified failed by webhook (key s-1/failed) after 3 attempts",
+    "notify.failed": "could not notify done by command after 1 attempt(s): exit code 2",
 }
 
 
