@@ -113,6 +113,7 @@ async def serve(cfg: config.Config) -> int:
     import zmq
 
     from actors.rehearsal.sessions import Rehearsals
+    from actors.review import REVIEW_FOLLOWS, ReviewActor
     from actors.supervisor import Ports, SessionSupervisor
     from orchd import bus, proc, protocol as p, wire
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
@@ -138,7 +139,7 @@ async def serve(cfg: config.Config) -> int:
     journal = JournalSockets(ctx, JOURNAL, [cfg.events()], pub_hwm=cfg.pub_hwm, pub_queue_bytes=cfg.pub_queue_bytes,
                              pub_inline_max_bytes=cfg.pub_inline_max_bytes)
     journal.open()
-    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS)]
+    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False)]
 
     def start_journal(restarts: int):
         return JournalActor(journal, log_path, followers).run(restarts)  # a fresh actor on every (re)start
@@ -154,7 +155,14 @@ async def serve(cfg: config.Config) -> int:
             _log.error("worker_end_lost", actor=name, reason="the supervisor's mailbox is full")
 
     workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=worker_ended)
-    ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers)
+    ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers,
+                  review_ep=REVIEW)
+    # the review actor's mailbox and PUSH outlive its restarts too (the journal keeps forwarding to it)
+    review_inbox = Mailbox(ctx, REVIEW)
+    review_out = Outbox(ctx, hwm=1000, linger_s=cfg.stop_grace_s)
+
+    def start_review(restarts: int):
+        return ReviewActor(cfg, log_path, review_inbox, review_out, JOURNAL, SUPERVISOR).run(restarts)
     sup_ready = asyncio.Event()
 
     def start_supervisor(restarts: int):
@@ -169,6 +177,7 @@ async def serve(cfg: config.Config) -> int:
     try:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
+        root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
         if cfg.metrics_port:
             from prometheus_client import start_http_server
 
@@ -198,6 +207,7 @@ async def serve(cfg: config.Config) -> int:
         # the supervisor first (no new launches), then the workers (they stop their agents and log
         # how they ended), then the journal, which flushes its inbox
         root.begin_shutdown()
+        await root.stop_child("review")
         await root.stop_child("supervisor")
         await workers.shutdown(concurrent=True)
         await journal.flush_and_stop(timeout_s=5.0)
@@ -205,6 +215,8 @@ async def serve(cfg: config.Config) -> int:
     finally:
         journal.close()
         ports.inbox.close()
+        review_inbox.close()
+        review_out.close()
         out.close()
         rehearsals.close()
         ctx.destroy(linger=0)
@@ -214,6 +226,7 @@ async def serve(cfg: config.Config) -> int:
 
 JOURNAL = "inproc://journal"
 SUPERVISOR = "inproc://supervisor"
+REVIEW = "inproc://review"
 
 
 def _now() -> float:

@@ -123,9 +123,11 @@ class Stop(Req, tag="stop"):
 
 
 class Review(Req, tag="review"):
-    """``orchctl review SESSION``: ask for a review round now.  Reply: ``Ok``."""
+    """``orchctl review SESSION [--worker NAME]``: ask for a review now (of every running
+    assignment, or of ``worker``).  Reply: ``Ok``."""
 
     session: str
+    worker: str | None = None
 
 
 class Answer(Req, tag="answer"):
@@ -133,6 +135,12 @@ class Answer(Req, tag="answer"):
 
     session: str
     text: str
+
+
+class Reviews(Req, tag="reviews"):
+    """``orchctl reviews SESSION``: the session's reviews, verdicts and decisions.  Reply: ``ReviewsReply``."""
+
+    session: str
 
 
 class Clean(Req, tag="clean"):
@@ -175,7 +183,7 @@ class InjectFault(Req, tag="inject_fault"):
 
 
 ControlRequest = Union[
-    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault
+    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault, Reviews
 ]
 
 
@@ -239,6 +247,8 @@ class WorkerInfo(Wire):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = None
+    review_round: int = 0               # reviews of this assignment so far
+    last_decision: str | None = None    # the last review decision about it
 
 
 class SessionInfo(Wire):
@@ -253,6 +263,8 @@ class SessionInfo(Wire):
     progress: float = 0.0
     branch: str | None = None
     workers: list[WorkerInfo] = []
+    waiting_for: str | None = None  # "answer": paused until ``orchctl answer``
+    question: str | None = None     # what the human is asked
 
 
 class StatusReply(Rep, tag="status"):
@@ -266,7 +278,45 @@ class ReplayReply(Rep, tag="replay"):
     more: bool = False
 
 
-ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply]
+class Finding(Wire):
+    """One finding of a reviewer (untrusted text: shown escaped, never executed)."""
+
+    severity: Literal["blocker", "concern", "nit"]
+    file: str | None = None
+    line: int | None = None
+    evidence: str = ""
+    confidence: float = 1.0
+
+
+class VerdictInfo(Wire):
+    reviewer: str
+    agent: str
+    verdict: str
+    summary: str = ""
+    findings: list[Finding] = []
+    mismatch: str | None = None
+    reason: str | None = None  # why an answer was counted as concern (invalid, timeout, exit code)
+
+
+class ReviewInfo(Wire):
+    """One review as ``orchctl reviews --json`` shows it."""
+
+    id: str
+    assignment: str
+    round: int
+    triggers: list[str]
+    commit: str | None = None
+    reviewers: list[str] = []
+    verdicts: list[VerdictInfo] = []
+    decision: str | None = None
+    reason: str | None = None
+
+
+class ReviewsReply(Rep, tag="reviews"):
+    reviews: list[ReviewInfo]
+
+
+ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply, ReviewsReply]
 
 
 class Reply(Wire):
@@ -429,6 +479,12 @@ class WorkerDone(Ev, tag="worker.done"):
     text: str
 
 
+class WorkerQuestion(Ev, tag="worker.question"):
+    """The agent asked the human (a ``QUESTION:`` marker): the session pauses for an answer."""
+
+    text: str
+
+
 class WorkerLimit(Ev, tag="worker.limit"):
     """A limit was reached; the worker is being stopped because of it."""
 
@@ -524,7 +580,7 @@ class SessionStopRequested(Ev, tag="session.stop_requested"):
     ``end_state`` once no worker runs."""
 
     reason: str
-    end_state: Literal["stopped", "failed"] = "stopped"
+    end_state: Literal["stopped", "failed", "escalated"] = "stopped"
 
 
 class SessionMerged(Ev, tag="session.merged"):
@@ -551,6 +607,84 @@ class WorkerLaunching(Ev, tag="worker.launching"):
     delay_s: float = 0.0        # the worker waits this long before starting the agent (backoff)
 
 
+# --- review events (emitted by the review actor, but ``review.run`` and the session's question/answer)
+
+class ReviewRequested(Ev, tag="review.requested"):
+    """A review of ``assignment`` (generation ``gen``) at snapshot ``commit`` starts."""
+
+    review_id: str
+    assignment: str
+    round: int
+    triggers: list[str]
+    commit: str | None = None
+    reviewers: list[str] = []  # agent names
+    gen: int = 0
+
+
+class ReviewRun(Ev, tag="review.run"):
+    """Supervisor: a reviewer run of ``review_id`` (the run is a worker named ``spec.name``)."""
+
+    review_id: str
+    spec: AssignmentSpec
+    cwd: str
+    attempt: int = 1
+
+
+class ReviewVerdict(Ev, tag="review.verdict"):
+    """One reviewer's verdict; the reviewer's agent is the event's ``agent`` (its stamp)."""
+
+    review_id: str
+    reviewer: str
+    verdict: Literal["approve", "concern", "blocker"]
+    summary: str = ""
+    findings: list[Finding] = []
+    mismatch: str | None = None
+    reason: str | None = None
+
+
+class DecisionMade(Ev, tag="decision.made"):
+    review_id: str
+    decision: Literal["continue", "log_warning", "pause_and_clarify", "stop_and_escalate"]
+    verdicts: list[str] = []
+    reason: str = ""
+    assignment: str = ""
+    round: int = 0
+
+
+class ReviewWarning(Ev, tag="review.warning"):
+    """``log_warning``: the concern, handed to the author's next prompt and its dependents'."""
+
+    review_id: str
+    assignment: str
+    concerns: list[str] = []
+
+
+class ReviewSkipped(Ev, tag="review.skipped"):
+    """No review for these triggers (already reviewed, rounds used up); ``escalate``: it did not converge."""
+
+    assignment: str
+    reason: str
+    triggers: list[str] = []
+    end: bool = False       # the assignment's end was among the triggers: its dependents may start
+    escalate: bool = False
+    gen: int = 0
+
+
+class SessionQuestion(Ev, tag="session.question"):
+    """The session waits for ``orchctl answer`` (a review's concerns, or an agent's question)."""
+
+    question: str
+    worker: str | None = None
+    source: str = "review"  # review | agent
+    review_id: str | None = None
+
+
+class SessionAnswered(Ev, tag="session.answered"):
+    text: str
+    question: str = ""
+    worker: str | None = None
+
+
 # --- daemon events
 
 class DaemonStarted(Ev, tag="daemon.started"):
@@ -572,6 +706,8 @@ Event = Union[
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
     SessionStopRequested, SessionMerged,
     DaemonStarted, DaemonStopping,
+    WorkerQuestion, ReviewRequested, ReviewRun, ReviewVerdict, DecisionMade, ReviewWarning, ReviewSkipped,
+    SessionQuestion, SessionAnswered,
 ]
 
 SESSION_TERMINAL = frozenset({"done", "failed", "stopped", "escalated"})
@@ -690,8 +826,46 @@ class TargetChecked(Msg, tag="target_checked"):
     error: str | None = None
 
 
+class LaunchReviewer(Msg, tag="launch_reviewer"):
+    """Review actor → supervisor: run ``agent`` read-only in ``cwd`` (a snapshot checkout) with ``prompt``."""
+
+    session: str
+    review_id: str
+    name: str
+    agent: str
+    prompt: str
+    cwd: str
+    attempt: int = 1
+
+
+class ReviewNow(Msg, tag="review_now"):
+    """Supervisor → review actor: ``orchctl review`` (every running assignment, or ``worker``)."""
+
+    session: str
+    worker: str | None = None
+
+
+class SnapshotReady(Msg, tag="snapshot_ready"):
+    """Workspace → review actor: the author's files as ``commit``, checked out read-only at ``checkout``."""
+
+    session: str
+    review_id: str
+    commit: str | None = None
+    checkout: str | None = None
+    diff: str = ""
+    check_output: str | None = None
+    error: str | None = None
+
+
+class ReviewTick(Msg, tag="review_tick"):
+    """The review actor to itself: a timer (fallback reviews) is due."""
+
+
+ReviewInbox = Union[Committed, LogHealth, ReviewNow, SnapshotReady, ReviewTick, Crash]
+
+
 SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, BarrierReached, WorktreeReady, MergeFinished,
-                        CleanFinished, TargetChecked, Crash]
+                        CleanFinished, TargetChecked, Crash, LaunchReviewer]
 
 
 class StopWorker(Msg, tag="stop_worker"):
