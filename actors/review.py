@@ -235,9 +235,11 @@ class ReviewActor:
                 t = self.book.track(s.id, name)
                 self._running[r.id] = (s.id, name)
                 dest = self._dir(s.id, r.id) / "checkout"
+                # a commit is not reviewed again, unless its last review asked for an answer or escalated
+                converged = t.last_decision not in reviewing.NOT_CONVERGED
                 self._workspace.start(author, snapshots.take, s.id, r.id, author, str(dest), t.last_commit,
                                       self.cfg.review.diff_max_bytes, self.cfg.review.check,
-                                      self.cfg.review.check_deadline_s)
+                                      self.cfg.review.check_deadline_s, converged)
 
     def _skip(self, s: SessionView, k: reviewing.Skip) -> None:
         _log.info("review_skipped", session=s.id, assignment=k.assignment, reason=k.reason)
@@ -252,7 +254,7 @@ class ReviewActor:
             return
         t = self.book.track(sid, name)
         w = s.workers[name]
-        if msg.error is not None or (msg.commit is not None and msg.commit == t.last_commit):
+        if msg.error is not None or msg.checkout is None:
             self._running.pop(msg.review_id, None)
             skip = self.book.unchanged(sid, name)
             if msg.error is not None:

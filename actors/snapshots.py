@@ -122,15 +122,18 @@ def run_check(argv: list[str], cwd: Path, deadline_s: float) -> str:
 
 
 def take(session: str, review_id: str, author: str, dest: str, last_commit: str | None, diff_max_bytes: int,
-         check: list[str] | None, check_deadline_s: float) -> p.SnapshotReady:
-    """The whole job (in a workspace thread): snapshot, checkout, diff, check; errors are results."""
+         check: list[str] | None, check_deadline_s: float, skip_same: bool = True) -> p.SnapshotReady:
+    """The whole job (in a workspace thread): snapshot, checkout, diff, check; errors are results.
+
+    With ``skip_same``, files identical to ``last_commit``'s give ``commit=last_commit`` and no checkout.
+    """
     try:
         src = Path(author)
         commit = commit_worktree(src, f"refs/orchd/review/{session}/{review_id}",
                                  f"orchd review snapshot {review_id}")
         base = last_commit or _git(src, "rev-parse", f"{commit}^")
         diff = diff_since(src, base, commit, diff_max_bytes) if base != commit else "(no changes)"
-        if last_commit is not None and _git(src, "rev-parse", f"{commit}^{{tree}}") == \
+        if skip_same and last_commit is not None and _git(src, "rev-parse", f"{commit}^{{tree}}") == \
                 _git(src, "rev-parse", f"{last_commit}^{{tree}}"):
             commit = last_commit  # the same files as the commit reviewed last: nothing new to review
             return p.SnapshotReady(session=session, review_id=review_id, commit=commit, diff="(no changes)")

@@ -19,13 +19,13 @@ from tests.conftest import ROOT, fake, wait_for, write_plan
 FAKEREVIEWER = str(ROOT / "tests" / "fakereviewer.py")
 
 
-def _config(tmp_path: Path, script: dict, reviewers: int = 2, extra: str = "") -> str:
+def _config(tmp_path: Path, script: dict, reviewers: int = 2, deadline_s: float = 20) -> str:
     (tmp_path / "script.json").write_text(json.dumps(script))
     logs = tmp_path / "reviewer-prompts"
     logs.mkdir(exist_ok=True)
     argv = json.dumps([sys.executable, FAKEREVIEWER, str(tmp_path / "script.json"), str(logs)])
     return (f"[review]\ncommand = {argv}\nreviewers = {json.dumps(['command'] * reviewers)}\n"
-            f"deadline_s = 20\n{extra}")
+            f"deadline_s = {deadline_s}\n")
 
 
 def _submit(d, tmp_path: Path, repo: Path, assignments: list[dict]) -> str:
@@ -198,7 +198,7 @@ def test_bad_reviewer_answers_count_as_concern_after_one_reask(daemon_factory, t
               "a/1/4": {"hang": True},
               "a/1/5": {"exit": 3},
               "*": {"verdict": "approve"}}
-    d = daemon_factory(_config(tmp_path, script, reviewers=5, extra="deadline_s = 3\n"))
+    d = daemon_factory(_config(tmp_path, script, reviewers=5, deadline_s=3))
     sid = _submit(d, tmp_path, git_repo, [_author("a", "write:a.txt:one", "exit:0")])
     s = d.wait_session(sid, states=("paused", "done", "failed", "escalated"), timeout_s=90)
     assert s["state"] == "paused", s
