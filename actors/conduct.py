@@ -155,8 +155,15 @@ class Conduct:
         if home:
             Path(home).mkdir(parents=True, exist_ok=True)
         binary = self._find(a.agent) or acfg.binary if a.agent != "command" else acfg.binary
+        schema = schema_file = None
+        if w.run_kind == "reviewer":
+            from actors import verdicts
+            schema = verdicts.schema_json()
+            schema_file = tmpdir / "review-answer.schema.json"
+            schema_file.write_text(schema)
         found = launch.Found(cwd=cwd, branch=branch, binary=binary, home=home, rehearsal_env=renv,
-                             plan_error=self._plan_errors.get(s.id))
+                             plan_error=self._plan_errors.get(s.id), output_schema=schema,
+                             output_schema_file=str(schema_file) if schema_file else None)
         spec, ev = launch.recipe(cfg, d.effective_limits(cfg.limits, s.limits), s, w, cmd, found, AGENTS,
                                  start_paused=s.state == "paused" and w.run_kind != "reviewer")
         self.emit(s, ev, w, gen=gen)

@@ -33,6 +33,8 @@ class Found:
     home: str | None              # HOME for the run (rehearsals get their own)
     rehearsal_env: dict[str, str]  # env pointing the CLI at the session's scripted model server
     plan_error: str | None = None  # the planner's previous invalid answer, when asking again
+    output_schema: str | None = None       # a reviewer's answer schema (JSON)
+    output_schema_file: str | None = None  # ... written to this file (codex reads it from a file)
 
 
 def run_dirs(cfg: Config, session: str, assignment: str, gen: int) -> tuple[Path, Path]:
@@ -92,7 +94,9 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
                   profile="readonly" if reviewer else a.profile or acfg.profile, binary=found.binary, model=acfg.model,
                   max_turns=limits.max_turns, resume_id=rid, home=found.home,
                   config_dir=(str(Path(found.home) / ".codex") if found.home and a.agent == "codex" else None),
-                  tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined, argv=a.argv, env=a.env)
+                  tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined, argv=a.argv, env=a.env,
+                  output_schema=found.output_schema if reviewer else None,
+                  output_schema_file=found.output_schema_file if reviewer else None)
     spec = WorkerSpec(session=s.id, name=a.name, agent=a.agent, gen=gen, run=run,
                       wall_time_s=min(limits.wall_time_s, cfg.review.deadline_s) if reviewer else limits.wall_time_s,
                       stall_s=min(limits.stall_s, cfg.review.deadline_s) if reviewer else limits.stall_s,
