@@ -37,6 +37,9 @@ class Found:
     output_schema_file: str | None = None  # ... written to this file (codex reads it from a file)
 
 
+PROMPT_ENV_MAX = 100_000  # one environment string may hold at most 128 KiB on Linux
+
+
 def run_dirs(cfg: Config, session: str, assignment: str, gen: int) -> tuple[Path, Path]:
     """(run dir, private TMPDIR) of one generation of one assignment."""
     run_dir = cfg.state_dir / "runs" / session / assignment / str(gen)
@@ -89,8 +92,11 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
     if found.binary and a.agent != "command":  # codex and gemini are node scripts whose helpers live beside them
         extra_env["PATH"] = os.pathsep.join([os.path.dirname(found.binary), os.environ.get("PATH", os.defpath)])
     extra_env.update(cmd.env)
+    text = prompt(s, w, rid, cmd.reason, found.plan_error, agents, cmd.answer)
+    if a.agent == "command" and text:  # a program may read its prompt (a reviewer's, an answer) here
+        extra_env["ORCHD_PROMPT"] = text[:PROMPT_ENV_MAX]
     reviewer = w.run_kind == "reviewer"
-    run = RunSpec(prompt=prompt(s, w, rid, cmd.reason, found.plan_error, agents, cmd.answer), cwd=found.cwd,
+    run = RunSpec(prompt=text, cwd=found.cwd,
                   profile="readonly" if reviewer else a.profile or acfg.profile, binary=found.binary, model=acfg.model,
                   max_turns=limits.max_turns, resume_id=rid, home=found.home,
                   config_dir=(str(Path(found.home) / ".codex") if found.home and a.agent == "codex" else None),

@@ -27,7 +27,6 @@ from orchd.protocol import AGENT_EVENT_TYPES, AgentEvent, AgentOutput, AgentText
 
 from .base import Failure, Launch, RunSpec, StreamParser, base_env, match_catalogue
 
-PROMPT_ENV_MAX = 100_000  # one environment string may hold at most 128 KiB on Linux
 AGENT_KINDS = frozenset(t.__struct_config__.tag for t in AGENT_EVENT_TYPES)
 
 
@@ -63,10 +62,8 @@ class CommandAdapter:
     def build_launch(self, spec: RunSpec) -> Launch:
         if not spec.argv:
             raise ValueError("a command agent needs a non-empty argv")
-        env = base_env(spec, None)
-        if spec.prompt:  # the program may read its prompt (a reviewer's, a resumed run's answer) here
-            env = {**env, "ORCHD_PROMPT": spec.prompt[:PROMPT_ENV_MAX]}
-        return Launch(argv=list(spec.argv), env=env, cwd=spec.cwd, confined=None)
+        return Launch(argv=list(spec.argv), env=base_env(spec, None), cwd=spec.cwd,
+                      confined=None)
 
     def version_argv(self, binary: str | None = None) -> list[str]:
         # there is no version to ask a generic program for; the caller
