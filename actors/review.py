@@ -42,6 +42,7 @@ import zmq
 from actors import prompts, review_policy, reviewing, snapshots, verdicts, workspace
 from actors.decide import effective_limits
 from actors.sessions import Projection, SessionView, WorkerView
+from actors.worker import mailbox_endpoint
 from orchd import log, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox
@@ -84,7 +85,8 @@ class ReviewActor:
         self.book = reviewing.Book(cfg.review.fallback_s)
         self._backlog: list[bytes] = []
         self._running: dict[str, tuple[str, str]] = {}  # review id -> (session, assignment)
-        self._context: dict[str, tuple[str, str, str | None]] = {}  # review id -> (checkout, diff, check output)
+        self._context: dict[str, tuple[str, str, str | None]] = {}
+        self._capped: set[tuple[str, str]] = set()  # reviewer runs told to stop for the token cap  # review id -> (checkout, diff, check output)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -190,6 +192,8 @@ class ReviewActor:
         if w.run_kind == "reviewer":
             if isinstance(ev, p.WorkerExited):
                 self._reviewer_exited(s, w)
+            elif isinstance(ev, p.AgentUsage):
+                self._token_cap(s, w)
             return
         if w.run_kind != "assignment" or not w.reviewed:
             return
@@ -288,6 +292,20 @@ class ReviewActor:
         self._save(sid, r.id, f"{i + 1}-{agent}-{attempt}.prompt.txt", text)
         self._send_supervisor(p.LaunchReviewer(session=sid, review_id=r.id, name=run, agent=agent, prompt=text,
                                                cwd=checkout, attempt=attempt))
+
+    def _token_cap(self, s: SessionView, w: WorkerView) -> None:
+        """A reviewer run over ``[review] max_tokens`` is stopped (it then counts as a failed answer)."""
+        cap = self.cfg.review.max_tokens
+        tin, tout, _ = w.tokens()
+        if cap is None or tin + tout <= cap or (s.id, w.spec.name) in self._capped:
+            return
+        self._capped.add((s.id, w.spec.name))
+        _log.warning("reviewer_token_cap", session=s.id, worker=w.spec.name, tokens=tin + tout, cap=cap)
+        try:
+            self.out.send_nowait(mailbox_endpoint(s.id, w.spec.name, w.gen), wire.pack(
+                p.StopWorker(reason=f"review token cap: {tin + tout} tokens > {cap}", state="failed")))
+        except zmq.Again:
+            _log.warning("reviewer_not_told", session=s.id, worker=w.spec.name)
 
     def _reviewer_exited(self, s: SessionView, w: WorkerView) -> None:
         rid = w.review_id or ""

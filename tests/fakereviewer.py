@@ -13,6 +13,7 @@ found of ``ASSIGNMENT/ROUND/INDEX/ATTEMPT``, ``ASSIGNMENT/ROUND/INDEX``,
   {"exit": N}          print nothing and exit N
   {"hang": true}       sleep until killed
   {"write": "NAME"}    also try to write NAME in the working directory first
+  {"usage": N}         first report N output tokens (an agent.usage event)
 """
 
 import json
@@ -44,6 +45,8 @@ def main() -> int:
                 fh.write("written by a reviewer\n")
         except OSError:
             pass
+    if "usage" in b:
+        print(json.dumps({"kind": "agent.usage", "input_tokens": 0, "output_tokens": int(b["usage"])}), flush=True)
     if b.get("hang"):
         while True:
             time.sleep(3600)

@@ -19,13 +19,13 @@ from tests.conftest import ROOT, fake, wait_for, write_plan
 FAKEREVIEWER = str(ROOT / "tests" / "fakereviewer.py")
 
 
-def _config(tmp_path: Path, script: dict, reviewers: int = 2, deadline_s: float = 20) -> str:
+def _config(tmp_path: Path, script: dict, reviewers: int = 2, deadline_s: float = 20, extra: str = "") -> str:
     (tmp_path / "script.json").write_text(json.dumps(script))
     logs = tmp_path / "reviewer-prompts"
     logs.mkdir(exist_ok=True)
     argv = json.dumps([sys.executable, FAKEREVIEWER, str(tmp_path / "script.json"), str(logs)])
     return (f"[review]\ncommand = {argv}\nreviewers = {json.dumps(['command'] * reviewers)}\n"
-            f"deadline_s = {deadline_s}\n")
+            f"deadline_s = {deadline_s}\n{extra}")
 
 
 def _submit(d, tmp_path: Path, repo: Path, assignments: list[dict]) -> str:
@@ -231,4 +231,17 @@ def test_a_reviewer_that_writes_leaves_the_authors_branch_unchanged(daemon_facto
     assert not (worktree / "evil.txt").exists()
     # the reviewer did write, in its own checkout
     assert list((d.state_dir / "reviews" / sid).rglob("evil.txt"))
+    d.stop()
+
+
+def test_a_reviewer_over_the_token_cap_is_stopped_and_counts_as_concern(daemon_factory, tmp_path, git_repo):
+    script = {"a/1/1": {"usage": 5000, "hang": True}, "*": {"verdict": "approve"}}
+    d = daemon_factory(_config(tmp_path, script, extra="max_tokens = 1000\n"))
+    sid = _submit(d, tmp_path, git_repo, [_author("a", "write:a.txt:one", "exit:0")])
+    s = d.wait_session(sid)
+    assert s["state"] == "done", s  # one concern: a warning, not a pause
+    (r,) = _reviews(d, sid)
+    assert r["decision"] == "log_warning"
+    capped = [v for v in r["verdicts"] if v["verdict"] == "concern"]
+    assert len(capped) == 1 and "token cap" in capped[0]["reason"]
     d.stop()
