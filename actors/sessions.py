@@ -173,6 +173,8 @@ class SessionView:
     def info(self) -> p.SessionInfo:
         workers = []
         for w in self.workers.values():
+            if w.run_kind == "reviewer":
+                continue  # reviewer runs are shown by ``orchctl reviews`` (their costs count in the budget)
             tin, tout, cost = w.tokens()
             workers.append(p.WorkerInfo(
                 name=w.spec.name, agent=w.spec.agent, state=w.state, exit_code=w.exit_code,

@@ -101,3 +101,19 @@ def test_a_blocker_escalates(cli_daemon, tmp_path, git_repo):
     s = d.wait_session(sid, timeout_s=TIMEOUT_S)
     assert s["state"] == "escalated" and "deletes the database" in s["reason"], s
     assert next(w for w in s["workers"] if w["name"] == "b")["state"] == "pending"
+
+
+def test_all_approve_ends_done_each_cli_reviewed_by_another(cli_daemon, tmp_path, git_repo):
+    d = cli_daemon
+    scenario = {"agents": {"claude": [*_write("a"), _verdict("approve", "b is fine", assignment="b")],
+                           "gemini": [*_write("b"), _verdict("approve", "a is correct and complete")]}}
+    plan = [{"name": "a", "agent": "claude"}, {"name": "b", "agent": "gemini", "after": ["a"]}]
+    sid = _submit(d, tmp_path, git_repo, plan, scenario)
+    s = d.wait_session(sid, timeout_s=TIMEOUT_S)
+    assert s["state"] == "done", (s, d.log()[-3000:])
+    reviews = d.ctl_json("reviews", sid)["reviews"]
+    assert {(r["assignment"], r["decision"]) for r in reviews} == {("a", "continue"), ("b", "continue")}
+    by = {r["assignment"]: {v["agent"] for v in r["verdicts"]} for r in reviews}
+    assert by == {"a": {"gemini"}, "b": {"claude"}}
+    summaries = {r["assignment"]: [v["summary"] for v in r["verdicts"]] for r in reviews}
+    assert summaries == {"a": ["a is correct and complete"], "b": ["b is fine"]}
