@@ -47,7 +47,7 @@ from actors.conduct import Conduct
 from actors.agents import ADAPTERS
 from actors.sessions import Projection, SessionView, WorkerView
 from actors.worker import mailbox_endpoint
-from orchd import log, metrics, wire
+from orchd import log, metrics, redact, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox, Supervisor, Waker, drain
 from orchd.config import Config
@@ -295,7 +295,9 @@ class SessionSupervisor(Conduct):
         gen = (w.gen if w else 0) if gen is None else gen
         ts = time.time()
         self.proj.apply(p.Stamp(seq=0, ts=ts, session=sid, worker=worker, agent=agent, gen=gen), ev)
-        frame = wire.pending_frame(wire.topic(sid), wire.stamp_prefix(sid, worker, agent, gen), ts, ev)
+        # the projection keeps what was asked for; the log gets it redacted (a plan's env, error texts)
+        frame = wire.pending_frame(wire.topic(sid), wire.stamp_prefix(sid, worker, agent, gen), ts,
+                                   redact.current().event(ev))
         self._backlog.append(wire.pack(p.Append(frames=[frame])))
         self._flush()
 

@@ -48,7 +48,7 @@ import zmq.asyncio
 from actors.agents import get_adapter
 from actors.agents.base import RunSpec
 from actors.deadlines import Deadlines
-from orchd import log, metrics, proc, wire
+from orchd import log, metrics, proc, redact, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox
 from orchd.lines import LineFramer
@@ -112,11 +112,19 @@ class Worker:
         self._stopper: asyncio.Task | None = None
         self._out_framer = LineFramer(spec.max_line_bytes)
         self._parser = self.adapter.new_parser()
+        self._redactor = redact.current()  # plus the run's own credentials once its env is known
 
     # ------------------------------------------------------------ emitting
 
     def _frames(self, events: list[p.Ev], ts: float | None = None) -> list[bytes]:
-        return wire.pending_frames(self._topic, self._stamp, time.time() if ts is None else ts, events)
+        """Every event of this worker is framed here, so secrets are redacted here (``orchd.redact``):
+        agent text, tool inputs and outputs, stderr lines, argv, error messages."""
+        ts = time.time() if ts is None else ts
+        frames = wire.pending_frames(self._topic, self._stamp, ts, events)
+        r = self._redactor
+        if any(r.maybe_bytes(f) for f in frames):  # rare: only then are the events walked
+            frames = wire.pending_frames(self._topic, self._stamp, ts, [r.event(ev) for ev in events])
+        return frames
 
     async def emit(self, *events: p.Ev) -> None:
         await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(list(events)))))
@@ -150,6 +158,8 @@ class Worker:
         env = dict(os.environ)
         env.update(launch.env)
         env.update(spec.extra_env)
+        # a credential given to this run (a plan's env) is as secret as the daemon's own
+        self._redactor = redact.current().extended(redact.credentials({**launch.env, **spec.extra_env}))
         env[proc.MARKER] = spec.state_dir
         env["ORCHD_SESSION"] = spec.session
         env["ORCHD_WORKER"] = spec.name

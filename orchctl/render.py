@@ -220,10 +220,14 @@ _SUMMARIES = {
     "decision.made": lambda e: f"decision {e.get('decision')} for {e.get('assignment')}: {e.get('reason')}",
     "review.warning": lambda e: f"warning about {e.get('assignment')}: {'; '.join(map(str, e.get('concerns') or []))}",
     "review.skipped": lambda e: f"no review of {e.get('assignment')}: {e.get('reason')}",
-    "session.question": lambda e: f"question ({e.get('source')}): {e.get('question')}",
-    "session.answered": lambda e: f"answered: {e.get('text')}",
     "daemon.started": lambda e: f"pid {e.get('pid')} version {e.get('version')} last seq {e.get('last_seq', 0)}",
     "daemon.stopping": lambda e: "stopping" + (f": {e['reason']}" if e.get("reason") else ""),
+    "notify.sent": lambda e: f"notified {e.get('situation')} by {e.get('channel')} (key {e.get('key')})"
+                             + (f" after {e['attempts']} attempts" if (e.get("attempts") or 1) > 1 else ""),
+    "notify.failed": lambda e: f"could not notify {e.get('situation')} by {e.get('channel')} "
+                               f"after {e.get('attempts', 1)} attempt(s): {e.get('error')}",
+    "session.question": lambda e: f"question ({e.get('source')}): {e.get('question')}",
+    "session.answered": lambda e: f"answered: {e.get('text')}",
 }
 
 

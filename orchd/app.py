@@ -19,7 +19,7 @@ import stat
 import sys
 from pathlib import Path
 
-from orchd import __version__, config, log
+from orchd import __version__, config, log, redact
 
 _log = log.get("orchd")
 
@@ -112,6 +112,7 @@ def _remove_stale_ipc(endpoint: str) -> None:
 async def serve(cfg: config.Config) -> int:
     import zmq
 
+    from actors.notifier import NotifierPorts
     from actors.rehearsal.sessions import Rehearsals
     from actors.review import REVIEW_FOLLOWS, ReviewActor
     from actors.supervisor import Ports, SessionSupervisor
@@ -119,6 +120,7 @@ async def serve(cfg: config.Config) -> int:
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
     from orchd.follow import SUPERVISOR_FOLLOWS, Follower
     from orchd.journal import JournalActor, JournalSockets
+    from orchd.notify import FOLLOWS as NOTIFY_FOLLOWS
     from orchd.store import EventLog
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +142,9 @@ async def serve(cfg: config.Config) -> int:
                              pub_inline_max_bytes=cfg.pub_inline_max_bytes)
     journal.open()
     followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False)]
+    notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL, last_seq) if cfg.notify.channels() else None
+    if notifier is not None:
+        followers.append(Follower(NOTIFY, NOTIFY_FOLLOWS, log_health=False))
 
     def start_journal(restarts: int):
         return JournalActor(journal, log_path, followers).run(restarts)  # a fresh actor on every (re)start
@@ -178,6 +183,8 @@ async def serve(cfg: config.Config) -> int:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
+        if notifier is not None:
+            root.start_child(ChildSpec("notifier", notifier.start, shutdown_s=2.0))
         if cfg.metrics_port:
             from prometheus_client import start_http_server
 
@@ -210,6 +217,7 @@ async def serve(cfg: config.Config) -> int:
         await root.stop_child("review")
         await root.stop_child("supervisor")
         await workers.shutdown(concurrent=True)
+        await root.stop_child("notifier")  # deliveries in flight are abandoned
         await journal.flush_and_stop(timeout_s=5.0)
         await root.shutdown()
     finally:
@@ -219,6 +227,8 @@ async def serve(cfg: config.Config) -> int:
         review_out.close()
         out.close()
         rehearsals.close()
+        if notifier is not None:
+            notifier.close()
         ctx.destroy(linger=0)
     _log.info("orchd_stopped", code=code)
     return code
@@ -227,6 +237,7 @@ async def serve(cfg: config.Config) -> int:
 JOURNAL = "inproc://journal"
 SUPERVISOR = "inproc://supervisor"
 REVIEW = "inproc://review"
+NOTIFY = "inproc://notify"
 
 
 def _now() -> float:
@@ -257,6 +268,7 @@ def _run(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"orchd: bad configuration: {exc}", file=sys.stderr)
         return 2
+    redact.configure(os.environ)  # before anything is logged: the credentials in our environment
     log.setup(cfg.log_level, cfg.log_format)
     try:
         prepare_runtime_dir(cfg.runtime_dir)

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from orchd import paths
 
@@ -86,6 +86,49 @@ def _default_roles() -> list[Role]:
     ]
 
 
+NotifyOn = Literal["question", "escalated", "failed", "budget", "done"]
+NOTIFY_ON_ALL: tuple[str, ...] = get_args(NotifyOn)
+
+
+class NotifyConfig(BaseModel):
+    """``[notify]``: tell a human when a session needs one or has ended (see orchd/notify.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    command: list[str] | None = None      # run with the notification as JSON on stdin
+    webhook: str | None = None            # http(s) URL: the notification is POSTed as JSON
+    on: list[NotifyOn] = Field(default_factory=lambda: list(NOTIFY_ON_ALL))
+    command_on: list[NotifyOn] | None = None   # this channel's situations, instead of ``on``
+    webhook_on: list[NotifyOn] | None = None
+    command_timeout_s: float = Field(10.0, gt=0)       # killed (its process group) after this
+    webhook_timeout_s: float = Field(5.0, gt=0)        # per attempt
+    webhook_attempts: int = Field(5, ge=1, le=20)      # 5xx, 408, 429 and network errors are retried
+    webhook_backoff_s: float = Field(0.5, ge=0)        # first retry after about this; doubles, with jitter
+    webhook_backoff_cap_s: float = Field(30.0, ge=0)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not v[0]):
+            raise ValueError("needs a program, e.g. [\"notify-send-json\"]")
+        return v
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    def channels(self) -> dict[str, list[str]]:
+        """The configured channels and the situations each notifies about."""
+        out: dict[str, list[str]] = {}
+        if self.command:
+            out["command"] = list(self.command_on if self.command_on is not None else self.on)
+        if self.webhook:
+            out["webhook"] = list(self.webhook_on if self.webhook_on is not None else self.on)
+        return out
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state_dir: Path = Field(default_factory=paths.default_state_dir)
@@ -107,6 +150,7 @@ class Config(BaseModel):
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
     # Memory of the events PUB (see orchd/journal.py): each subscriber's queue holds at most
     # pub_queue_bytes // pub_inline_max_bytes frames (and at most pub_hwm); an event whose frame is
     # over pub_inline_max_bytes is logged but not published, so subscribers see a seq gap and Replay it.

@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 
+from orchd import redact
+
 
 class _Formatter(logging.Formatter):
     def __init__(self, as_json: bool) -> None:
@@ -25,13 +27,13 @@ class _Formatter(logging.Formatter):
                    "logger": record.name, "event": record.getMessage(), **fields}
             if record.exc_info:
                 out["exc"] = self.formatException(record.exc_info)
-            return json.dumps(out, default=str)
+            return redact.redact(json.dumps(out, default=str))
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         kv = " ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in fields.items())
         line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()} {kv}".rstrip()
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact.redact(line)  # every line, whatever it holds (agent errors, exceptions)
 
 
 class Logger:

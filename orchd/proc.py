@@ -174,3 +174,28 @@ async def cli_version(argv: list[str], env: dict[str, str]) -> str | None:
         version = None
     _versions[key] = version
     return version
+
+
+async def run_with_input(argv: list[str], data: bytes, timeout_s: float, env: dict[str, str]) -> tuple[int | None, str]:
+    """Run a short helper (a notify command) in its own process group with ``data`` on stdin.
+
+    Returns ``(exit code, last stderr line)``; the code is None when it did not
+    exit within ``timeout_s``: its whole group is killed then.  Raises ``OSError``
+    when it cannot start.  Cancelled, it kills the group too.
+    """
+    child = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env=env, start_new_session=True, preexec_fn=_child_setup)
+    try:
+        _, err = await asyncio.wait_for(child.communicate(data), timeout_s)
+    except TimeoutError:
+        signal_group(child.pid, signal.SIGKILL)
+        # reap it; a grandchild that left the group may hold a pipe open: do not wait for that forever
+        await asyncio.wait({asyncio.ensure_future(child.wait())}, timeout=5.0)
+        return None, ""
+    except BaseException:
+        signal_group(child.pid, signal.SIGKILL)
+        raise
+    signal_group(child.pid, signal.SIGKILL)  # whatever it left behind in its group
+    lines = err.decode("utf-8", "replace").strip().splitlines()
+    return child.returncode, lines[-1][:300] if lines else ""

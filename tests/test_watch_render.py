@@ -66,6 +66,8 @@ SAMPLES: dict[str, dict] = {
                       "assignment": "impl"},
     "review.warning": {"review_id": "r1", "assignment": "impl", "concerns": ["codex: no tests"]},
     "review.skipped": {"assignment": "impl", "reason": "already reviewed"},
+    "notify.sent": {"channel": "webhook", "key": "s-1/failed", "situation": "failed", "attempts": 3},
+    "notify.failed": {"channel": "command", "key": "s-1/done", "situation": "done", "error": "exit code 2"},
     "session.question": {"question": "which database?", "source": "agent"},
     "session.answered": {"text": "sqlite"},
 }
@@ -87,6 +89,8 @@ EXACT = {
     "review.verdict": "codex: concern — no tests",
     "decision.made": "decision log_warning for impl: 1 concern of 2 verdict(s)",
     "session.answered": "answered: sqlite",
+    "notify.sent": "notified failed by webhook (key s-1/failed) after 3 attempts",
+    "notify.failed": "could not notify done by command after 1 attempt(s): exit code 2",
 }
 
 
