@@ -269,3 +269,24 @@ def test_a_reviewer_over_the_token_cap_is_stopped_and_counts_as_concern(daemon_f
     capped = [v for v in r["verdicts"] if v["verdict"] == "concern"]
     assert len(capped) == 1 and "token cap" in capped[0]["reason"]
     d.stop()
+
+
+def test_orchctl_review_and_the_fallback_timer_trigger_reviews_of_a_running_assignment(daemon_factory, tmp_path,
+                                                                                      git_repo):
+    d = daemon_factory(_config(tmp_path, {"*": {"verdict": "approve"}}, extra="fallback_s = 2\n"))
+    marker = tmp_path / "started"
+    sid = _submit(d, tmp_path, git_repo, [_author("a", "write:a.txt:one", f"touch:{marker}", "hang")])
+    wait_for(marker.exists, 30, "the author to start")
+    res = d.ctl("review", sid, "--worker", "nope", "--json", check=False)
+    assert res.returncode == 1 and json.loads(res.stdout)["error"]["code"] == "not_found"
+    d.ctl("review", sid, "--worker", "a")
+    wait_for(lambda: any("orchctl review" in t for r in _reviews(d, sid) for t in r["triggers"]), 30,
+             "a review asked for by orchctl review")
+    # the files did not change since: the fallback's review is skipped, with its trigger recorded
+    wait_for(lambda: any(t.startswith("fallback") for e in _events_now(d, sid)
+                         if e["kind"] in ("review.requested", "review.skipped") for t in e["triggers"]), 30,
+             "a fallback trigger")
+    assert all(r["decision"] in (None, "continue") for r in _reviews(d, sid))
+    d.ctl("stop", sid)
+    assert d.wait_session(sid)["state"] == "stopped"
+    d.stop()

@@ -151,3 +151,58 @@ def test_a_snapshot_leaves_the_authors_index_head_and_files_alone(git_repo, tmp_
 def test_a_snapshot_of_a_directory_that_is_not_a_repository_is_an_error_result(tmp_path):
     res = snapshots.take("s-1", "r1", str(tmp_path), str(tmp_path / "co"), None, 1000, None, 10)
     assert res.error and res.commit is None
+
+
+# ---------------------------------------------------------------- the gate in decide (pure)
+
+def test_dependents_and_the_end_wait_for_the_review_of_an_assignments_end():
+    from actors import decide as d
+    from actors.sessions import Projection
+    from orchd.config import Limits
+
+    proj = Projection(review_on=lambda s, w: True)
+    specs = [p.AssignmentSpec(name="a", agent="claude"), p.AssignmentSpec(name="b", agent="codex", after=["a"])]
+
+    def apply(ev, worker=None, gen=0):
+        proj.apply(p.Stamp(seq=0, ts=1.0, session="s", worker=worker, gen=gen), ev)
+
+    apply(p.SessionSubmitted(task="t", target="/t", assignments=specs))
+    apply(p.SessionStateChanged(state="running"))
+    s = proj.sessions["s"]
+    apply(p.WorkerLaunching(), "a", 0)
+    apply(p.WorkerExited(state="done", exit_code=0), "a", 0)
+    assert d.decide(s, Limits(), 0.0) == []  # a is done but its end is in review: b waits, nothing ends
+    apply(p.ReviewRequested(review_id="r1", assignment="a", round=1, triggers=["end"], commit="c", gen=0))
+    apply(p.DecisionMade(review_id="r1", decision="log_warning", verdicts=["concern", "approve"], assignment="a"))
+    apply(p.ReviewWarning(review_id="r1", assignment="a", concerns=["codex: no tests"]))
+    assert d.decide(s, Limits(), 0.0) == [d.Launch(worker="b")]
+    assert s.workers["a"].warnings == ["codex: no tests"]
+
+
+def test_a_pause_decision_asks_and_an_answer_resumes_the_author_with_it():
+    from actors import decide as d
+    from actors.sessions import Projection
+    from orchd.config import Limits
+
+    proj = Projection(review_on=lambda s, w: True)
+
+    def apply(ev, worker=None, gen=0):
+        proj.apply(p.Stamp(seq=0, ts=1.0, session="s", worker=worker, gen=gen), ev)
+
+    apply(p.SessionSubmitted(task="t", target="/t", assignments=[p.AssignmentSpec(name="a", agent="claude")]))
+    apply(p.SessionStateChanged(state="running"))
+    s = proj.sessions["s"]
+    apply(p.WorkerLaunching(), "a", 0)
+    apply(p.WorkerExited(state="done", exit_code=0), "a", 0)
+    apply(p.ReviewRequested(review_id="r1", assignment="a", round=1, triggers=["end"], commit="c", gen=0))
+    apply(p.ReviewVerdict(review_id="r1", reviewer="codex", verdict="concern", summary="which db?"))
+    apply(p.DecisionMade(review_id="r1", decision="pause_and_clarify", assignment="a"))
+    (ask,) = d.decide(s, Limits(), 0.0)
+    assert isinstance(ask, d.AskHuman) and ask.worker == "a" and "which db?" in ask.question
+    apply(p.SessionQuestion(question=ask.question, worker="a"))
+    apply(p.SessionStateChanged(state="paused"))
+    assert d.decide(s, Limits(), 0.0) == [] and s.outcome() is None
+    apply(p.SessionAnswered(text="sqlite", question=ask.question, worker="a"))
+    apply(p.SessionStateChanged(state="running"))
+    (launch,) = d.decide(s, Limits(), 0.0)
+    assert launch.worker == "a" and launch.resume and launch.answer == (ask.question, "sqlite")
