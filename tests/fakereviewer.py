@@ -14,6 +14,7 @@ found of ``ASSIGNMENT/ROUND/INDEX/ATTEMPT``, ``ASSIGNMENT/ROUND/INDEX``,
   {"hang": true}       sleep until killed
   {"write": "NAME"}    also try to write NAME in the working directory first
   {"usage": N}         first report N output tokens (an agent.usage event)
+  {"hang_once": PATH}  the first run (PATH missing: it is created) hangs; later runs answer
 """
 
 import json
@@ -47,6 +48,9 @@ def main() -> int:
             pass
     if "usage" in b:
         print(json.dumps({"kind": "agent.usage", "input_tokens": 0, "output_tokens": int(b["usage"])}), flush=True)
+    if "hang_once" in b and not os.path.exists(b["hang_once"]):
+        open(b["hang_once"], "w").close()
+        b = {"hang": True}
     if b.get("hang"):
         while True:
             time.sleep(3600)

@@ -290,3 +290,20 @@ def test_orchctl_review_and_the_fallback_timer_trigger_reviews_of_a_running_assi
     d.ctl("stop", sid)
     assert d.wait_session(sid)["state"] == "stopped"
     d.stop()
+
+
+def test_a_daemon_killed_during_a_review_asks_it_again_after_the_restart(daemon_factory, tmp_path, git_repo):
+    flag = tmp_path / "hung-once"
+    config = _config(tmp_path, {"a": {"verdict": "approve", "summary": "ok", "hang_once": str(flag)}},
+                     reviewers=1)
+    d = daemon_factory(config)
+    sid = _submit(d, tmp_path, git_repo, [_author("a", "write:a.txt:one", "exit:0"),
+                                          _author("b", "exit:0", after=["a"])])
+    wait_for(flag.exists, 30, "the reviewer to hang")
+    d.kill9()
+    d2 = daemon_factory(config)
+    s = d2.wait_session(sid)
+    assert s["state"] == "done", (s, d2.log()[-3000:])
+    decided = [r for r in _reviews(d2, sid) if r["assignment"] == "a" and r["decision"]]
+    assert [r["decision"] for r in decided] == ["continue"]
+    d2.stop()
