@@ -62,7 +62,18 @@ class Conduct:
                     if limit:
                         self.emit(s, p.WorkerLimit(limit=limit, detail=reason), w)
                     self._tell(s, w, p.StopWorker(reason=f"limit {limit}: {reason}" if limit else reason,
-                                                  state=end_state))
+                                                  state="stopped" if end_state == "escalated" else end_state))
+            case d.AskHuman(question=question, worker=name, source=source, review_id=rid):
+                self.emit(s, p.SessionQuestion(question=question, worker=name, source=source, review_id=rid))
+                if s.state == "running":
+                    self.emit(s, p.SessionStateChanged(state="paused", reason="waiting for an answer"))
+                w = s.workers.get(name or "")
+                if w is not None and w.state in ("running", "paused"):
+                    # stopped now and resumed with its CLI's resume flag after the answer (a CLI left
+                    # SIGSTOPped for hours would lose its API stream)
+                    if w.state == "paused":
+                        self._tell(s, w, p.ResumeWorker())
+                    self._tell(s, w, p.StopWorker(reason="paused for an answer", state="stopped"))
             case d.TakePlan(assignments=assignments):
                 self._planned(s, assignments, "planner", None)
             case d.AskPlannerAgain(error=error):
@@ -93,7 +104,21 @@ class Conduct:
         if moved:
             self.emit(s, submit.moved_note(moved))
 
+    def _launch_reviewer(self, s: SessionView, msg: p.LaunchReviewer) -> None:
+        """A review actor's reviewer run: a worker of the session (limits, costs and rehearsal apply)."""
+        if s.state in p.SESSION_TERMINAL or s.stop_reason is not None:
+            return  # the review actor counts the missing answer when the review is stopped
+        spec = p.AssignmentSpec(name=msg.name, agent=msg.agent, role="reviewer", prompt=msg.prompt, weight=0.0,
+                                profile="readonly", run_kind="reviewer",
+                                argv=list(self.cfg.review.command) if msg.agent == "command" and self.cfg.review.command
+                                else None, env={"ORCHD_REVIEWER": msg.name} if msg.agent == "command" else None)
+        self.emit(s, p.ReviewRun(review_id=msg.review_id, spec=spec, cwd=msg.cwd, attempt=msg.attempt))
+        w = s.workers[msg.name]
+        self._start_worker(s, w, d.Launch(worker=msg.name, reason=f"review {msg.review_id}"), msg.cwd, None)
+
     def _launch(self, s: SessionView, w: WorkerView, cmd: d.Launch) -> None:
+        if w.run_kind == "reviewer":
+            return  # reviewer runs are started by the review actor only (never relaunched)
         if not s.base_commit:
             self._start_worker(s, w, cmd, s.target, None)
             return
@@ -130,10 +155,17 @@ class Conduct:
         if home:
             Path(home).mkdir(parents=True, exist_ok=True)
         binary = self._find(a.agent) or acfg.binary if a.agent != "command" else acfg.binary
+        schema = schema_file = None
+        if w.run_kind == "reviewer":
+            from actors import verdicts
+            schema = verdicts.schema_json()
+            schema_file = tmpdir / "review-answer.schema.json"
+            schema_file.write_text(schema)
         found = launch.Found(cwd=cwd, branch=branch, binary=binary, home=home, rehearsal_env=renv,
-                             plan_error=self._plan_errors.get(s.id))
+                             plan_error=self._plan_errors.get(s.id), output_schema=schema,
+                             output_schema_file=str(schema_file) if schema_file else None)
         spec, ev = launch.recipe(cfg, d.effective_limits(cfg.limits, s.limits), s, w, cmd, found, AGENTS,
-                                 start_paused=s.state == "paused")
+                                 start_paused=s.state == "paused" and w.run_kind != "reviewer")
         self.emit(s, ev, w, gen=gen)
         worker = Worker(self.ctx, spec, self.ports.journal_ep)
         self.ports.workers.start_child(ChildSpec(name=f"{s.id}/{a.name}/{gen}", start=worker.run,

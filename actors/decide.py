@@ -39,6 +39,7 @@ class Launch:
     reason: str | None = None
     delay_s: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
+    answer: tuple[str, str] | None = None  # (question, answer): resumed after ``orchctl answer``
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,17 @@ class End:
     reason: str | None = None
 
 
-Command = Launch | StopAll | TakePlan | AskPlannerAgain | UseDefaultPlan | Merge | End
+@dataclass(frozen=True)
+class AskHuman:
+    """Pause the session for ``orchctl answer``: log the question, stop ``worker``'s run if it runs."""
+
+    question: str
+    worker: str | None
+    source: str
+    review_id: str | None = None
+
+
+Command = Launch | StopAll | TakePlan | AskPlannerAgain | UseDefaultPlan | Merge | End | AskHuman
 
 
 def effective_limits(base: Limits, overrides: dict) -> Limits:
@@ -95,6 +106,16 @@ def decide(s: SessionView, limits: Limits, now: float, log_ok: bool = True,
     over = _over_budget(s, limits)
     if over is not None and s.stop_reason is None:
         return [StopAll(reason=f"budget exceeded: {over[1]}", end_state="failed", limit=over[0])]
+    if s.escalate is not None and s.stop_reason is None:
+        return [StopAll(reason=s.escalate, end_state="escalated")]
+    if s.ask is not None and s.waiting_for is None and s.stop_reason is None and s.state in ("running", "paused"):
+        question, worker, source, rid = s.ask
+        return [AskHuman(question=question, worker=worker, source=source, review_id=rid)]
+    if s.answer is not None and s.state == "running" and s.stop_reason is None and log_ok:
+        worker, question, text = s.answer
+        w = s.workers[worker]
+        if w.state not in ("running", "paused") and not w.preparing:
+            return [Launch(worker=worker, resume=True, reason="answered", answer=(question, text))]
     if not s.planned:
         step = _plan_step(s, known_agents, log_ok)
         if step is not None:

@@ -33,6 +33,11 @@ class Found:
     home: str | None              # HOME for the run (rehearsals get their own)
     rehearsal_env: dict[str, str]  # env pointing the CLI at the session's scripted model server
     plan_error: str | None = None  # the planner's previous invalid answer, when asking again
+    output_schema: str | None = None       # a reviewer's answer schema (JSON)
+    output_schema_file: str | None = None  # ... written to this file (codex reads it from a file)
+
+
+PROMPT_ENV_MAX = 100_000  # one environment string may hold at most 128 KiB on Linux
 
 
 BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_*", "TERM", "COLORTERM", "NO_COLOR", "TZ", "USER", "LOGNAME",
@@ -88,16 +93,27 @@ def resume_id(w: WorkerView, resume: bool) -> str | None:
 
 
 def prompt(s: SessionView, w: WorkerView, rid: str | None, reason: str | None, plan_error: str | None,
-           agents: list[str]) -> str:
+           agents: list[str], answer: tuple[str, str] | None = None) -> str:
     a = w.spec
+    if w.run_kind == "reviewer":
+        return a.prompt
+    if answer is not None:
+        lead = "" if rid else (a.prompt if a.agent == "command" else prompts.prompt_for(s.task, a, _before(s, w)))
+        lead = lead + "\n\n" if lead else ""
+        return lead + prompts.answer_prompt(a.name, answer[0], w.warnings, answer[1])
     if rid:
-        return prompts.resume_prompt(a.name, reason)
+        return prompts.resume_prompt(a.name, reason, w.warnings)
     if w.run_kind == "planner":
         return prompts.planner_prompt(s.task, agents, plan_error)
-    if a.agent == "command":
-        return a.prompt
-    before = [(s.workers[d].spec, s.workers[d].result_text, s.workers[d].branch) for d in a.after]
-    return prompts.prompt_for(s.task, a, before)
+    if a.agent == "command":  # a program's prompt is its own; review concerns are added for it to read
+        return prompts.with_concerns(a.prompt, _before(s, w), w.warnings)
+    return prompts.prompt_for(s.task, a, _before(s, w), w.warnings)
+
+
+def _before(s: SessionView, w: WorkerView) -> list:
+    """The assignments ``w`` builds on: their summaries, where their files are, their review concerns."""
+    return [(s.workers[d].spec, s.workers[d].result_text, s.workers[d].branch, s.workers[d].warnings)
+            for d in w.spec.after]
 
 
 def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Launch, found: Found,
@@ -111,13 +127,20 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
     if found.binary and a.agent != "command":  # codex and gemini are node scripts whose helpers live beside them
         extra_env["PATH"] = os.pathsep.join([os.path.dirname(found.binary), os.environ.get("PATH", os.defpath)])
     extra_env.update(cmd.env)
-    run = RunSpec(prompt=prompt(s, w, rid, cmd.reason, found.plan_error, agents), cwd=found.cwd,
-                  profile=a.profile or acfg.profile, binary=found.binary, model=acfg.model,
+    text = prompt(s, w, rid, cmd.reason, found.plan_error, agents, cmd.answer)
+    if a.agent == "command" and text:  # a program may read its prompt (a reviewer's, an answer) here
+        extra_env["ORCHD_PROMPT"] = text[:PROMPT_ENV_MAX]
+    reviewer = w.run_kind == "reviewer"
+    run = RunSpec(prompt=text, cwd=found.cwd,
+                  profile="readonly" if reviewer else a.profile or acfg.profile, binary=found.binary, model=acfg.model,
                   max_turns=limits.max_turns, resume_id=rid, home=found.home,
                   config_dir=(str(Path(found.home) / ".codex") if found.home and a.agent == "codex" else None),
-                  tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined, argv=a.argv, env=a.env)
+                  tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined, argv=a.argv, env=a.env,
+                  output_schema=found.output_schema if reviewer else None,
+                  output_schema_file=found.output_schema_file if reviewer else None)
     spec = WorkerSpec(session=s.id, name=a.name, agent=a.agent, gen=gen, run=run,
-                      wall_time_s=limits.wall_time_s, stall_s=limits.stall_s,
+                      wall_time_s=min(limits.wall_time_s, cfg.review.deadline_s) if reviewer else limits.wall_time_s,
+                      stall_s=min(limits.stall_s, cfg.review.deadline_s) if reviewer else limits.stall_s,
                       max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s,
                       state_dir=str(cfg.state_dir), allow_unconfined=cfg.allow_unconfined,
                       extra_env=extra_env, start_delay_s=cmd.delay_s, start_paused=start_paused,

@@ -51,10 +51,17 @@ class WorkerView:
     ended_ts: float = 0.0    # when the current generation exited (stamp ts)
     started_ts: float = 0.0  # when it was first launched (stamp ts); 0: never
     preparing: bool = False  # not from events: the supervisor is having its worktree made
+    review_round: int = 0          # reviews of this assignment requested so far
+    last_decision: str | None = None
+    warnings: list[str] = field(default_factory=list)  # concerns (log_warning) for its next prompt and its dependents'
+    end_reviewed: bool = False     # the review of its end was decided (or skipped): dependents may start
+    reviewed: bool = False         # reviews apply to it (the projection's ``review_on``): its end is gated
+    review_id: str | None = None   # reviewer runs: the review they answer
+    attempt: int = 1               # reviewer runs: 2 when asked again
 
     @property
     def run_kind(self) -> p.RunKind:
-        if self.spec.name.startswith("_"):  # logs before run_kind: the planning run was "_plan"
+        if self.spec.name == "_plan" and self.spec.run_kind == "assignment":  # logs before run_kind
             return "planner"
         return self.spec.run_kind
 
@@ -94,6 +101,17 @@ class SessionView:
     started_ts: float = 0.0         # the first session.state running (stamp ts); 0: not yet
     ended_ts: float = 0.0           # its terminal session.state (stamp ts); 0: not ended
     merging: bool = False           # not from events: the supervisor is having it merged
+    reviews: dict[str, ReviewView] = field(default_factory=dict)
+    waiting_for: str | None = None  # "answer" while a question waits for ``orchctl answer``
+    question: str | None = None
+    question_worker: str | None = None
+    ask: tuple[str, str | None, str, str | None] | None = None  # (question, worker, source, review id) to ask
+    answer: tuple[str, str, str] | None = None  # (worker, question, answer): resume it with the answer
+    escalate: str | None = None     # a review decided stop_and_escalate (or did not converge): why
+
+    def cleared(self, w: WorkerView) -> bool:
+        """``w`` ended done and, when reviews apply, its end was reviewed (or needed no review)."""
+        return w.state == "done" and (not w.reviewed or w.end_reviewed)
 
     def assignments(self) -> list[WorkerView]:
         """The plan's workers (not the planning run)."""
@@ -123,7 +141,10 @@ class SessionView:
             return []
         return [name for name, w in self.workers.items()
                 if w.state == "pending" and w.gen < 0 and not w.preparing and w.run_kind == "assignment"
-                and all(self.workers[dep].state == "done" for dep in w.spec.after)]
+                and all(self.cleared(self.workers[dep]) for dep in w.spec.after)]
+
+    def reviewers(self) -> list[WorkerView]:
+        return [w for w in self.workers.values() if w.run_kind == "reviewer"]
 
     def running(self) -> list[WorkerView]:
         return [w for w in self.workers.values() if w.state in ("running", "paused")]
@@ -138,10 +159,14 @@ class SessionView:
             return None
         if self.stop_reason is not None:  # a stop ends the session once its workers have exited
             return self.stop_state, self.stop_reason
-        if not self.planned:
+        if not self.planned or self.waiting_for is not None or self.ask is not None or self.answer is not None:
             return None
+        if self.escalate is not None:
+            return None  # decide() asks for the stop first
         states = {w.state for w in self.assignments()}
         if states <= {"done"}:
+            if not all(self.cleared(w) for w in self.assignments()):
+                return None  # an end still in review
             return "done", None
         failed = [w.spec.name for w in self.assignments() if w.state in ("failed", "stopped")]
         if failed and not self.ready():
@@ -151,6 +176,8 @@ class SessionView:
     def info(self) -> p.SessionInfo:
         workers = []
         for w in self.workers.values():
+            if w.run_kind == "reviewer":
+                continue  # reviewer runs are shown by ``orchctl reviews`` (their costs count in the budget)
             tin, tout, cost = w.tokens()
             workers.append(p.WorkerInfo(
                 name=w.spec.name, agent=w.spec.agent, state=w.state, exit_code=w.exit_code,
@@ -158,6 +185,7 @@ class SessionView:
                 gen=max(w.gen, 0), pid=w.pid, reason=w.reason, milestones=w.milestones,
                 progress=round(w.progress(), 3), branch=w.branch, worktree=w.worktree,
                 input_tokens=tin, output_tokens=tout, cost_usd=cost, started_at=w.started_ts or None,
+                review_round=w.review_round, last_decision=w.last_decision,
                 ended_at=(w.ended_ts or None) if w.state in p.WORKER_TERMINAL else None))
         costs = [w.cost_usd for w in workers if w.cost_usd is not None]
         return p.SessionInfo(id=self.id, state=self.state, task=self.task, target=self.target,
@@ -167,13 +195,47 @@ class SessionView:
                              ended_at=(self.ended_ts or None) if self.state in p.SESSION_TERMINAL else None,
                              input_tokens=sum(w.input_tokens for w in workers),
                              output_tokens=sum(w.output_tokens for w in workers),
-                             cost_usd=sum(costs) if costs else None)
+                             cost_usd=sum(costs) if costs else None,
+                             waiting_for=self.waiting_for, question=self.question)
+
+    def review_infos(self) -> list[p.ReviewInfo]:
+        return [r.info() for r in self.reviews.values()]
+
+
+@dataclass
+class ReviewView:
+    """One review, from ``review.requested``, ``review.verdict`` and ``decision.made``."""
+
+    id: str
+    assignment: str
+    round: int
+    triggers: list[str]
+    commit: str | None
+    reviewers: list[str]
+    gen: int = 0
+    verdicts: list[tuple[str, p.ReviewVerdict]] = field(default_factory=list)  # (agent, verdict)
+    decision: str | None = None
+    reason: str | None = None
+
+    def info(self) -> p.ReviewInfo:
+        return p.ReviewInfo(id=self.id, assignment=self.assignment, round=self.round, triggers=self.triggers,
+                            commit=self.commit, reviewers=self.reviewers, decision=self.decision,
+                            reason=self.reason,
+                            verdicts=[p.VerdictInfo(reviewer=v.reviewer, agent=agent, verdict=v.verdict,
+                                                    summary=v.summary, findings=v.findings, mismatch=v.mismatch,
+                                                    reason=v.reason) for agent, v in self.verdicts])
 
 
 class Projection:
-    def __init__(self) -> None:
+    def __init__(self, review_on=None) -> None:
         self.sessions: dict[str, SessionView] = {}
         self.last_seq = 0  # the highest logged seq applied (own events apply before they have one)
+        # review_on(session, worker) -> bool: whether reviews apply to an assignment (the review config decides)
+        self.review_on = review_on or (lambda s, w: False)
+
+    def _mark_reviewed(self, s: SessionView) -> None:
+        for w in s.assignments():
+            w.reviewed = bool(self.review_on(s, w))
 
     def apply(self, stamp: p.Stamp, ev: p.Ev) -> None:
         if stamp.seq:
@@ -189,6 +251,8 @@ class Projection:
                             base_commit=ev.base_commit, planner=ev.planner,
                             planned=ev.planner is None)
             s.workers = {a.name: WorkerView(spec=a) for a in ev.assignments}
+            if s.planned:
+                self._mark_reviewed(s)
             self.sessions[sid] = s
             return
         s = self.sessions.get(sid)
@@ -205,6 +269,7 @@ class Projection:
             case p.SessionPlanned(assignments=assignments):
                 s.workers.update({a.name: WorkerView(spec=a) for a in assignments})
                 s.planned = True
+                self._mark_reviewed(s)
                 return
             case p.SessionStopRequested(reason=reason, end_state=end_state):
                 s.stop_reason, s.stop_state = reason, end_state
@@ -219,6 +284,10 @@ class Projection:
             case p.SessionNote(data=data) if data and "branch" in data:  # logs before session.merged
                 s.branch = str(data["branch"])
                 return
+            case p.ReviewRequested() | p.ReviewRun() | p.ReviewVerdict() | p.DecisionMade() | p.ReviewWarning() \
+                    | p.ReviewSkipped() | p.SessionQuestion() | p.SessionAnswered():
+                _apply_review(s, stamp, ev)
+                return
         w = s.workers.get(stamp.worker or "")
         if w is None:
             return
@@ -228,6 +297,9 @@ class Projection:
                     w.relaunches += 1
                 w.gen, w.state, w.preparing = stamp.gen, "running", False
                 w.started_ts = w.started_ts or stamp.ts
+                w.end_reviewed = False
+                if s.answer is not None and s.answer[0] == w.spec.name:
+                    s.answer = None  # resumed with the answer
                 w.exit_code = w.signal = w.pid = None
                 w.reason = None
                 w.failure = None
@@ -250,6 +322,8 @@ class Projection:
                 w.milestones += 1
             case p.WorkerDone():
                 w.done_marker = True
+            case p.WorkerQuestion(text=text) if w.run_kind == "assignment" and s.waiting_for is None:
+                s.ask = (text, w.spec.name, "agent", None)
             case p.WorkerFailure():
                 w.failure = ev
             case p.AgentSession(agent_session_id=asid):
@@ -258,3 +332,59 @@ class Projection:
                 w.usage[stamp.gen] = (tin, tout, cost)
             case p.AgentResult(text=text):
                 w.result_text = text
+
+
+def _apply_review(s: SessionView, stamp: p.Stamp, ev: p.Ev) -> None:
+    """Reviews, decisions, questions and answers (see actors/reviewing.py for who emits what)."""
+    match ev:
+        case p.ReviewRequested():
+            s.reviews[ev.review_id] = ReviewView(id=ev.review_id, assignment=ev.assignment, round=ev.round,
+                                                 triggers=list(ev.triggers), commit=ev.commit,
+                                                 reviewers=list(ev.reviewers), gen=ev.gen)
+            if (w := s.workers.get(ev.assignment)) is not None:
+                w.review_round = max(w.review_round, ev.round)
+        case p.ReviewRun(spec=spec, review_id=rid, attempt=attempt):
+            s.workers[spec.name] = WorkerView(spec=spec, review_id=rid, attempt=attempt)
+        case p.ReviewVerdict(review_id=rid) if rid in s.reviews:
+            s.reviews[rid].verdicts.append((stamp.agent or "", ev))
+        case p.DecisionMade(review_id=rid, decision=decision, reason=reason):
+            r = s.reviews.get(rid)
+            if r is not None:
+                r.decision, r.reason = decision, reason
+            w = s.workers.get(ev.assignment or (r.assignment if r else ""))
+            if w is None:
+                return
+            w.last_decision = decision
+            ended = r is not None and r.gen == w.gen and any(t.startswith("end") for t in r.triggers)
+            if decision in ("continue", "log_warning") and ended:
+                w.end_reviewed = True
+            elif decision == "pause_and_clarify" and s.waiting_for is None:
+                s.ask = (_question(r), w.spec.name, "review", rid)
+            elif decision == "stop_and_escalate" and s.escalate is None:
+                s.escalate = ev.reason or "a reviewer found a blocker"
+        case p.ReviewWarning(assignment=name, concerns=concerns):
+            if (w := s.workers.get(name)) is not None:
+                w.warnings += concerns
+        case p.ReviewSkipped(assignment=name, end=end, escalate=escalate, reason=reason, gen=gen):
+            w = s.workers.get(name)
+            if escalate and s.escalate is None:
+                s.escalate = reason
+            elif end and w is not None and w.gen == gen:
+                w.end_reviewed = True
+        case p.SessionQuestion(question=q, worker=worker):
+            s.ask, s.waiting_for, s.question, s.question_worker = None, "answer", q, worker
+        case p.SessionAnswered(text=text, question=q, worker=worker):
+            s.waiting_for = s.question = s.question_worker = None
+            if worker is not None and worker in s.workers:
+                s.answer = (worker, q, text)
+
+
+def _question(r: ReviewView | None) -> str:
+    """The question a pause asks: the reviewers' concerns, summarised."""
+    if r is None:
+        return "The reviewers raised concerns: how should the work go on?"
+    lines = [f"Review {r.id} of {r.assignment} (round {r.round}) raised concerns; how should the work go on?"]
+    for _agent, v in r.verdicts:
+        if v.verdict != "approve":
+            lines.append(f"- {v.reviewer} ({v.verdict}): {v.summary or v.reason or '(no summary)'}"[:600])
+    return "\n".join(lines)

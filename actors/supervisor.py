@@ -70,13 +70,15 @@ class Ports:
     inbox_ep: str
     journal_ep: str
     workers: Supervisor   # the worker actors' runtime supervisor
+    review_ep: str | None = None  # the review actor's mailbox (``orchctl review`` is forwarded there)
 
 
 class SessionSupervisor(Conduct):
     def __init__(self, ctx, cfg: Config, log_path: Path, ports: Ports, rehearsals=None) -> None:
         self.ctx, self.cfg, self.log_path, self.ports = ctx, cfg, log_path, ports
         self.rehearsals = rehearsals  # actors.rehearsal.sessions.Rehearsals or None
-        self.proj = Projection()
+        from actors.review import review_on
+        self.proj = Projection(review_on(cfg))
         self.log_error: str | None = None
         self._calls: dict[str, tuple[Call, object]] = {}   # requests answered when git is done
         self._launches: dict[tuple[str, str], d.Launch] = {}  # waiting for their worktree
@@ -166,7 +168,9 @@ class SessionSupervisor(Conduct):
             for w in s.running():
                 if f"{s.id}/{w.spec.name}/{w.gen}" in live:
                     continue  # only the supervisor restarted: the worker and its agent go on
-                if s.stop_reason is not None:
+                if w.run_kind == "reviewer":  # the review actor asks its review again
+                    self.emit(s, p.WorkerExited(state="stopped", reason="orchd restarted during the review"), w)
+                elif s.stop_reason is not None:
                     self.emit(s, p.WorkerExited(state="stopped", reason=f"{s.stop_reason} (orchd restarted)"), w)
                 elif w.spec.agent == "command" and not w.spec.rerun:
                     self.emit(s, p.WorkerExited(state="failed", reason="orchd restarted while it ran; a command "
@@ -212,6 +216,8 @@ class SessionSupervisor(Conduct):
                 self._guarded(s, self._worker_ended, s, item)
             case p.WorktreeReady() if s is not None:
                 self._guarded(s, self._worktree_ready, s, item)
+            case p.LaunchReviewer() if s is not None:
+                self._guarded(s, self._launch_reviewer, s, item)
             case p.MergeFinished() if s is not None:
                 self._guarded(s, self._merged, s, item)
             case p.CleanFinished(call=token, removed=n, error=error):
@@ -236,14 +242,13 @@ class SessionSupervisor(Conduct):
                 self._control.reply(item, p.Ok())
             case Call(body=p.Submit() as req):
                 self._control_guarded(item, self._submit, item, req)
-            case Call(body=p.Status() | p.Pause() | p.Resume() | p.Stop() | p.Clean() | p.Review() | p.Answer()) \
-                    if s is None:
+            case Call(body=p.Status() | p.Pause() | p.Resume() | p.Stop() | p.Clean() | p.Review() | p.Answer()
+                      | p.Reviews()) if s is None:
                 self._control.reply(item, p.Error(code=p.ErrorCode.NOT_FOUND, detail=f"no session {item.body.session!r}"))
             case Call(body=p.Status()):
                 self._control.reply(item, p.StatusReply(sessions=[s.info()], log_error=self.log_error))
-            case Call(body=p.Review() | p.Answer()):
-                self._control.reply(item, p.Error(code=p.ErrorCode.BAD_STATE, detail="reviews are not available in "
-                                                  "this version of orchd (no review actor yet)"))
+            case Call(body=p.Reviews()):
+                self._control.reply(item, p.ReviewsReply(reviews=s.review_infos()))
             case Call():
                 reply = self._guarded(s, self._command, s, item)
                 if reply is not None:
@@ -379,6 +384,8 @@ class SessionSupervisor(Conduct):
                 self.emit(s, p.SessionStateChanged(state="paused", reason="paused by user"))
             case p.Resume() if s.state != "paused":
                 return _bad_state(f"session {s.id} is {s.state}, not paused")
+            case p.Resume() if s.waiting_for == "answer":
+                return _bad_state(f"session {s.id} waits for an answer: orchctl answer {s.id} \"TEXT\"")
             case p.Resume():
                 for w in s.running():
                     self._tell(s, w, p.ResumeWorker())
@@ -392,6 +399,29 @@ class SessionSupervisor(Conduct):
                 # logged first, so a restarted daemon finishes the stop instead of relaunching
                 self._carry_out(s, d.StopAll(reason="stopped by user"))
                 self._advance(s)  # "stopped" once every worker has exited (now, if none runs)
+            case p.Review() if s.state in p.SESSION_TERMINAL:
+                return _bad_state(f"session {s.id} is already {s.state}")
+            case p.Review(worker=name) if name is not None and (name not in s.workers
+                                                                 or s.workers[name].run_kind != "assignment"):
+                return p.Error(code=p.ErrorCode.NOT_FOUND, detail=f"session {s.id} has no assignment {name!r} "
+                               f"(assignments: {', '.join(w.spec.name for w in s.assignments())})")
+            case p.Review(worker=name) if not any(w.reviewed for w in s.assignments()
+                                                  if name is None or w.spec.name == name):
+                return _bad_state(f"no reviewer for session {s.id}: reviewers are the session's other agents "
+                                  f"(or [review] reviewers / [review] command)")
+            case p.Review(worker=name):
+                if self.ports.review_ep is None:
+                    return _bad_state("the review actor is not running")
+                self.ports.out.send_nowait(self.ports.review_ep, wire.pack(p.ReviewNow(session=s.id, worker=name)))
+                return p.Ok(detail="review requested")
+            case p.Answer() if s.waiting_for != "answer":
+                return _bad_state(f"session {s.id} is {s.state} and asks nothing")
+            case p.Answer(text=text):
+                self.emit(s, p.SessionAnswered(text=text, question=s.question or "", worker=s.question_worker))
+                if s.state == "paused":
+                    self.emit(s, p.SessionStateChanged(state="running"))
+                self._advance(s)
+                return p.Ok(detail="answered; resuming")
             case p.Clean() if s.state not in p.SESSION_TERMINAL:
                 return _bad_state(f"session {s.id} is {s.state}; stop it first")
             case p.Clean():

@@ -55,12 +55,13 @@ from orchd.lines import LineFramer
 
 _log = log.get("actors.worker")
 
-MARKERS = re.compile(r"^[ \t>*_`#-]*(MILESTONE|BLOCKER|REQUEST_REVIEW|DONE)[*_`]*:[ \t]*(.*)$", re.MULTILINE)
+MARKERS = re.compile(r"^[ \t>*_`#-]*(MILESTONE|BLOCKER|REQUEST_REVIEW|DONE|QUESTION)[*_`]*:[ \t]*(.*)$", re.MULTILINE)
 MARKER_EVENTS = {
     "MILESTONE": p.WorkerMilestone,
     "BLOCKER": p.WorkerBlocker,
     "REQUEST_REVIEW": p.WorkerReviewRequest,
     "DONE": p.WorkerDone,
+    "QUESTION": p.WorkerQuestion,
 }
 # What one worker may hold of its agent's output while the log is slow or stuck: Appends in
 # flight to the journal (WORKER_OUTBOX_HWM, plus the journal's MAILBOX_HWM), each one read of at

@@ -212,9 +212,27 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def cmd_reviews(args) -> int:
+    """``orchctl reviews SESSION --json``.  Wire: ``Reviews{session}`` → ``ReviewsReply{reviews}``."""
+    from orchctl import render
+    reply = _client(args).call(p.Reviews(session=args.session))
+    if (code := _reply_or_exit(args, reply)) is not None:
+        return code
+    if args.json:
+        _print_json({"reviews": reply.reviews})
+    else:
+        print(render.reviews(reply.reviews))
+    return EXIT_OK
+
+
 def _simple(req_type):
     def run(args) -> int:
-        body = req_type(session=args.session, text=args.text) if req_type is p.Answer else req_type(session=args.session)
+        if req_type is p.Answer:
+            body = req_type(session=args.session, text=args.text)
+        elif req_type is p.Review:
+            body = req_type(session=args.session, worker=args.worker)
+        else:
+            body = req_type(session=args.session)
         reply = _client(args).call(body, timeout_s=_slow_timeout(args))
         if (code := _reply_or_exit(args, reply)) is not None:
             return code
@@ -362,7 +380,7 @@ def _seq(text: str) -> int:
     return value
 
 
-HIDDEN = ("review", "answer")
+HIDDEN: tuple[str, ...] = ()
 """Commands left out of ``--help`` until they work (still callable).  A subcommand
 added without ``help=`` is not listed; ``help=argparse.SUPPRESS`` would print
 ``==SUPPRESS==`` in the list on Python before 3.13."""
@@ -397,15 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ, helptext in (("pause", p.Pause, "pause a session's agents"),
                                 ("resume", p.Resume, "resume a paused session"),
                                 ("stop", p.Stop, "stop a session"),
-                                ("review", p.Review, None),  # hidden, see HIDDEN
                                 ("clean", p.Clean, "remove a finished session's worktrees")):
         s = command(name, **({"help": helptext} if helptext else {}))
         s.add_argument("session")
         s.set_defaults(func=_simple(typ))
-    s = command("answer")  # hidden, see HIDDEN
+    s = command("review", help="ask the other agents to review the work now")
+    s.add_argument("session")
+    s.add_argument("--worker", metavar="NAME", help="only this assignment (default: every running one)")
+    s.set_defaults(func=_simple(p.Review))
+    s = command("answer", help="answer a paused session's question and resume it")
     s.add_argument("session")
     s.add_argument("text")
     s.set_defaults(func=_simple(p.Answer))
+    s = command("reviews", help="a session's reviews, verdicts and decisions")
+    s.add_argument("session")
+    s.set_defaults(func=cmd_reviews)
 
     s = command("watch", help="events: history then live")
     s.add_argument("session", nargs="?")

@@ -119,6 +119,9 @@ def session(s: p.SessionInfo, now: float | None = None) -> str:
         head += f"  ({clean(s.reason)})"
     if s.branch:
         head += f"  branch {clean(s.branch)}"
+    if s.waiting_for:
+        head += f"\nwaiting for an {clean(s.waiting_for)}: {clean(s.question or '')}\n" \
+                f"  answer with: orchctl answer {clean(s.id)} \"TEXT\""
     lines = [head]
     times = []
     if s.started_at:
@@ -138,11 +141,27 @@ def session(s: p.SessionInfo, now: float | None = None) -> str:
     rows = [[w.name, w.agent, w.state, "" if w.exit_code is None else w.exit_code, w.gen,
              f"{w.progress * 100:.0f}%", w.milestones, w.input_tokens + w.output_tokens,
              cost(w.cost_usd, False) + (" (rehearsal)" if s.rehearse and w.cost_usd is not None else ""),
-             _when(w.started_at)[11:], elapsed(w.started_at, w.ended_at, now), w.reason or ""]
+             _when(w.started_at)[11:], elapsed(w.started_at, w.ended_at, now),
+             f"{w.review_round} {w.last_decision}" if w.last_decision else (w.review_round or ""), w.reason or ""]
             for w in s.workers]
     return "\n".join(lines) + "\n" + table(rows, ["WORKER", "AGENT", "STATE", "EXIT", "GEN", "PROGRESS",
                                                   "MILESTONES", "TOKENS", "COST", "STARTED", "ELAPSED",
-                                                  "REASON"])
+                                                  "REVIEW", "REASON"])
+
+
+def reviews(rs: list[p.ReviewInfo]) -> str:
+    if not rs:
+        return "no reviews"
+    lines = []
+    for r in rs:
+        lines.append(f"review {clean(r.id)}  {clean(r.assignment)} round {r.round}  "
+                     f"{clean(r.decision or 'in progress')}  commit {clean((r.commit or '-')[:12])}")
+        lines.append(f"  triggers: {short('; '.join(r.triggers), 200)}")
+        for v in r.verdicts:
+            lines.append(f"  {clean(v.reviewer)} ({clean(v.agent)}): {clean(v.verdict)} — {short(v.summary, 160)}"
+                         + (f" [{short(v.reason, 80)}]" if v.reason else ""))
+    return "\n".join(lines)
+
 
 
 def sessions(ss: list[p.SessionInfo], now: float | None = None) -> str:
@@ -275,6 +294,16 @@ _SUMMARIES = {
     "session.note": lambda e: str(e.get("message")) + (f" {short(e['data'], 60)}" if e.get("data") else ""),
     "session.stop_requested": lambda e: f"stop requested: {e.get('reason')} → {e.get('end_state', 'stopped')}",
     "session.merged": lambda e: f"merged into {e.get('branch')} at {str(e.get('commit'))[:12]}",
+    "worker.question": lambda e: f"question: {e.get('text')}",
+    "review.requested": lambda e: f"review {e.get('review_id')} of {e.get('assignment')} round {e.get('round')} "
+                                  f"at {str(e.get('commit'))[:12]} by {', '.join(map(str, e.get('reviewers') or []))}"
+                                  f" ({len(e.get('triggers') or [])} trigger(s))",
+    "review.run": lambda e: f"reviewer run for review {e.get('review_id')} (attempt {e.get('attempt', 1)})",
+    "review.verdict": lambda e: f"{e.get('reviewer')}: {e.get('verdict')} — {e.get('summary')}"
+                                + (f" [mismatch: {e['mismatch']}]" if e.get("mismatch") else ""),
+    "decision.made": lambda e: f"decision {e.get('decision')} for {e.get('assignment')}: {e.get('reason')}",
+    "review.warning": lambda e: f"warning about {e.get('assignment')}: {'; '.join(map(str, e.get('concerns') or []))}",
+    "review.skipped": lambda e: f"no review of {e.get('assignment')}: {e.get('reason')}",
     "daemon.started": lambda e: f"pid {e.get('pid')} version {e.get('version')} last seq {e.get('last_seq', 0)}",
     "daemon.stopping": lambda e: "stopping" + (f": {e['reason']}" if e.get("reason") else ""),
     "notify.sent": lambda e: f"notified {e.get('situation')} by {e.get('channel')} (key {e.get('key')})"

@@ -114,6 +114,7 @@ async def serve(cfg: config.Config) -> int:
 
     from actors.notifier import NotifierPorts
     from actors.rehearsal.sessions import Rehearsals
+    from actors.review import REVIEW_FOLLOWS, ReviewActor
     from actors.supervisor import Ports, SessionSupervisor
     from orchd import bus, proc, protocol as p, wire
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
@@ -140,7 +141,7 @@ async def serve(cfg: config.Config) -> int:
     journal = JournalSockets(ctx, JOURNAL, [cfg.events()], pub_hwm=cfg.pub_hwm, pub_queue_bytes=cfg.pub_queue_bytes,
                              pub_inline_max_bytes=cfg.pub_inline_max_bytes)
     journal.open()
-    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS)]
+    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False)]
     notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL, last_seq) if cfg.notify.channels() else None
     if notifier is not None:
         followers.append(Follower(NOTIFY, NOTIFY_FOLLOWS, log_health=False))
@@ -159,7 +160,14 @@ async def serve(cfg: config.Config) -> int:
             _log.error("worker_end_lost", actor=name, reason="the supervisor's mailbox is full")
 
     workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=worker_ended)
-    ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers)
+    ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers,
+                  review_ep=REVIEW)
+    # the review actor's mailbox and PUSH outlive its restarts too (the journal keeps forwarding to it)
+    review_inbox = Mailbox(ctx, REVIEW)
+    review_out = Outbox(ctx, hwm=1000, linger_s=cfg.stop_grace_s)
+
+    def start_review(restarts: int):
+        return ReviewActor(cfg, log_path, review_inbox, review_out, JOURNAL, SUPERVISOR).run(restarts)
     sup_ready = asyncio.Event()
 
     def start_supervisor(restarts: int):
@@ -174,6 +182,7 @@ async def serve(cfg: config.Config) -> int:
     try:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
+        root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
         if notifier is not None:
             root.start_child(ChildSpec("notifier", notifier.start, shutdown_s=2.0))
         if cfg.metrics_port:
@@ -208,6 +217,7 @@ async def serve(cfg: config.Config) -> int:
         root.begin_shutdown()
         if http is not None:
             await http.shutdown()
+        await root.stop_child("review")
         await root.stop_child("supervisor")
         await workers.shutdown(concurrent=True)
         await root.stop_child("notifier")  # deliveries in flight are abandoned
@@ -216,6 +226,8 @@ async def serve(cfg: config.Config) -> int:
     finally:
         journal.close()
         ports.inbox.close()
+        review_inbox.close()
+        review_out.close()
         out.close()
         rehearsals.close()
         if notifier is not None:
@@ -249,6 +261,7 @@ def _start_http(ctx, cfg: config.Config):
 
 JOURNAL = "inproc://journal"
 SUPERVISOR = "inproc://supervisor"
+REVIEW = "inproc://review"
 NOTIFY = "inproc://notify"
 
 

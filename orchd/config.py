@@ -51,7 +51,7 @@ class Limits(BaseModel):
     max_turns: int | None = Field(60, ge=1)           # passed to CLIs that support it
     max_tokens: int | None = Field(None, ge=0)        # per session, from agent.usage
     max_cost_usd: float | None = Field(None, ge=0)    # per session, from agent.usage
-    max_review_rounds: int = Field(3, ge=0)
+    max_review_rounds: int = Field(2, ge=0)           # reviews per assignment (actors/reviewing.py)
     max_relaunches: int = Field(2, ge=0)              # recovery relaunches per assignment (actors/recovery.py)
     backoff_cap_s: float = Field(60.0, ge=0)          # longest wait before a recovery relaunch
 
@@ -65,6 +65,20 @@ class AgentConfig(BaseModel):
                                        # HOME (so logged-in CLIs find their credentials), rehearsals get
                                        # a private one per assignment under the state dir
     env_pass: list[EnvName] = []       # more of the daemon's env vars this agent's runs get (see actors/launch.py)
+
+
+class ReviewConfig(BaseModel):
+    """``[review]``: who reviews, when, and how long a review may take (actors/reviewing.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    reviewers: int | list[AgentName] | None = None  # a count, or agent names; None: every other agent CLI
+    fallback_s: float = Field(900.0, gt=0)          # a review after this long with no other trigger
+    deadline_s: float = Field(600.0, gt=0)          # a reviewer run's wall time
+    max_tokens: int | None = Field(200_000, ge=0)   # a reviewer run's token cap
+    check: list[str] | None = None                  # a command run on the snapshot; its output goes to the prompt
+    check_deadline_s: float = Field(300.0, gt=0)
+    diff_max_bytes: int = Field(60_000, ge=1000)    # beyond it, the prompt has the stat and the file list
+    command: list[str] | None = None                # the ``command`` reviewer's argv (prompt in $ORCHD_PROMPT)
 
 
 class Role(BaseModel):
@@ -147,6 +161,7 @@ class Config(BaseModel):
     agent_preference: list[AgentName] = ["claude", "codex", "gemini"]
     agent_env_pass: list[EnvName] = []    # more of the daemon's env vars every agent gets (see actors/launch.py)
     limits: Limits = Field(default_factory=Limits)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)

@@ -24,9 +24,9 @@ class Follows:
 
 
 SUPERVISOR_FOLLOWS = Follows(
-    prefixes=("worker.",),
-    kinds=frozenset({"agent.session", "agent.usage", "agent.result", "agent.error"}),
-    exclude=frozenset({"worker.launching"}),  # the supervisor emits it and applies it itself
+    prefixes=("worker.", "review."),
+    kinds=frozenset({"agent.session", "agent.usage", "agent.result", "agent.error", "decision.made"}),
+    exclude=frozenset({"worker.launching", "review.run"}),  # the supervisor emits them and applies them itself
 )
 """What the session supervisor's projection needs and does not produce itself."""
 

@@ -13,6 +13,7 @@ Usage: fakeagent.py OP [OP ...], run in order:
   touch:PATH      create PATH (tells a test "I got here")
   waitfile:PATH   wait (up to 60 s) until PATH exists
   write:NAME:TEXT write TEXT to NAME in the working directory
+  prompt:PATH     append the prompt orchd gave ($ORCHD_PROMPT) and a separator line to PATH
   hang            block until killed
   bg:PIDFILE      start `sleep 1000` in the background (same process group, inheriting
                   stdout and stderr, so the pipes stay open after we exit); its pid goes to PIDFILE
@@ -66,6 +67,9 @@ def main(ops: list[str]) -> int:
             deadline = time.monotonic() + 60
             while not os.path.exists(arg) and time.monotonic() < deadline:
                 signal.sigtimedwait([], 0.01) if hasattr(signal, "sigtimedwait") else None
+        elif name == "prompt":
+            with open(arg, "a") as fh:
+                fh.write(os.environ.get("ORCHD_PROMPT", "") + "\n=====\n")
         elif name == "write":
             fname, _, text = arg.partition(":")
             with open(fname, "w") as fh:

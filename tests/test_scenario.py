@@ -31,6 +31,8 @@ GOOD: list[dict[str, Any]] = [
     {"agents": {"*": [{"http_error": 529}, {"http_error": 400, "match": "x"}]}},
     {"agents": {"*": [{"stall": True}, {"stall": True, "match": "again"}]}},
     {"agents": {"*": [{"text": "", "match": ""}]}},
+    {"agents": {"codex": [{"json": {"verdict": "concern", "summary": "s", "findings": []},
+                           "match": "orchd-review: impl round 1"}, {"json": None}]}},
 ]
 
 
@@ -68,7 +70,7 @@ def test_every_scenario_in_the_docs_is_valid() -> None:
 def test_the_agent_keys_are_the_dialects_agents() -> None:
     assert set(AGENT_KEYS) == set(dialects.AGENT_OF.values()) | {"*"}
     assert {f.encode_name for f in msgspec.structs.fields(Agents)} == set(AGENT_KEYS)
-    assert REPLY_KINDS == ("text", "tool", "http_error", "stall")
+    assert REPLY_KINDS == ("text", "tool", "http_error", "stall", "json")
 
 
 BAD: list[tuple[Any, str]] = [
@@ -102,14 +104,17 @@ BAD: list[tuple[Any, str]] = [
     ({"agents": {"*": [{"tool": "write_file", "path": "", "content": ""}]}},
      "agents.*[0].path: expected str of length >= 1"),
     # no kind, two kinds, keys of another kind
-    ({"agents": {"*": [{}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall"),
-    ({"agents": {"*": [{"match": "x"}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall"),
+    ({"agents": {"*": [{}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall, json"),
+    ({"agents": {"*": [{"match": "x"}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall, json"),
     ({"agents": {"*": [{"tool": "run", "command": "x", "http_error": 500}]}},
      "agents.*[0]: a reply has one kind, got tool and http_error"),
     ({"agents": {"*": [{"text": "x", "stall": True}]}}, "agents.*[0]: text not allowed with stall"),
     ({"agents": {"*": [{"text": "x", "http_error": 500}]}}, "agents.*[0]: text not allowed with http_error"),
     ({"agents": {"*": [{"text": "x", "body": {}}]}}, "agents.*[0]: body not allowed with text"),
     ({"agents": {"*": [{"text": "x", "path": "p"}]}}, "agents.*[0]: path not allowed with text"),
+    ({"agents": {"*": [{"json": {}, "text": "x"}]}}, "agents.*[0]: text not allowed with json"),
+    ({"agents": {"*": [{"json": {}, "tool": "run", "command": "x"}]}},
+     "agents.*[0]: a reply has one kind, got tool and json"),
     # tools
     ({"agents": {"*": [{"tool": "fly"}]}}, "agents.*[0]: unknown tool 'fly' (expected write_file or run)"),
     ({"agents": {"*": [{"tool": "write_file", "path": "x"}]}}, "agents.*[0]: write_file needs path and content"),

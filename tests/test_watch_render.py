@@ -55,6 +55,17 @@ SAMPLES: dict[str, dict] = {
     "session.merged": {"branch": "orchd/s-1", "commit": "0123456789abcdef0123"},
     "daemon.started": {"pid": 7, "version": "0.1.0", "last_seq": 12},
     "daemon.stopping": {},
+    "worker.question": {"text": "which database?"},
+    "review.requested": {"review_id": "r1", "assignment": "impl", "round": 1, "triggers": ["milestone: x"],
+                         "commit": "0123456789abcdef", "reviewers": ["codex", "gemini"]},
+    "review.run": {"review_id": "r1", "spec": {"name": "_review-r1-1-1", "agent": "codex", "run_kind": "reviewer"},
+                   "cwd": "/x"},
+    "review.verdict": {"review_id": "r1", "reviewer": "codex", "verdict": "concern",
+                       "summary": "no tests"},
+    "decision.made": {"review_id": "r1", "decision": "log_warning", "reason": "1 concern of 2 verdict(s)",
+                      "assignment": "impl"},
+    "review.warning": {"review_id": "r1", "assignment": "impl", "concerns": ["codex: no tests"]},
+    "review.skipped": {"assignment": "impl", "reason": "already reviewed"},
     "notify.sent": {"channel": "webhook", "key": "s-1/failed", "situation": "failed", "attempts": 3},
     "notify.failed": {"channel": "command", "key": "s-1/done", "situation": "done", "error": "exit code 2"},
     "session.question": {"question": "which database?", "source": "agent"},
@@ -74,6 +85,10 @@ EXACT = {
     "daemon.stopping": "stopping",
     "session.submitted": "task 'fix it' target /repo: impl(claude)",
     "worker.exited": "failed exit=1 (agent failed)",
+    "review.requested": "review r1 of impl round 1 at 0123456789ab by codex, gemini (1 trigger(s))",
+    "review.verdict": "codex: concern — no tests",
+    "decision.made": "decision log_warning for impl: 1 concern of 2 verdict(s)",
+    "session.answered": "answered: sqlite",
     "notify.sent": "notified failed by webhook (key s-1/failed) after 3 attempts",
     "notify.failed": "could not notify done by command after 1 attempt(s): exit code 2",
 }
@@ -157,15 +172,17 @@ def test_any_event_renders_as_one_clean_line(kind, fields):
     assert render.summary({**fields, "kind": kind}).strip()
 
 
-def test_review_and_answer_are_hidden_from_help_but_callable():
+def test_review_answer_and_reviews_are_listed_in_help_and_callable():
     parser = cli.build_parser()
     listed = re.findall(r"^    (\w+)", parser.format_help(), re.MULTILINE)
     assert "watch" in listed and "clean" in listed
+    assert {"review", "answer", "reviews"} <= set(listed) and "SUPPRESS" not in parser.format_help()
     for name in cli.HIDDEN:
-        assert name not in listed and "SUPPRESS" not in parser.format_help()
+        assert name not in listed
     args = parser.parse_args(["answer", "s-1", "yes"])
     assert (args.session, args.text) == ("s-1", "yes")
     assert parser.parse_args(["review", "s-1"]).session == "s-1"
+    assert parser.parse_args(["review", "s-1", "--worker", "impl"]).worker == "impl"
 
 
 # ---------------------------------------------------------------- a real daemon

@@ -52,6 +52,8 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     allow_unconfined: bool = False    # may the run go on when its sandbox is missing (claude)
     argv: list[str] | None = None     # command agent only
     env: dict[str, str] | None = None # extra env from the assignment
+    output_schema: str | None = None  # JSON Schema of the answer (reviewers): claude --json-schema
+    output_schema_file: str | None = None  # the same schema in a file: codex exec --output-schema
 
 
 class Launch(msgspec.Struct, frozen=True, kw_only=True):

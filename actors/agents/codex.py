@@ -282,6 +282,8 @@ class CodexAdapter(CliAdapter):
             argv += ["--dangerously-bypass-approvals-and-sandbox"]
         if spec.model:
             argv += ["--model", spec.model]
+        if spec.output_schema_file:
+            argv += ["--output-schema", spec.output_schema_file]
         if spec.resume_id:
             argv += ["resume", spec.resume_id]
         argv += ["--", spec.prompt]

@@ -64,24 +64,51 @@ class Script:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_reply(self, turn: dialects.Turn) -> dict[str, Any]:
-        """The reply for this model call, with ``{assignment}`` filled in."""
+        """The reply for this model call, with ``{assignment}`` filled in.
+
+        The assignment's own replies (``"assignments": {NAME: [...]}``) when the scenario has
+        them, else the agent's.  A reviewer's call (its prompt has ``orchd-review: NAME round N``)
+        takes only review replies (a ``json`` reply, or one whose ``match`` names
+        ``orchd-review``) and when none is left gets an approval; other calls never take a
+        review reply.  A ``json`` reply is sent as the assistant's text: the JSON answer
+        claude's ``--json-schema`` and codex's ``--output-schema`` modes expect, and what a CLI
+        without such a mode is asked for.
+        """
         own = self.scenario.get("assignments", {})
         if turn.assignment is not None and turn.assignment in own:
             replies, source = own[turn.assignment], "assignment"
         else:
             agents = self.scenario.get("agents", {})
             replies, source = agents.get(turn.agent, agents.get("*", [])), "agent"
-        key = (source, turn.agent, turn.assignment or "")
+        review = REVIEW_RE.search(turn.prompt)
+        key = (source, turn.agent, f"review:{review.group(1)}" if review else turn.assignment or "")
         with self._lock:
             used = self._consumed.setdefault(key, set())
             for i, reply in enumerate(replies):
-                if i in used:
+                if i in used or _is_review_reply(reply) != bool(review):
                     continue
                 if "match" in reply and reply["match"] not in turn.prompt:
                     continue
                 used.add(i)
-                return _fill(reply, turn.name)
+                return _as_text(_fill(reply, turn.name))
+        if review:
+            return _as_text({"json": REHEARSAL_APPROVAL})
         return {"text": f"DONE: {turn.name}"}
+
+
+REVIEW_RE = __import__("re").compile(r"orchd-review: (\S+) round \d+")
+REHEARSAL_APPROVAL = {"verdict": "approve", "summary": "rehearsal: no review reply scripted for this reviewer",
+                      "findings": []}
+
+
+def _is_review_reply(reply: dict[str, Any]) -> bool:
+    return "json" in reply or "orchd-review" in str(reply.get("match", ""))
+
+
+def _as_text(reply: dict[str, Any]) -> dict[str, Any]:
+    if "json" not in reply:
+        return reply
+    return {"text": json.dumps(reply["json"])}
 
 
 def _fill(value: Any, name: str) -> Any:

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-REPLY_KINDS = ("text", "tool", "http_error", "stall")
+REPLY_KINDS = ("text", "tool", "http_error", "stall", "json")
 TOOLS = ("write_file", "run")
 AGENT_KEYS = ("claude", "codex", "gemini", "*")
 
@@ -35,6 +35,7 @@ _COMPANIONS = {
     "tool": frozenset({"text", "path", "content", "command"}),
     "http_error": frozenset({"body"}),
     "stall": frozenset(),
+    "json": frozenset(),
 }
 _TOOL_KEYS = {"write_file": ("path", "content"), "run": ("command",)}
 
@@ -57,13 +58,14 @@ class Reply(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http_error: Annotated[int, Meta(ge=400, le=599)] | UnsetType = UNSET
     body: dict[str, Any] | UnsetType = UNSET
     stall: bool | UnsetType = UNSET
+    json: Any | UnsetType = UNSET   # a structured answer (a reviewer's verdict): sent as the CLI expects it
     match: str | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         # ValueError here becomes a msgspec.ValidationError carrying this reply's path
         present = {f for f in self.__struct_fields__ if getattr(self, f) is not UNSET} - {"match"}
         # text is a kind of its own, or the text block before a tool call
-        kinds = [k for k in ("tool", "http_error", "stall") if k in present]
+        kinds = [k for k in ("tool", "http_error", "stall", "json") if k in present]
         if not kinds and "text" in present:
             kinds = ["text"]
         if not kinds:
@@ -86,6 +88,11 @@ class Reply(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             wrong = sorted(present & {"path", "content", "command"} - set(need))
             if wrong:
                 raise ValueError(f"{', '.join(wrong)} not allowed with tool {self.tool}")
+        if self.json is not UNSET:
+            try:
+                json.dumps(self.json)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"json is not JSON: {exc}") from None
         if self.body is not UNSET:
             try:
                 json.dumps(self.body)
