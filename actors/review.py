@@ -43,7 +43,7 @@ from actors import prompts, review_policy, reviewing, snapshots, verdicts, works
 from actors.decide import effective_limits
 from actors.sessions import Projection, SessionView, WorkerView
 from actors.worker import mailbox_endpoint
-from orchd import log, wire
+from orchd import log, redact, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox
 from orchd.config import Config
@@ -367,7 +367,8 @@ class ReviewActor:
     # ------------------------------------------------------------ out
 
     def emit(self, sid: str, ev: p.Ev, agent: str | None = None) -> None:
-        frame = wire.pending_frame(wire.topic(sid), wire.stamp_prefix(sid, None, agent, 0), time.time(), ev)
+        frame = wire.pending_frame(wire.topic(sid), wire.stamp_prefix(sid, None, agent, 0), time.time(),
+                                   redact.current().event(ev))
         self._backlog.append(wire.pack(p.Append(frames=[frame])))
         self._flush()
 
@@ -392,11 +393,11 @@ class ReviewActor:
         return self.cfg.state_dir / "reviews" / sid / rid
 
     def _save(self, sid: str, rid: str, name: str, text: str) -> None:
-        """Keep a review's prompt, raw answer or verdict (the daemon's umask makes it 0600)."""
+        """Keep a review's prompt, raw answer or verdict, redacted (the daemon's umask makes it 0600)."""
         path = self._dir(sid, rid)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            (path / name).write_text(text, encoding="utf-8", errors="replace")
+            (path / name).write_text(redact.redact(text), encoding="utf-8", errors="replace")
         except OSError as exc:
             _log.warning("review_file_not_written", path=str(path / name), error=str(exc))
 
