@@ -40,6 +40,7 @@ class WorkerView:
     reason: str | None = None
     milestones: int = 0
     done_marker: bool = False
+    done_text: str = ""  # the last DONE: summary (orchd's commit message carries it)
     agent_session_id: str | None = None
     agent_version: str | None = None
     branch: str | None = None
@@ -233,8 +234,8 @@ class Projection:
                 w.ended_ts = stamp.ts
             case p.WorkerMilestone():
                 w.milestones += 1
-            case p.WorkerDone():
-                w.done_marker = True
+            case p.WorkerDone(text=text):
+                w.done_marker, w.done_text = True, text
             case p.WorkerFailure():
                 w.failure = ev
             case p.AgentSession(agent_session_id=asid):

@@ -165,9 +165,12 @@ def cmd_submit(args) -> int:
     if (code := _reply_or_exit(args, reply)) is not None:
         return code
     if args.json:
-        _print_json({"session": reply.session, "assignments": reply.assignments})
+        _print_json({"session": reply.session, "assignments": reply.assignments, "warnings": reply.warnings})
     else:
         print(f"session {reply.session} submitted: {', '.join(reply.assignments)}")
+        from orchctl import render
+        for warning in reply.warnings:
+            print(f"orchctl: warning: {render.clean(warning)}", file=sys.stderr)
     return EXIT_OK
 
 

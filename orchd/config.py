@@ -27,6 +27,15 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error", "critical"],
 LogFormat = Literal["auto", "json", "console"]
 
 
+# What orchd never commits for an assignment (gitignore-like patterns; see
+# actors.worktrees.exclude_pathspecs), even when the target has no .gitignore for them:
+# secrets, caches, dependencies and the agent CLIs' own state directories.
+DEFAULT_COMMIT_EXCLUDE = [
+    ".env", ".env.*", "*.pem", "id_rsa*", "__pycache__/", "*.pyc", "node_modules/",
+    ".claude/", ".codex/", ".gemini/",
+]
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message is one line naming the key."""
 
@@ -89,6 +98,7 @@ class Config(BaseModel):
     allow_unconfined: bool = False        # run a "workspace" agent whose sandbox is unavailable
     fault_injection: bool = False         # testing only: accept the InjectFault control request
     agent_preference: list[AgentName] = ["claude", "codex", "gemini"]
+    commit_exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMIT_EXCLUDE))  # [] keeps all
     limits: Limits = Field(default_factory=Limits)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)

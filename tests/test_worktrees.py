@@ -83,6 +83,11 @@ def branch_files(repo: Path, branch: str) -> set[str]:
     return set(git(repo, "ls-tree", "-r", "--name-only", branch).splitlines())
 
 
+def hub(root: Path, session: str = S) -> Path:
+    """orchd's own repository of the session's branches (the target holds none of them)."""
+    return root / session / "_branches.git"
+
+
 def registered(repo: Path) -> list[str]:
     return [line.removeprefix("worktree ") for line in
             git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
@@ -170,14 +175,18 @@ def test_create_worktree_and_again(repo, root):
     assert path == root / S / "impl"
     assert branch == f"orchd/{S}.impl"
     assert (path / "README").read_text() == "hello\n"
-    assert git(repo, "rev-parse", branch) == base
+    assert git(hub(root), "rev-parse", branch) == base
     assert git(path, "symbolic-ref", "--short", "HEAD") == branch
+    # a clone of its own: its git dir is inside it, the target knows nothing of it
+    assert (path / ".git").is_dir()
+    assert git(path, "rev-parse", "--absolute-git-dir") == str(path / ".git")
+    assert git(repo, "for-each-ref", "refs/heads/orchd/") == ""
 
     write(path / "wip.txt", "not committed yet\n")
     again = wt.create_worktree(repo, root, S, "impl", base)
     assert again == (path, branch)
     assert (path / "wip.txt").read_text() == "not committed yet\n"
-    assert len(registered(repo)) == 2
+    assert registered(repo) == [str(repo)]
 
 
 def test_create_worktree_keeps_an_existing_branch(repo, root):
@@ -190,7 +199,7 @@ def test_create_worktree_keeps_an_existing_branch(repo, root):
 
     again, _ = wt.create_worktree(repo, root, S, "impl", base)
     assert again == path
-    assert git(repo, "rev-parse", branch) == done
+    assert git(hub(root), "rev-parse", branch) == done
     assert (path / "a.txt").read_text() == "a\n"
 
 
@@ -215,7 +224,7 @@ def test_commit_all_without_changes_makes_no_commit(repo, root):
     base = wt.head_commit(repo)
     path, branch = wt.create_worktree(repo, root, S, "impl", base)
     assert wt.commit_all(path, "nothing") == base
-    assert git(repo, "rev-parse", branch) == base
+    assert git(hub(root), "rev-parse", branch) == base
 
 
 def test_commit_all_takes_new_modified_and_deleted_files(repo, root):
@@ -225,9 +234,9 @@ def test_commit_all_takes_new_modified_and_deleted_files(repo, root):
     (path / "README").write_text("changed\n")
     (path / "shared.txt").unlink()
     head = wt.commit_all(path, "agent work")
-    assert head == git(repo, "rev-parse", branch) != base
-    assert branch_files(repo, branch) == {"README", "new/file.txt"}
-    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch) == \
+    assert head == git(hub(root), "rev-parse", branch) == git(path, "rev-parse", branch) != base
+    assert branch_files(hub(root), branch) == {"README", "new/file.txt"}
+    assert git(hub(root), "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch) == \
         "orchd <orchd@localhost>|orchd <orchd@localhost>|agent work"
 
 
@@ -349,10 +358,10 @@ def test_conflict_is_reported_and_moves_no_branch(repo, root):
     assert result == merging.MergeResult(ok=False, commit=None, conflicts=["shared.txt"],
                                     branch=f"orchd/{S}", assignment="b")
     for name, head in heads.items():
-        assert git(repo, "rev-parse", wt.branch_name(S, name)) == head
+        assert git(hub(root), "rev-parse", wt.branch_name(S, name)) == head
     assert git(repo, "rev-parse", f"orchd/{S}") == earlier.commit
     assert not (root / S / "_merge").exists()
-    assert str(root / S / "_merge") not in registered(repo)
+    assert str(root / S / "_merge") not in registered(hub(root))
     assert snapshot(repo) == before
     # The assignment worktrees are untouched too.
     assert (b / "shared.txt").read_text() == "one\nTWO by b\nthree\n"
@@ -405,14 +414,17 @@ def test_merged_base_of_two_parallel_assignments(repo, root):
     write(a / "a.txt", "a\n")
     write(b / "b.txt", "b\n")
     head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
-    branches = git(repo, "for-each-ref", "--format=%(refname)")
+    branches = git(hub(root), "for-each-ref", "--format=%(refname)")
+    target_refs = git(repo, "for-each-ref", "--format=%(refname)")
 
     merged = merging.merged_base(repo, root, S, "review", [head_a, head_b])
 
-    assert git(repo, "rev-parse", f"{merged}^1", f"{merged}^2").split() == [head_a, head_b]
-    assert {"a.txt", "b.txt"} <= branch_files(repo, merged)
-    assert git(repo, "for-each-ref", "--format=%(refname)") == branches
-    assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
+    assert git(hub(root), "rev-parse", f"{merged}^1", f"{merged}^2").split() == [head_a, head_b]
+    assert {"a.txt", "b.txt"} <= branch_files(hub(root), merged)
+    assert git(hub(root), "for-each-ref", "--format=%(refname)") == branches
+    assert git(repo, "for-each-ref", "--format=%(refname)") == target_refs
+    assert not (root / S / "_base-review").exists() and len(registered(hub(root))) == 1
+    assert registered(repo) == [str(repo)]
     # The waiting assignment starts from it.
     path, branch = wt.create_worktree(repo, root, S, "review", merged)
     assert (path / "a.txt").exists() and (path / "b.txt").exists()
@@ -435,14 +447,15 @@ def test_merged_base_conflict_leaves_no_mess(repo, root):
     (a / "shared.txt").write_text("by a\n")
     (b / "shared.txt").write_text("by b\n")
     head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
-    branches = git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
+    branches = git(hub(root), "for-each-ref", "--format=%(refname) %(objectname)")
 
     with pytest.raises(MergeConflict) as caught:
         merging.merged_base(repo, root, S, "review", [head_a, head_b])
 
     assert caught.value.files == ["shared.txt"]
-    assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
-    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)") == branches
+    assert not (root / S / "_base-review").exists() and len(registered(hub(root))) == 1
+    assert registered(repo) == [str(repo)]
+    assert git(hub(root), "for-each-ref", "--format=%(refname) %(objectname)") == branches
 
 
 # ---------------------------------------------------------------- clean
@@ -457,14 +470,27 @@ def test_clean_removes_worktrees_and_keeps_branches(repo, root):
     write(b / "dirty.txt", "left uncommitted\n")
     assert merging.merge_session(repo, root, S, ["a", "b"], base).ok
 
-    removed = wt.clean(repo, root, S)
+    removed, kept = wt.clean(repo, root, S)
 
-    assert removed == sorted([a, b, root / S / "_merge"])
-    assert not (root / S).exists()
-    assert registered(repo) == [str(repo), str(other)]
-    assert git(repo, "rev-parse", wt.branch_name(S, "a"), wt.branch_name(S, "b"), f"orchd/{S}").split() \
-        == [head_a, base, head_a]
-    assert wt.clean(repo, root, S) == []
+    assert removed == sorted([a, b, root / S / "_merge"]) and kept == {}
+    assert sorted(p.name for p in (root / S).iterdir()) == ["_branches.git"]  # the branches stay
+    assert other.is_dir() and registered(repo) == [str(repo)]
+    assert git(hub(root), "rev-parse", wt.branch_name(S, "a"), f"orchd/{S}").split() == [head_a, head_a]
+    assert git(repo, "rev-parse", f"orchd/{S}") == head_a
+    # what b left uncommitted is on its branch now, not thrown away
+    head_b = git(hub(root), "rev-parse", wt.branch_name(S, "b"))
+    assert git(hub(root), "rev-parse", f"{head_b}^") == base
+    assert git(hub(root), "show", f"{head_b}:dirty.txt") == "left uncommitted"
+    assert wt.clean(repo, root, S) == ([], {})
+
+
+def test_clean_keeps_a_clone_whose_work_cannot_be_committed(repo, root):
+    a, _ = wt.create_worktree(repo, root, S, "a", wt.head_commit(repo))
+    git(a, "checkout", "-q", "--detach")
+    write(a / "dirty.txt", "on no branch\n")
+    removed, kept = wt.clean(repo, root, S)
+    assert removed == [] and list(kept) == [str(a)] and "detached HEAD" in kept[str(a)]
+    assert (a / "dirty.txt").read_text() == "on no branch\n"
 
 
 # ---------------------------------------------------------------- threads
@@ -476,4 +502,5 @@ def test_worktrees_created_from_many_threads(repo, root):
     with ThreadPoolExecutor(len(jobs)) as pool:
         made = list(pool.map(lambda job: wt.create_worktree(repo, root, *job, base), jobs))
     assert [path for path, _ in made] == [root / s / a for s, a in jobs]
-    assert sorted(registered(repo)[1:]) == sorted(str(root / s / a) for s, a in jobs)
+    assert all(git(root / s / a, "rev-parse", "--absolute-git-dir") == str(root / s / a / ".git") for s, a in jobs)
+    assert registered(repo) == [str(repo)]
