@@ -520,11 +520,9 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
         hub = ensure_hub(top, root, session)
         path = _session_dir(root, session) / assignment
         if _is_repo(path, bare=False):
-            r = _run(path, "symbolic-ref", "--quiet", "HEAD")
-            if r.returncode == 0 and _run(path, "rev-parse", "--verify", "--quiet", "HEAD").returncode == 0:
-                return path, branch  # the agent's own branch changes are commit_all's to judge
-        if path.exists():  # a half-made clone (a daemon killed while making it)
-            shutil.rmtree(path)
+            return path, branch  # as the agent left it: its branch changes are commit_all's to judge
+        if path.exists():  # never deleted: it may hold an agent's work (say it removed its .git)
+            raise GitError(f"{path} exists but is not a clone made by orchd; move it away to start again")
         if _branch_exists(hub, branch):
             start = _git(hub, "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}")
         else:
@@ -579,16 +577,18 @@ def _clean(root: Path, session: str, message: str,
     for child in sorted(sdir.iterdir()):
         if child.name == HUB_DIR or not child.is_dir():
             continue
-        if child.name.startswith("_"):  # a half-made clone or scratch directory
+        if child.name.startswith("_"):  # a half-made clone or scratch directory (ours only)
             shutil.rmtree(child)
             removed.append(child)
             continue
-        if _is_repo(child, bare=False):
-            try:
-                commit_assignment(child, message, exclude)
-            except GitError as exc:
-                kept[str(child)] = exc.message
-                continue
+        if not _is_repo(child, bare=False):
+            kept[str(child)] = "not a clone made by orchd (left as it is)"
+            continue
+        try:
+            commit_assignment(child, message, exclude)
+        except GitError as exc:
+            kept[str(child)] = exc.message
+            continue
         shutil.rmtree(child)
         removed.append(child)
     return sorted(removed), kept

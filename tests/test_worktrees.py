@@ -504,3 +504,78 @@ def test_worktrees_created_from_many_threads(repo, root):
     assert [path for path, _ in made] == [root / s / a for s, a in jobs]
     assert all(git(root / s / a, "rev-parse", "--absolute-git-dir") == str(root / s / a / ".git") for s, a in jobs)
     assert registered(repo) == [str(repo)]
+
+
+# ---------------------------------------------------------------- clones: the target is read-only
+
+def test_a_relaunch_reuses_the_clone_as_the_agent_left_it(repo, root):
+    path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    git(path, "checkout", "-q", "--detach")
+    write(path / "wip.txt", "w\n")
+    assert wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))[0] == path
+    assert (path / "wip.txt").read_text() == "w\n"
+
+
+def test_a_clone_without_its_git_dir_is_refused_not_deleted(repo, root):
+    path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    write(path / "work.txt", "w\n")
+    shutil.rmtree(path / ".git")
+    with pytest.raises(GitError, match="not a clone made by orchd"):
+        wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    assert wt.clean(repo, root, S) == ([], {str(path): "not a clone made by orchd (left as it is)"})
+    assert (path / "work.txt").read_text() == "w\n"
+
+
+def test_gc_in_a_clone_harms_neither_the_target_nor_the_branches(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    write(a / "a.txt", "a\n")
+    first = wt.commit_all(a, "a")
+    b, _ = wt.create_worktree(repo, root, S, "b", first)
+    # the agent commits, drops the commit, and prunes everything unreachable at once
+    write(b / "gone.txt", "g\n")
+    git(b, "add", "gone.txt")
+    git(b, "commit", "-qm", "to be dropped")
+    git(b, "reset", "-q", "--hard", "HEAD~1")
+    git(b, "reflog", "expire", "--expire=now", "--all")
+    git(b, "gc", "--quiet", "--prune=now", "--aggressive")
+    write(b / "b.txt", "b\n")
+    wt.commit_all(b, "b")
+    result = merging.merge_session(repo, root, S, ["a", "b"], base)
+    assert result.ok and branch_files(repo, f"orchd/{S}") == {"README", "shared.txt", "a.txt", "b.txt"}
+    for r in (repo, hub(root), a, b):
+        assert helpers.git_run(r, "fsck", "--connectivity-only", "--no-dangling").returncode == 0, r
+    # the target holds its own copy of everything orchd/<session> needs: the clones can go
+    shutil.rmtree(root)
+    assert helpers.git_run(repo, "fsck", "--connectivity-only").returncode == 0
+    assert git(repo, "show", f"orchd/{S}:b.txt") == "b"
+
+
+def test_commit_leaves_out_excluded_paths_even_when_staged(repo, root):
+    path, branch = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    for name in (".env", "deep/dir/.env.prod", "keys/id_rsa.pub", "node_modules/x/i.js", "a/__pycache__/m.pyc",
+                 "b.pyc", ".claude/settings.local.json", "src/ok.py"):
+        write(path / name, "x\n")
+    git(path, "add", "-f", ".env")  # the agent staged it itself
+    made = wt.commit_assignment(path, "impl")
+    assert branch_files(hub(root), branch) == {"README", "shared.txt", "src/ok.py"}
+    assert made.made and made.left_out == [".claude/", ".env", "a/__pycache__/", "b.pyc", "deep/dir/.env.prod",
+                                      "keys/id_rsa.pub", "node_modules/"]
+    # an empty list commits everything that is left
+    assert wt.commit_assignment(path, "all", exclude=[]).left_out == []
+    assert {".env", "node_modules/x/i.js"} <= branch_files(hub(root), branch)
+
+
+def test_exclude_patterns_become_pathspecs():
+    assert wt.exclude_pathspecs(["node_modules/", "*.pem", "/build/out", "", "# c"]) == [
+        ":(glob)**/node_modules/**", ":(glob)**/*.pem", ":(glob)**/*.pem/**",
+        ":(glob)build/out", ":(glob)build/out/**"]
+
+
+def test_the_dirty_target_is_listed_without_rewriting_its_index(repo):
+    (repo / "README").write_text("edited\n")
+    write(repo / "new" / "x.txt", "n\n")
+    os.utime(repo / "shared.txt", (1, 1))  # a stale stat cache: a plain status would rewrite the index
+    index = (repo / ".git" / "index").read_bytes()
+    assert wt.uncommitted(repo) == ["M README", "?? new/"]
+    assert (repo / ".git" / "index").read_bytes() == index
