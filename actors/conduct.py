@@ -155,10 +155,10 @@ class Conduct:
         self._advance(s)
 
     def _committed(self, s: SessionView, commits: list[p.CommitMade]) -> None:
-        """One ``worker.committed`` per commit a workspace job made (or per commit that left files out)."""
+        """One ``worker.committed`` per commit a workspace job made (or that left files out, once)."""
         for c in commits:
             w = s.workers.get(c.worker)
-            if w is not None and (c.made or c.left_out):
+            if w is not None and (c.made or (c.left_out and c.commit != w.committed)):
                 self.emit(s, p.WorkerCommitted(branch=c.branch, commit=c.commit, made=c.made, left_out=c.left_out,
                                                left_out_more=c.left_out_more), w)
 

@@ -41,6 +41,7 @@ class WorkerView:
     milestones: int = 0
     done_marker: bool = False
     done_text: str = ""  # the last DONE: summary (orchd's commit message carries it)
+    committed: str | None = None  # the commit of the last worker.committed
     agent_session_id: str | None = None
     agent_version: str | None = None
     branch: str | None = None
@@ -236,6 +237,8 @@ class Projection:
                 w.milestones += 1
             case p.WorkerDone(text=text):
                 w.done_marker, w.done_text = True, text
+            case p.WorkerCommitted(commit=commit):
+                w.committed = commit
             case p.WorkerFailure():
                 w.failure = ev
             case p.AgentSession(agent_session_id=asid):

@@ -385,7 +385,15 @@ def ensure_hub(target: Path, root: Path, session: str) -> Path:
     hub.parent.mkdir(parents=True, exist_ok=True)
     _git(hub.parent, "init", "--quiet", "--bare", "--template=", str(hub))
     _borrow(hub, _objects_dir(target))
+    _copy_shallow(target, hub)
     return hub
+
+
+def _copy_shallow(source: Path, repo: Path) -> None:
+    """A shallow ``source``'s boundary, so that ``repo`` borrowing its objects knows where history stops."""
+    shallow = Path(_git(source, "rev-parse", "--path-format=absolute", "--git-path", "shallow"))
+    if shallow.is_file():
+        shutil.copyfile(shallow, _git(repo, "rev-parse", "--path-format=absolute", "--git-path", "shallow"))
 
 
 def _publish(clone: Path, hub: Path, branch: str) -> None:
@@ -534,15 +542,10 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
             shutil.rmtree(tmp)
         _git(path.parent, "init", "--quiet", f"--initial-branch={branch}", str(tmp))
         _borrow(tmp, _objects_dir(hub))
+        _copy_shallow(hub, tmp)
         _git(tmp, "checkout", "--quiet", "-B", branch, start)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
         return path, branch
-
-
-def commit_exists(root: Path, session: str, commit: str) -> bool:
-    hub = hub_path(root, session)
-    return _is_repo(hub, bare=True) and \
-        _run(hub, "cat-file", "-e", f"{commit}^{{commit}}").returncode == 0
 
 
 def clean(target: Path, root: Path, session: str, message: str = "orchd: left uncommitted at clean",

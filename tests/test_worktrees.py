@@ -579,3 +579,19 @@ def test_the_dirty_target_is_listed_without_rewriting_its_index(repo):
     index = (repo / ".git" / "index").read_bytes()
     assert wt.uncommitted(repo) == ["M README", "?? new/"]
     assert (repo / ".git" / "index").read_bytes() == index
+
+
+def test_a_shallow_target_works(repo, root, tmp_path):
+    (repo / "README").write_text("second\n")
+    git(repo, "commit", "-qam", "second")
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth=1", f"file://{repo}", str(shallow))
+    base = wt.head_commit(shallow)
+    a, _ = wt.create_worktree(shallow, root, S, "a", base)
+    b, _ = wt.create_worktree(shallow, root, S, "b", base)
+    write(a / "a.txt", "a\n")
+    write(b / "b.txt", "b\n")
+    wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    assert merging.merge_session(shallow, root, S, ["a", "b"], base).ok
+    assert {"a.txt", "b.txt"} <= branch_files(shallow, f"orchd/{S}")
+    assert helpers.git_run(shallow, "fsck", "--connectivity-only").returncode == 0
