@@ -1,19 +1,34 @@
-"""Git worktrees for assignments, and the git plumbing the merge shares.
+"""orchd's clones for assignments, the session's branch repository, and the git plumbing the merge shares.
 
 Theory of operation
 -------------------
-Every assignment works in its own linked worktree of the target repository,
-on its own branch, so agents never see each other's half-done edits and the
-user's checkout is never touched::
+The target is read-only to agents.  Every assignment works in a clone of
+its own, owned by orchd, on its own branch, so agents never see each
+other's half-done edits, and nothing an agent does to git (refs, tags,
+config, hooks, gc) reaches the target or another assignment::
 
-    <root>/<session>/<assignment>   branch orchd/<session>.<assignment>
-    <root>/<session>/_merge         branch orchd/<session>   (the result)
-    <root>/<session>/_base-<label>  detached, only while merged_base runs
+    <root>/<session>/_branches.git  bare, orchd's: alternates -> the target's objects;
+                                    holds every orchd/<session>.<assignment> and orchd/<session>
+    <root>/<session>/<assignment>   a clone: its own .git, alternates -> _branches.git's objects;
+                                    branch orchd/<session>.<assignment>
+    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session> (the result)
+    <root>/<session>/_base-<label>  worktree of _branches.git, detached, only while merged_base runs
 
-This module creates the assignment worktrees, commits what an agent left
-and cleans a session up; merging the branches (``_merge``, ``_base-*``) is
-``actors.merging``, built on the plumbing here: running git, name checks,
-the worktree list and the per-repository lock.
+Objects flow one way at a time and only by orchd's hand: a clone borrows
+(never writes) the branch repository's objects, which borrows the target's;
+``commit_assignment`` commits what the agent left and fetches the branch
+from the clone into ``_branches.git`` (so a clone can go, even be broken by
+its agent, without losing a commit orchd has taken); ``actors.merging``
+merges there and then has the *target* fetch ``orchd/<session>`` from
+``_branches.git``: the one write into the target, which copies what it
+needs into its own object store.  The target never gets a worktree
+registration, and its index, HEAD, config and other refs are never written.
+
+This module makes the branch repository and the clones, commits what an
+agent left (minus ``commit_exclude``) and cleans a session up; merging the
+branches (``_merge``, ``_base-*``) is ``actors.merging``, built on the
+plumbing here: running git, name checks, the worktree list and the
+per-repository lock.
 
 Assignment branches are ``orchd/<session>.<assignment>``, not
 ``orchd/<session>/<assignment>``: git stores refs as paths, so a branch
@@ -23,13 +38,14 @@ may not contain a dot, so the two namespaces never collide.
 Everything here is synchronous and runs the real ``git`` with a fixed
 identity and a few settings overridden (see ``_CONFIG``) so that the user's
 hooks, signing setup or merge preferences cannot stall or change what the
-daemon does.  Commands that write (merges, commits, checkouts) run with
-``-C <worktree>``; commands run in the target only create or remove refs and
-worktree registrations, never its index, HEAD or working tree.
+daemon does.  orchd's own git commands in a clone (``add``, ``commit``)
+still read that clone's ``.git/config``, which its agent can write (an
+unsandboxed one, or through a sandbox that leaves ``.git`` writable).
 
-Every function may be called again after a daemon crash: stale worktrees
-left by an earlier attempt are reused (assignments) or replaced (``_merge``,
-``_base-*``).
+Every function may be called again after a daemon crash: a clone left by
+an earlier attempt is reused as it is (a half-made one never sits at its
+final path: it is made under ``_new-<assignment>`` and renamed), and
+``_merge``/``_base-*`` are replaced.
 """
 
 from __future__ import annotations
