@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("resume", p.Resume, "resume a paused session"),
                                 ("stop", p.Stop, "stop a session"),
                                 ("review", p.Review, None),  # hidden, see HIDDEN
-                                ("clean", p.Clean, "remove a finished session's worktrees")):
+                                ("clean", p.Clean, "commit leftover work, remove a finished session's clones")):
         s = command(name, **({"help": helptext} if helptext else {}))
         s.add_argument("session")
         s.set_defaults(func=_simple(typ))

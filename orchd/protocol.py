@@ -136,7 +136,7 @@ class Answer(Req, tag="answer"):
 
 
 class Clean(Req, tag="clean"):
-    """``orchctl clean SESSION``: remove a finished session's worktrees.  Reply: ``Ok``."""
+    """``orchctl clean SESSION``: commit what a finished session's clones hold, then remove them.  Reply: ``Ok``."""
 
     session: str
 
