@@ -5,8 +5,9 @@ and goes on serving; the job runs in a worker thread (``actors.worktrees``
 is blocking code) and its result comes back to the supervisor's mailbox as
 a typed message (``WorktreeReady``, ``MergeFinished``, ``CleanFinished``,
 ``TargetChecked``; the commits a job made ride along as ``CommitMade``),
-handled in its one ``match`` like any other.  A job that raises becomes a result with ``error`` set: git failing is an
-expected outcome, reported, never a crash of the supervisor.
+handled in its one ``match`` like any other.  A job that raises becomes a
+result with ``error`` set: git failing is an expected outcome, reported,
+never a crash of the supervisor.
 
 Jobs on one repository run one at a time, in the order they were started
 (git takes repository-wide locks: two worktree additions at once fail);
