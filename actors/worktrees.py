@@ -39,8 +39,10 @@ Everything here is synchronous and runs the real ``git`` with a fixed
 identity and a few settings overridden (see ``_CONFIG``) so that the user's
 hooks, signing setup or merge preferences cannot stall or change what the
 daemon does.  orchd's own git commands in a clone (``add``, ``commit``)
-still read that clone's ``.git/config``, which its agent can write (an
-unsandboxed one, or through a sandbox that leaves ``.git`` writable).
+still read that clone's ``.git/config``: the sandboxed profiles keep it
+read-only to the agent (claude's and codex's sandboxes do, as
+tests/test_target_readonly.py shows), and an unsandboxed agent runs as the
+user already.
 
 Every function may be called again after a daemon crash: a clone left by
 an earlier attempt is reused as it is (a half-made one never sits at its
