@@ -41,7 +41,9 @@ ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COM
 
 
 def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(cwd), *args], check=True, env=ENV, capture_output=True)
+    r = subprocess.run(["git", "-C", str(cwd), "-c", "gc.auto=0", *args], env=ENV, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)} exited {r.returncode}: {r.stderr.strip()}")
 
 
 def make_repo(path: Path, files: int, packed: bool) -> None:
