@@ -88,7 +88,8 @@ class Conduct:
                 self._planned(s, default, "default", f"planner gave no valid plan ({error}); using the default plan")
             case d.Merge():
                 s.merging = True
-                self._workspace.start(s.target, workspace.merge, *workspace.merge_args(s, self.cfg.worktrees()))
+                self._workspace.start(s.target, workspace.merge,
+                                      *workspace.merge_args(s, self.cfg.worktrees(), self.cfg.commit_exclude))
             case d.End(state=state, reason=reason):
                 self.emit(s, p.SessionStateChanged(state=state, reason=reason))
                 self._end_rehearsal(s)
@@ -125,9 +126,11 @@ class Conduct:
         w.preparing = True
         self._launches[(s.id, w.spec.name)] = cmd
         label = launch_label(w)
-        self._workspace.start(s.target, workspace.prepare, *workspace.prepare_args(s, w, self.cfg.worktrees(), label))
+        self._workspace.start(s.target, workspace.prepare,
+                              *workspace.prepare_args(s, w, self.cfg.worktrees(), label, self.cfg.commit_exclude))
 
     def _worktree_ready(self, s: SessionView, msg: p.WorktreeReady) -> None:
+        self._committed(s, msg.commits)
         w = s.workers[msg.worker]
         cmd = self._launches.pop((s.id, w.spec.name), None)
         w.preparing = False
@@ -183,8 +186,17 @@ class Conduct:
             self.emit(s, p.WorkerExited(state="failed", reason="worker actor crashed (see the daemon log)"), w)
         self._advance(s)
 
+    def _committed(self, s: SessionView, commits: list[p.CommitMade]) -> None:
+        """One ``worker.committed`` per commit a workspace job made (or that left files out, once)."""
+        for c in commits:
+            w = s.workers.get(c.worker)
+            if w is not None and (c.made or (c.left_out and c.commit != w.committed)):
+                self.emit(s, p.WorkerCommitted(branch=c.branch, commit=c.commit, made=c.made, left_out=c.left_out,
+                                               left_out_more=c.left_out_more), w)
+
     def _merged(self, s: SessionView, msg: p.MergeFinished) -> None:
         s.merging = False
+        self._committed(s, msg.commits)
         if msg.error is not None:
             state, reason = "escalated", msg.error
         elif not msg.ok:

@@ -2,23 +2,26 @@
 
 Theory of operation
 -------------------
-Merges never happen in the target's own checkout, nor on a branch that is
-checked out anywhere: each runs in a scratch worktree of its own, on a
-detached HEAD (layout and branch names in ``actors.worktrees``)::
+Merges happen in orchd's own space, never in the target: each runs in a
+scratch worktree of the session's branch repository (``_branches.git``,
+see ``actors.worktrees``), on a detached HEAD::
 
-    <root>/<session>/_merge         branch orchd/<session>   (the result)
+    <root>/<session>/_branches.git  every orchd/<session>.<assignment>, and orchd/<session>
+    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session> (the result)
     <root>/<session>/_base-<label>  detached, only while merged_base runs
 
 ``merge_session`` starts ``_merge`` at the session's base commit and merges
 each assignment's branch in order (fast-forward when possible).  It is
 all-or-nothing for refs: ``orchd/<session>`` moves, to exactly that HEAD,
-only when every merge succeeded, and ``_merge`` is then left on it.  A
-conflict aborts the merge and removes ``_merge``; what it leaves behind is
-every branch, ``orchd/<session>`` included, exactly where it was, and a
-``MergeResult`` naming the assignment and the conflicting files.
-``merged_base`` merges the commits an assignment waited for in
-``_base-<label>`` and removes that worktree whether or not it succeeds, so
-it creates no branch; a conflict raises ``MergeConflict``.
+only when every merge succeeded, and ``_merge`` is then left on it.  Then,
+and only then, the target gets its one write: the target fetches
+``orchd/<session>`` (the ref and the objects it needs) from the branch
+repository.  A conflict aborts the merge and removes ``_merge``; what it
+leaves behind is every branch, ``orchd/<session>`` included (in the target
+too), exactly where it was, and a ``MergeResult`` naming the assignment and
+the conflicting files.  ``merged_base`` merges the commits an assignment
+waited for in ``_base-<label>`` and removes that worktree whether or not it
+succeeds, so it creates no branch; a conflict raises ``MergeConflict``.
 
 Both may be called again after a daemon crash: a ``_merge`` or ``_base-*``
 left by an earlier attempt is replaced.  Both take the repository's turn
@@ -44,6 +47,7 @@ from actors.worktrees import (
     _worktree_at,
     _worktrees,
     branch_name,
+    ensure_hub,
     session_branch,
 )
 
@@ -113,21 +117,22 @@ def merged_base(target: Path, root: Path, session: str, label: str, commits: lis
     top = _toplevel(target)
     with _exclusive(top):
         _check_assignment(label)
-        shas = list(dict.fromkeys(_commit(top, c) for c in commits))
+        hub = ensure_hub(top, root, session)
+        shas = list(dict.fromkeys(_commit(hub, c) for c in commits))
         if not shas:
             raise ValueError("merged_base needs at least one commit")
         if len(shas) == 1:
             return shas[0]
         path = _session_dir(root, session) / f"_base-{label}"
-        _discard(top, path)  # left behind by a daemon that died mid-merge
+        _discard(hub, path)  # left behind by a daemon that died mid-merge
         path.parent.mkdir(parents=True, exist_ok=True)
-        _git(top, "worktree", "add", "--detach", str(path), shas[0])
+        _git(hub, "worktree", "add", "--detach", str(path), shas[0])
         try:
             for sha in shas[1:]:
                 _merge(path, sha, f"orchd: base of {label}: merge {sha[:12]}")
             return _git(path, "rev-parse", "HEAD")
         finally:
-            _discard(top, path)
+            _discard(hub, path)
 
 
 def merge_session(target: Path, root: Path, session: str, assignments: list[str],
@@ -143,28 +148,47 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
     top = _toplevel(target)
     with _exclusive(top):
         branch = session_branch(session)
-        start = _commit(top, base)
-        heads = [(a, _branch_head(top, branch_name(session, a))) for a in assignments]
+        hub = ensure_hub(top, root, session)
+        start = _commit(hub, base)
+        heads = [(a, _branch_head(hub, branch_name(session, a))) for a in assignments]
         path = _session_dir(root, session) / MERGE_DIR
-        _discard(top, path)  # the previous attempt's, on the session branch or detached
+        _discard(hub, path)  # the previous attempt's, on the session branch or detached
         _refuse_checked_out(top, branch)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _git(top, "worktree", "add", "--detach", str(path), start)
+        _git(hub, "worktree", "add", "--detach", str(path), start)
         try:
             for name, sha in heads:
                 try:
                     _merge(path, sha, f"Merge branch '{branch_name(session, name)}' into {branch}")
                 except MergeConflict as e:
-                    _discard(top, path)
+                    _discard(hub, path)
                     return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
                                        assignment=name)
-            # Only now does the session branch move: to exactly this HEAD.
-            # ``checkout -B`` does not look at other worktrees (git 2.39 moves a
-            # branch the user has checked out), hence the check just before.
-            _refuse_checked_out(top, branch)
             _git(path, "checkout", "--quiet", "-B", branch)
+            head = _git(path, "rev-parse", "HEAD")
+            # Only now does the target's session branch move: to exactly this
+            # HEAD.  ``fetch`` refuses to move a branch checked out in the
+            # target's own checkout, not one in its linked worktrees, hence
+            # the check just before.
+            _refuse_checked_out(top, branch)
+            _land(top, hub, branch, head)
         except BaseException:
-            _discard(top, path)
+            _discard(hub, path)
             raise
-        return MergeResult(ok=True, commit=_git(path, "rev-parse", "HEAD"), conflicts=[], branch=branch)
+        return MergeResult(ok=True, commit=head, conflicts=[], branch=branch)
+
+
+def _land(top: Path, hub: Path, branch: str, head: str) -> None:
+    """The one write into the target: ``refs/heads/<branch>`` at ``head``, and the objects it needs.
+
+    Run in the target as a fetch from the branch repository: the target
+    copies what it lacks into its own object store (it never borrows from
+    orchd's), no ``FETCH_HEAD``, no tags, no submodules, no gc.
+    """
+    _git(top, "-c", "fetch.writeCommitGraph=false", "-c", "fetch.prune=false", "-c", "fetch.pruneTags=false",
+         "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--no-auto-gc",
+         str(hub), f"+refs/heads/{branch}:refs/heads/{branch}")
+    landed = _branch_head(top, branch)
+    if landed != head:
+        raise GitError(f"{branch} in {top} is at {landed[:12]} after the merge, not at {head[:12]}")
 

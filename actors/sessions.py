@@ -40,6 +40,8 @@ class WorkerView:
     reason: str | None = None
     milestones: int = 0
     done_marker: bool = False
+    done_text: str = ""  # the last DONE: summary (orchd's commit message carries it)
+    committed: str | None = None  # the commit of the last worker.committed
     agent_session_id: str | None = None
     agent_version: str | None = None
     branch: str | None = None
@@ -320,8 +322,10 @@ class Projection:
                 w.ended_ts = stamp.ts
             case p.WorkerMilestone():
                 w.milestones += 1
-            case p.WorkerDone():
-                w.done_marker = True
+            case p.WorkerDone(text=text):
+                w.done_marker, w.done_text = True, text
+            case p.WorkerCommitted(commit=commit):
+                w.committed = commit
             case p.WorkerQuestion(text=text) if w.run_kind == "assignment" and s.waiting_for is None:
                 s.ask = (text, w.spec.name, "agent", None)
             case p.WorkerFailure():

@@ -220,8 +220,12 @@ class SessionSupervisor(Conduct):
                 self._guarded(s, self._launch_reviewer, s, item)
             case p.MergeFinished() if s is not None:
                 self._guarded(s, self._merged, s, item)
-            case p.CleanFinished(call=token, removed=n, error=error):
+            case p.CleanFinished(call=token, removed=n, error=error, kept=kept):
                 call, _ = self._calls.pop(token)
+                if s is not None:
+                    self._committed(s, item.commits)
+                if error is None and kept:  # work that could not be committed: its clone stays
+                    error = "kept " + "; ".join(kept)
                 if error is None and s is not None:
                     self.emit(s, p.SessionNote(message=f"removed {n} worktree(s)"))
                 self._control.reply(call, p.Ok(detail=f"removed {n} worktree(s)") if error is None
@@ -368,10 +372,14 @@ class SessionSupervisor(Conduct):
                                           base_commit=msg.base_commit, planner=req.planner))
         if checked.moved:
             self.emit(sid, submit.moved_note(checked.moved))
+        warnings = []
+        if msg.dirty:
+            warnings.append(workspace.dirty_warning(msg.base_commit or "", msg.dirty, msg.dirty_more))
+            self.emit(sid, p.SessionWarning(message=warnings[-1], files=msg.dirty, more=msg.dirty_more))
         self.emit(sid, p.SessionStateChanged(state="running"))
         _log.info("session_submitted", session=sid, assignments=len(checked.assignments), target=str(checked.target))
         self._advance(self.proj.sessions[sid])
-        return p.SubmitReply(session=sid, assignments=[a.name for a in checked.assignments])
+        return p.SubmitReply(session=sid, assignments=[a.name for a in checked.assignments], warnings=warnings)
 
     def _command(self, s: SessionView, call: Call) -> p.ControlReply | None:
         """Pause, resume, stop, clean: the reply now, or None when it comes later."""
@@ -427,7 +435,8 @@ class SessionSupervisor(Conduct):
             case p.Clean():
                 token = secrets.token_hex(8)
                 self._calls[token] = (call, None)
-                self._workspace.start(s.target, workspace.clean, s.id, s.target, str(self.cfg.worktrees()), token)
+                self._workspace.start(s.target, workspace.clean,
+                                      *workspace.clean_args(s, self.cfg.worktrees(), token, self.cfg.commit_exclude))
                 return None
         return p.Ok()
 

@@ -1,12 +1,13 @@
-"""Git work off the supervisor's loop: worktrees, merges, cleaning, target checks.
+"""Git work off the supervisor's loop: clones, commits, merges, cleaning, target checks.
 
 The supervisor never waits for git.  It hands a job to ``Workspace.start``
 and goes on serving; the job runs in a worker thread (``actors.worktrees``
 is blocking code) and its result comes back to the supervisor's mailbox as
 a typed message (``WorktreeReady``, ``MergeFinished``, ``CleanFinished``,
-``TargetChecked``), handled in its one ``match`` like any other.  A job
-that raises becomes a result with ``error`` set: git failing is an
-expected outcome, reported, never a crash of the supervisor.
+``TargetChecked``; the commits a job made ride along as ``CommitMade``),
+handled in its one ``match`` like any other.  A job that raises becomes a
+result with ``error`` set: git failing is an expected outcome, reported,
+never a crash of the supervisor.
 
 Jobs on one repository run one at a time, in the order they were started
 (git takes repository-wide locks: two worktree additions at once fail);
@@ -30,43 +31,107 @@ _log = log.get("actors.workspace")
 
 # ---------------------------------------------------------------- the jobs (blocking; run in a thread)
 
-def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, deps: list[str],
-            worker: str, gen: int) -> p.WorktreeReady:
-    """Commit what the assignments before left, base a worktree on their merge, create it."""
+Tree = tuple[str, str, str]
+"""An assignment's clone to commit: ``(worker name, clone path, commit message)``."""
+
+DIRTY_MAX = 20
+"""At most this many uncommitted paths of the target are named in a submit's warning."""
+
+
+def _commit(trees: list[Tree], exclude: list[str]) -> list[p.CommitMade]:
+    out = []
+    for name, tree, message in trees:
+        c = worktrees.commit_assignment(Path(tree), message, exclude)
+        out.append(p.CommitMade(worker=name, branch=c.branch, commit=c.commit, made=c.made,
+                                left_out=c.left_out, left_out_more=c.left_out_more))
+    return out
+
+
+def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, deps: list[Tree],
+            exclude: list[str], worker: str, gen: int) -> p.WorktreeReady:
+    """Commit what the assignments before left, base a clone on their merge, create it."""
+    commits: list[p.CommitMade] = []
     try:
-        commits = [worktrees.commit_all(Path(tree), f"orchd: {Path(tree).name}") for tree in deps]
-        base = merging.merged_base(Path(target), Path(root), s_id, label, commits) if commits else base_commit
+        commits = _commit(deps, exclude)
+        heads = [c.commit for c in commits]
+        base = merging.merged_base(Path(target), Path(root), s_id, label, heads) if heads else base_commit
         cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base)
     except worktrees.GitError as exc:
-        return p.WorktreeReady(session=s_id, worker=worker, gen=gen, error=f"worktree: {exc}")
-    return p.WorktreeReady(session=s_id, worker=worker, gen=gen, cwd=str(cwd), branch=branch)
+        return p.WorktreeReady(session=s_id, worker=worker, gen=gen, error=f"worktree: {exc}", commits=commits)
+    return p.WorktreeReady(session=s_id, worker=worker, gen=gen, cwd=str(cwd), branch=branch, commits=commits)
 
 
 def merge(s_id: str, target: str, root: str, base_commit: str, names: list[str],
-          trees: list[str]) -> p.MergeFinished:
+          trees: list[Tree], exclude: list[str]) -> p.MergeFinished:
+    commits: list[p.CommitMade] = []
     try:
-        for tree in trees:
-            worktrees.commit_all(Path(tree), f"orchd: {Path(tree).name}")
+        commits = _commit(trees, exclude)
         res = merging.merge_session(Path(target), Path(root), s_id, names, base_commit)
     except worktrees.GitError as exc:
-        return p.MergeFinished(session=s_id, ok=False, error=f"merge failed: {exc}")
+        return p.MergeFinished(session=s_id, ok=False, error=f"merge failed: {exc}", commits=commits)
     return p.MergeFinished(session=s_id, ok=res.ok, branch=res.branch, commit=res.commit,
-                           conflicts=list(res.conflicts))
+                           conflicts=list(res.conflicts), commits=commits)
 
 
-def clean(s_id: str, target: str, root: str, call: str) -> p.CleanFinished:
+def clean(s_id: str, target: str, root: str, call: str, trees: list[Tree] = (),
+          exclude: list[str] | None = None) -> p.CleanFinished:
+    """Commit what each clone left (``trees`` give the messages), then remove the clones.
+
+    A clone whose work cannot be committed is kept (``kept``); the rest go.
+    """
+    commits: list[p.CommitMade] = []
+    kept: list[str] = []
     try:
-        removed = worktrees.clean(Path(target), Path(root), s_id)
+        for name, tree, message in trees:
+            try:
+                commits += _commit([(name, tree, message)], exclude)
+            except worktrees.GitError as exc:  # worktrees.clean keeps it and says why
+                _log.info("clean_commit_failed", session=s_id, worker=name, error=exc.message[:300])
+        removed, left = worktrees.clean(Path(target), Path(root), s_id, exclude=exclude)
+        kept = [f"{path}: {why}" for path, why in left.items()]
     except worktrees.GitError as exc:
-        return p.CleanFinished(session=s_id, call=call, error=str(exc))
-    return p.CleanFinished(session=s_id, call=call, removed=len(removed))
+        return p.CleanFinished(session=s_id, call=call, error=str(exc), commits=commits)
+    return p.CleanFinished(session=s_id, call=call, removed=len(removed), commits=commits, kept=kept)
 
 
 def check_target(target: str, call: str) -> p.TargetChecked:
+    """The target's HEAD, and what it holds uncommitted (which the agents will not see)."""
     try:
-        return p.TargetChecked(call=call, base_commit=worktrees.head_commit(Path(target)))
+        head = worktrees.head_commit(Path(target))
+        dirty = worktrees.uncommitted(Path(target))
     except worktrees.GitError as exc:
         return p.TargetChecked(call=call, error=str(exc))
+    return p.TargetChecked(call=call, base_commit=head, dirty=dirty[:DIRTY_MAX],
+                           dirty_more=max(0, len(dirty) - DIRTY_MAX))
+
+
+def dirty_warning(base_commit: str, dirty: list[str], more: int) -> str:
+    """The submit reply's warning about a dirty target (one line)."""
+    names = ", ".join(dirty) + (f" and {more} more" if more else "")
+    return (f"the target has uncommitted changes that the agents will not see (they start from the "
+            f"committed HEAD {base_commit[:12]}): {names}")
+
+
+_MESSAGE_MAX = 4000
+
+
+def commit_message(task: str, worker: str, done: str) -> str:
+    """``<task's first line, shortened> (orchd: <worker>)``, then the agent's ``DONE:`` summary.
+
+    The summary is agent output: control characters (NUL included, which no
+    argv can carry) become spaces, and it is cut to a few thousand characters.
+    """
+    first = next((line.strip() for line in task.splitlines() if line.strip()), "") or "(no task)"
+    if len(first) > 60:
+        first = first[:59].rstrip() + "…"
+    subject = _printable(f"{first} (orchd: {worker})")
+    body = _printable(done.strip(), keep_newlines=True)[:_MESSAGE_MAX]
+    return subject + (f"\n\nDONE: {body}" if body else "")
+
+
+def _printable(text: str, keep_newlines: bool = False) -> str:
+    keep = "\n\t" if keep_newlines else ""
+    return "".join(c if c.isprintable() or c in keep else " " for c in text)
 
 
 # ---------------------------------------------------------------- running them
@@ -103,12 +168,21 @@ class Workspace:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def prepare_args(s: SessionView, w: WorkerView, root: Path, label: str) -> tuple:
-    deps = [s.workers[d].worktree for d in w.spec.after if s.workers[d].worktree]
-    return (s.id, s.target, str(root), s.base_commit, label, deps, w.spec.name, w.gen + 1)
+def _tree(s: SessionView, w: WorkerView) -> Tree:
+    return (w.spec.name, w.worktree or "", commit_message(s.task, w.spec.name, w.done_text))
 
 
-def merge_args(s: SessionView, root: Path) -> tuple:
+def prepare_args(s: SessionView, w: WorkerView, root: Path, label: str, exclude: list[str]) -> tuple:
+    deps = [_tree(s, s.workers[d]) for d in w.spec.after if s.workers[d].worktree]
+    return (s.id, s.target, str(root), s.base_commit, label, deps, list(exclude), w.spec.name, w.gen + 1)
+
+
+def merge_args(s: SessionView, root: Path, exclude: list[str]) -> tuple:
     names = [w.spec.name for w in s.assignments()]
-    trees = [w.worktree for w in s.assignments() if w.worktree]
-    return (s.id, s.target, str(root), s.base_commit, names, trees)
+    trees = [_tree(s, w) for w in s.assignments() if w.worktree]
+    return (s.id, s.target, str(root), s.base_commit, names, trees, list(exclude))
+
+
+def clean_args(s: SessionView, root: Path, call: str, exclude: list[str]) -> tuple:
+    trees = [_tree(s, w) for w in s.workers.values() if w.worktree]
+    return (s.id, s.target, str(root), call, trees, list(exclude))

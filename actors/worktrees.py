@@ -1,19 +1,34 @@
-"""Git worktrees for assignments, and the git plumbing the merge shares.
+"""orchd's clones for assignments, the session's branch repository, and the git plumbing the merge shares.
 
 Theory of operation
 -------------------
-Every assignment works in its own linked worktree of the target repository,
-on its own branch, so agents never see each other's half-done edits and the
-user's checkout is never touched::
+The target is read-only to agents.  Every assignment works in a clone of
+its own, owned by orchd, on its own branch, so agents never see each
+other's half-done edits, and nothing an agent does to git (refs, tags,
+config, hooks, gc) reaches the target or another assignment::
 
-    <root>/<session>/<assignment>   branch orchd/<session>.<assignment>
-    <root>/<session>/_merge         branch orchd/<session>   (the result)
-    <root>/<session>/_base-<label>  detached, only while merged_base runs
+    <root>/<session>/_branches.git  bare, orchd's: alternates -> the target's objects;
+                                    holds every orchd/<session>.<assignment> and orchd/<session>
+    <root>/<session>/<assignment>   a clone: its own .git, alternates -> _branches.git's objects;
+                                    branch orchd/<session>.<assignment>
+    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session> (the result)
+    <root>/<session>/_base-<label>  worktree of _branches.git, detached, only while merged_base runs
 
-This module creates the assignment worktrees, commits what an agent left
-and cleans a session up; merging the branches (``_merge``, ``_base-*``) is
-``actors.merging``, built on the plumbing here: running git, name checks,
-the worktree list and the per-repository lock.
+Objects flow one way at a time and only by orchd's hand: a clone borrows
+(never writes) the branch repository's objects, which borrows the target's;
+``commit_assignment`` commits what the agent left and fetches the branch
+from the clone into ``_branches.git`` (so a clone can go, even be broken by
+its agent, without losing a commit orchd has taken); ``actors.merging``
+merges there and then has the *target* fetch ``orchd/<session>`` from
+``_branches.git``: the one write into the target, which copies what it
+needs into its own object store.  The target never gets a worktree
+registration, and its index, HEAD, config and other refs are never written.
+
+This module makes the branch repository and the clones, commits what an
+agent left (minus ``commit_exclude``) and cleans a session up; merging the
+branches (``_merge``, ``_base-*``) is ``actors.merging``, built on the
+plumbing here: running git, name checks, the worktree list and the
+per-repository lock.
 
 Assignment branches are ``orchd/<session>.<assignment>``, not
 ``orchd/<session>/<assignment>``: git stores refs as paths, so a branch
@@ -23,25 +38,31 @@ may not contain a dot, so the two namespaces never collide.
 Everything here is synchronous and runs the real ``git`` with a fixed
 identity and a few settings overridden (see ``_CONFIG``) so that the user's
 hooks, signing setup or merge preferences cannot stall or change what the
-daemon does.  Commands that write (merges, commits, checkouts) run with
-``-C <worktree>``; commands run in the target only create or remove refs and
-worktree registrations, never its index, HEAD or working tree.
+daemon does.  orchd's own git commands in a clone (``add``, ``commit``)
+still read that clone's ``.git/config``: the sandboxed profiles keep it
+read-only to the agent (claude's and codex's sandboxes do, as
+tests/test_target_readonly.py shows), and an unsandboxed agent runs as the
+user already.
 
-Every function may be called again after a daemon crash: stale worktrees
-left by an earlier attempt are reused (assignments) or replaced (``_merge``,
-``_base-*``).
+Every function may be called again after a daemon crash: a clone left by
+an earlier attempt is reused as it is (a half-made one never sits at its
+final path: it is made under ``_new-<assignment>`` and renamed), and
+``_merge``/``_base-*`` are replaced.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from orchd.config import DEFAULT_COMMIT_EXCLUDE as DEFAULT_EXCLUDE
 
 TIMEOUT_S = 300.0
 """Per git command.  Generous: a checkout of a large repository is slow."""
@@ -256,6 +277,26 @@ def head_commit(target: Path) -> str:
     return r.stdout.strip()
 
 
+def uncommitted(target: Path) -> list[str]:
+    """The target's uncommitted changes, ``git status --porcelain`` style: ``"M README"``, ``"?? new/"``.
+
+    Modified, staged, deleted and untracked-but-not-ignored paths (an
+    untracked directory once, as ``dir/``).  Read with optional locks off, so
+    not even the index's stat cache is rewritten.
+    """
+    top = _toplevel(target)
+    raw = _git(top, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=normal")
+    out, parts = [], iter(raw.split("\0"))
+    for entry in parts:
+        if len(entry) < 4:
+            continue
+        code, path = entry[:2], entry[3:]
+        if "R" in code or "C" in code:
+            next(parts, None)  # the rename's source
+        out.append(f"{code.strip()} {path}")
+    return out
+
+
 def _commit(repo: Path, rev: str) -> str:
     if rev.startswith("-"):  # git would read it as an option
         raise GitError(f"{rev!r} is not a commit in {repo}")
@@ -307,57 +348,141 @@ def _worktree_at(repo: Path, path: Path) -> _Worktree | None:
     return None
 
 
-def _remove(repo: Path, wt: _Worktree) -> None:
-    # git itself locks a worktree as "initializing" while adding it; a daemon
-    # killed at that moment leaves the lock, which must not block clean-up.
-    # A lock the user set stays respected (single --force refuses it).
-    force = ["--force", "--force"] if wt.locked == "initializing" else ["--force"]
-    _git(repo, "worktree", "remove", *force, str(wt.path))
-
-
 def _session_dir(root: Path, session: str) -> Path:
     return Path(os.path.abspath(root)) / _check_session(session)
 
 
-# ---------------------------------------------------------------- public API
+# ---------------------------------------------------------------- orchd's own repositories
 
-def create_worktree(target: Path, root: Path, session: str, assignment: str,
-                    base: str) -> tuple[Path, str]:
-    """Create ``<root>/<session>/<assignment>`` on a new branch at ``base``.
+HUB_DIR = "_branches.git"
 
-    Idempotent: a worktree already there for the branch is returned as is,
-    and a branch that exists without a worktree (after ``clean`` or a crash)
-    gets one again *without* being moved to ``base``, so an agent's earlier
-    commits are never thrown away.
+
+def hub_path(root: Path, session: str) -> Path:
+    """The session's bare repository of branches: ``<root>/<session>/_branches.git``."""
+    return _session_dir(root, session) / HUB_DIR
+
+
+def _objects_dir(repo: Path) -> str:
+    """``repo``'s object directory, absolute (a linked worktree's is its main repository's)."""
+    return _git(repo, "rev-parse", "--path-format=absolute", "--git-path", "objects")
+
+
+def _borrow(repo: Path, objects: str) -> None:
+    """Let ``repo`` read ``objects`` (an alternate): never writes there, never copies from it."""
+    info = Path(_objects_dir(repo)) / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "alternates").write_text(objects + "\n")
+
+
+def _is_repo(path: Path, bare: bool) -> bool:
+    """``path`` is a repository of its own (not a directory inside some other one)."""
+    if not path.is_dir():
+        return False
+    r = _run(path, "rev-parse", "--is-bare-repository", "--absolute-git-dir")
+    if r.returncode != 0:
+        return False
+    is_bare, git_dir = (r.stdout.splitlines() + ["", ""])[:2]
+    own = path if bare else path / ".git"
+    return is_bare == ("true" if bare else "false") and os.path.realpath(git_dir) == os.path.realpath(own)
+
+
+def ensure_hub(target: Path, root: Path, session: str) -> Path:
+    """The session's branch repository, created on first use (the caller holds the turn).
+
+    A bare repository owned by orchd whose alternates name the target's
+    object directory: it reads the target's history without copying it and
+    without writing anything into the target.  Every assignment branch lives
+    here (and in the assignment's own clone); so does ``orchd/<session>``
+    before it is fetched into the target.
     """
-    top = _toplevel(target)
-    with _exclusive(top):
-        branch = branch_name(session, assignment)
-        path = _session_dir(root, session) / assignment
-        wt = _worktree_at(top, path)
-        if wt is not None:
-            if wt.prunable or wt.locked == "initializing":
-                _remove(top, wt)
-            elif wt.branch == branch:
-                return path, branch
-            else:
-                holder = wt.branch or "a detached HEAD"
-                raise GitError(f"{path} is a worktree of {holder}, not of {branch}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if _branch_exists(top, branch):
-            _git(top, "worktree", "add", str(path), branch)
-        else:
-            _git(top, "worktree", "add", "-b", branch, str(path), _commit(top, base))
-        return path, branch
+    hub = hub_path(root, session)
+    if _is_repo(hub, bare=True):
+        return hub
+    if hub.exists():  # a daemon killed half-way through ``init``
+        shutil.rmtree(hub)
+    hub.parent.mkdir(parents=True, exist_ok=True)
+    _git(hub.parent, "init", "--quiet", "--bare", "--template=", str(hub))
+    _borrow(hub, _objects_dir(target))
+    _copy_shallow(target, hub)
+    return hub
 
 
-def commit_all(worktree: Path, message: str) -> str:
-    """Commit everything the agent left in ``worktree``; return the branch's head.
+def _copy_shallow(source: Path, repo: Path) -> None:
+    """A shallow ``source``'s boundary, so that ``repo`` borrowing its objects knows where history stops."""
+    shallow = Path(_git(source, "rev-parse", "--path-format=absolute", "--git-path", "shallow"))
+    if shallow.is_file():
+        shutil.copyfile(shallow, _git(repo, "rev-parse", "--path-format=absolute", "--git-path", "shallow"))
+
+
+def _publish(clone: Path, hub: Path, branch: str) -> None:
+    """Copy ``branch`` (and the objects it needs) from an assignment's clone into the hub.
+
+    Runs in the hub (orchd's own), reading the clone as a remote: the
+    clone's refs, config and hooks are never run as orchd's own.  Forced:
+    the branch is the assignment's to rewrite (an ``--amend`` by the agent).
+    """
+    _git(hub, "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
+         "--no-auto-gc", str(clone), f"+refs/heads/{branch}:refs/heads/{branch}")
+
+
+# ---------------------------------------------------------------- what orchd commits
+
+def exclude_pathspecs(patterns: list[str]) -> list[str]:
+    """gitignore-like ``patterns`` as pathspecs (``:(glob)``) matching them at any depth.
+
+    ``name/`` is a directory and everything in it; a pattern holding a
+    ``/`` elsewhere is anchored at the top; any other matches a file or
+    directory name anywhere (``*.pem``, ``.env.*``).
+    """
+    out = []
+    for pat in patterns:
+        pat = pat.strip()
+        if not pat or pat.startswith("#"):
+            continue
+        is_dir = pat.endswith("/")
+        body = pat.strip("/")
+        if not body:
+            continue
+        anchored = "/" in body or pat.startswith("/")
+        spec = body if anchored else f"**/{body}"
+        out += [spec + "/**"] if is_dir else [spec, spec + "/**"]
+    return [f":(glob){s}" for s in out]
+
+
+LEFT_OUT_MAX = 50
+"""At most this many left-out paths are named in a commit's result (the rest are counted)."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What ``commit_assignment`` did: ``made`` a new commit or not; the paths it left out."""
+
+    branch: str
+    commit: str
+    made: bool
+    left_out: list[str]
+    left_out_more: int = 0
+
+
+def _left_out(wt: Path, specs: list[str]) -> list[str]:
+    """Changed or new paths matching ``specs`` that are not ignored anyway (untracked dirs as ``dir/``)."""
+    if not specs:
+        return []
+    new = _git(wt, "ls-files", "-z", "--others", "--exclude-standard", "--directory", "--", *specs)
+    changed = _git(wt, "ls-files", "-z", "--modified", "--deleted", "--", *specs)
+    return sorted({f for f in (new + "\0" + changed).split("\0") if f})
+
+
+def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = None) -> Commit:
+    """Commit everything the agent left in ``worktree`` except ``exclude``; publish it to the hub.
 
     Nothing changed means no commit.  Refuses (``GitError``) a detached HEAD
-    or, in a worktree made by ``create_worktree``, any branch but its own:
+    or, in a clone made by ``create_worktree``, any branch but its own:
     the merge would silently leave that work out.  Refuses unresolved
     conflicts (``MergeConflict``), which ``add -A`` would commit as markers.
+    Paths matching ``exclude`` (gitignore-like, default ``DEFAULT_EXCLUDE``)
+    are unstaged and left out, even when the target's ``.gitignore`` does not
+    name them; files the agent committed itself stay as it committed them.
     """
     wt = Path(os.path.abspath(worktree))
     r = _run(wt, "symbolic-ref", "--quiet", "HEAD")
@@ -374,32 +499,117 @@ def commit_all(worktree: Path, message: str) -> str:
     unmerged = sorted({f for f in raw.split("\0") if f})
     if unmerged:
         raise MergeConflict(unmerged)
-    _git(wt, "add", "--all")
-    r = _run(wt, "diff", "--cached", "--quiet")
-    if r.returncode == 1:
+    specs = exclude_pathspecs(DEFAULT_EXCLUDE if exclude is None else exclude)
+    if specs:
+        _git(wt, "reset", "--quiet", "--", *specs)  # what the agent staged of them: out again
+    _git(wt, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs))
+    left = _left_out(wt, specs)
+    r = _run(wt, "diff", "--cached", "--quiet", "--no-ext-diff")
+    made = r.returncode == 1
+    if made:
         _git(wt, "commit", "--quiet", "--no-verify", "-m", message)
     elif r.returncode != 0:
         raise _fail(wt, ("diff", "--cached", "--quiet"), r)
-    return _git(wt, "rev-parse", "--verify", "HEAD^{commit}")
+    head = _git(wt, "rev-parse", "--verify", "HEAD^{commit}")
+    hub = wt.parent / HUB_DIR
+    if own == on and _is_repo(hub, bare=True):
+        _publish(wt, hub, own)
+    return Commit(branch=on, commit=head, made=made, left_out=left[:LEFT_OUT_MAX],
+                  left_out_more=max(0, len(left) - LEFT_OUT_MAX))
 
 
-def clean(target: Path, root: Path, session: str) -> list[Path]:
-    """Remove the session's worktrees, keep its branches; return the removed paths.
+def commit_all(worktree: Path, message: str, exclude: list[str] | None = None) -> str:
+    """``commit_assignment``, returning only the branch's head."""
+    return commit_assignment(worktree, message, exclude).commit
 
-    Only worktrees registered under ``<root>/<session>`` are touched (no
-    global ``git worktree prune``: that would also forget the user's own
-    worktrees that happen to be unreachable, e.g. on an unmounted disk).
+
+# ---------------------------------------------------------------- public API
+
+def create_worktree(target: Path, root: Path, session: str, assignment: str,
+                    base: str) -> tuple[Path, str]:
+    """Create the clone ``<root>/<session>/<assignment>`` on a new branch at ``base``.
+
+    The clone is a repository of its own (its ``.git`` is a directory in
+    it), owned by orchd; its alternates name the hub's objects, which name
+    the target's, so nothing is copied and nothing the agent runs in it
+    can write to the target or to another assignment's clone.
+
+    Idempotent: a clone already there on its branch is returned as is (with
+    whatever the agent left in it), and a branch that exists in the hub
+    without a clone (after ``clean`` or a crash) gets one again *without*
+    being moved to ``base``, so an agent's earlier commits are never thrown
+    away.
+    """
+    top = _toplevel(target)
+    branch = branch_name(session, assignment)
+    with _exclusive(top):
+        hub = ensure_hub(top, root, session)
+        path = _session_dir(root, session) / assignment
+        if _is_repo(path, bare=False):
+            return path, branch  # as the agent left it: its branch changes are commit_all's to judge
+        if path.exists():  # never deleted: it may hold an agent's work (say it removed its .git)
+            raise GitError(f"{path} exists but is not a clone made by orchd; move it away to start again")
+        if _branch_exists(hub, branch):
+            start = _git(hub, "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}")
+        else:
+            start = _commit(hub, base)
+            _git(hub, "update-ref", f"refs/heads/{branch}", start, "")  # "": only if it does not exist
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"_new-{assignment}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _git(path.parent, "init", "--quiet", f"--initial-branch={branch}", str(tmp))
+        _borrow(tmp, _objects_dir(hub))
+        _copy_shallow(hub, tmp)
+        _git(tmp, "checkout", "--quiet", "-B", branch, start)
+        tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
+        return path, branch
+
+
+def clean(target: Path, root: Path, session: str, message: str = "orchd: left uncommitted at clean",
+          exclude: list[str] | None = None) -> tuple[list[Path], dict[str, str]]:
+    """Remove the session's clones and scratch worktrees, keep its branches.
+
+    What an assignment left uncommitted is committed to its branch first
+    (``commit_assignment``, published to the hub), so a stopped or failed
+    assignment's work survives in ``_branches.git``.  A clone whose work
+    cannot be committed (a detached HEAD, another branch, unresolved
+    conflicts) is kept and named in the second result with the reason.
+    Returns the removed paths and the kept ones.
     """
     top = _toplevel(target)
     with _exclusive(top):
-        sdir = _session_dir(root, session)
-        real = Path(os.path.realpath(sdir))
-        removed: list[Path] = []
-        for wt in _worktrees(top)[1:]:
-            rel = Path(os.path.realpath(wt.path))
-            if real in rel.parents:
-                _remove(top, wt)
-                removed.append(sdir / rel.relative_to(real))
-        if sdir.is_dir() and not any(sdir.iterdir()):
-            sdir.rmdir()
-        return sorted(removed)
+        return _clean(root, session, message, exclude)
+
+
+def _clean(root: Path, session: str, message: str,
+           exclude: list[str] | None) -> tuple[list[Path], dict[str, str]]:
+    sdir = _session_dir(root, session)
+    removed: list[Path] = []
+    kept: dict[str, str] = {}
+    hub = sdir / HUB_DIR
+    if _is_repo(hub, bare=True):
+        for wt in _worktrees(hub)[1:]:  # _merge and _base-*: orchd's scratch space
+            _git(hub, "worktree", "remove", "--force", "--force", str(wt.path))
+            removed.append(wt.path)
+        _git(hub, "worktree", "prune")
+    if not sdir.is_dir():
+        return sorted(removed), kept
+    for child in sorted(sdir.iterdir()):
+        if child.name == HUB_DIR or not child.is_dir():
+            continue
+        if child.name.startswith("_"):  # a half-made clone or scratch directory (ours only)
+            shutil.rmtree(child)
+            removed.append(child)
+            continue
+        if not _is_repo(child, bare=False):
+            kept[str(child)] = "not a clone made by orchd (left as it is)"
+            continue
+        try:
+            commit_assignment(child, message, exclude)
+        except GitError as exc:
+            kept[str(child)] = exc.message
+            continue
+        shutil.rmtree(child)
+        removed.append(child)
+    return sorted(removed), kept

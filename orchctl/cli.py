@@ -189,11 +189,13 @@ def cmd_submit(args) -> int:
     if (code := _reply_or_exit(args, reply)) is not None:
         return code
     if args.json:
-        _print_json({"session": reply.session, "assignments": reply.assignments})
+        _print_json({"session": reply.session, "assignments": reply.assignments, "warnings": reply.warnings})
     else:
         from orchctl import render
         print(f"session {reply.session} submitted: {render.clean(', '.join(reply.assignments))}")
         print(f"next: orchctl watch {reply.session} --until-done    (or: orchctl status {reply.session})")
+        for warning in reply.warnings:
+            print(f"orchctl: warning: {render.clean(warning)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -415,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, typ, helptext in (("pause", p.Pause, "pause a session's agents"),
                                 ("resume", p.Resume, "resume a paused session"),
                                 ("stop", p.Stop, "stop a session"),
-                                ("clean", p.Clean, "remove a finished session's worktrees")):
+                                ("clean", p.Clean, "commit leftover work, remove a finished session's clones")):
         s = command(name, **({"help": helptext} if helptext else {}))
         s.add_argument("session")
         s.set_defaults(func=_simple(typ))

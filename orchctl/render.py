@@ -284,6 +284,11 @@ _SUMMARIES = {
     "worker.blocker": lambda e: f"blocker: {e.get('text')}",
     "worker.review_request": lambda e: f"review requested: {e.get('text')}",
     "worker.done": lambda e: f"done: {e.get('text')}",
+    "worker.committed": lambda e: (f"committed {str(e.get('commit'))[:12]} on {e.get('branch')}"
+                                   if e.get("made", True) else f"nothing new on {e.get('branch')}")
+                                  + (f"; left out {', '.join(map(str, e['left_out']))}"
+                                     + (f" and {e['left_out_more']} more" if e.get("left_out_more") else "")
+                                     if e.get("left_out") else ""),
     "worker.limit": lambda e: f"limit {e.get('limit')} reached" + (f": {e['detail']}" if e.get("detail") else ""),
     "worker.failure": _failure,
     "worker.launching": _launching,
@@ -291,6 +296,7 @@ _SUMMARIES = {
     "session.planned": lambda e: f"plan ({e.get('source')}): {_assignments(e.get('assignments'))}"
                                  + (f" — {e['note']}" if e.get("note") else ""),
     "session.state": lambda e: f"{e.get('state')}{_reason(e.get('reason'))}",
+    "session.warning": lambda e: f"warning: {e.get('message')}",
     "session.note": lambda e: str(e.get("message")) + (f" {short(e['data'], 60)}" if e.get("data") else ""),
     "session.stop_requested": lambda e: f"stop requested: {e.get('reason')} → {e.get('end_state', 'stopped')}",
     "session.merged": lambda e: f"merged into {e.get('branch')} at {str(e.get('commit'))[:12]}",

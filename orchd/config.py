@@ -38,6 +38,15 @@ def _http_listen(value: str) -> str:
 HttpListen = Annotated[str, AfterValidator(_http_listen)]
 
 
+# What orchd never commits for an assignment (gitignore-like patterns; see
+# actors.worktrees.exclude_pathspecs), even when the target has no .gitignore for them:
+# secrets, caches, dependencies and the agent CLIs' own state directories.
+DEFAULT_COMMIT_EXCLUDE = [
+    ".env", ".env.*", "*.pem", "id_rsa*", "__pycache__/", "*.pyc", "node_modules/",
+    ".claude/", ".codex/", ".gemini/",
+]
+
+
 class ConfigError(ValueError):
     """The configuration cannot be used; the message is one line naming the key."""
 
@@ -160,6 +169,7 @@ class Config(BaseModel):
     fault_injection: bool = False         # testing only: accept the InjectFault control request
     agent_preference: list[AgentName] = ["claude", "codex", "gemini"]
     agent_env_pass: list[EnvName] = []    # more of the daemon's env vars every agent gets (see actors/launch.py)
+    commit_exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMIT_EXCLUDE))  # [] keeps all
     limits: Limits = Field(default_factory=Limits)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)

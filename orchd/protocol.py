@@ -144,7 +144,7 @@ class Reviews(Req, tag="reviews"):
 
 
 class Clean(Req, tag="clean"):
-    """``orchctl clean SESSION``: remove a finished session's worktrees.  Reply: ``Ok``."""
+    """``orchctl clean SESSION``: commit what a finished session's clones hold, then remove them.  Reply: ``Ok``."""
 
     session: str
 
@@ -224,6 +224,7 @@ class Pong(Rep, tag="pong"):
 class SubmitReply(Rep, tag="submitted"):
     session: str
     assignments: list[str] = []
+    warnings: list[str] = []  # e.g. the target has uncommitted changes the agents will not see
 
 
 class WorkerInfo(Wire):
@@ -603,6 +604,32 @@ class SessionNote(Ev, tag="session.note"):
 
     message: str
     data: dict[str, Any] | None = None
+
+
+class SessionWarning(Ev, tag="session.warning"):
+    """Something about the submitted work the user should check (e.g. a dirty target).
+
+    ``files`` names at most a few paths (``git status --porcelain`` style,
+    ``"M README"``, ``"?? scratch/"``); ``more`` counts the rest."""
+
+    message: str
+    files: list[str] = []
+    more: int = 0
+
+
+class WorkerCommitted(Ev, tag="worker.committed"):
+    """orchd committed what the assignment left in its clone: ``commit`` on ``branch``.
+
+    ``made`` is False when nothing was left to commit (``commit`` is then the
+    branch's head as the agent left it).  ``left_out`` names the paths the
+    commit excluded (config ``commit_exclude``; an untracked directory as
+    ``dir/``), at most 50; ``left_out_more`` counts the rest."""
+
+    branch: str
+    commit: str
+    made: bool = True
+    left_out: list[str] = []
+    left_out_more: int = 0
 
 
 class WorkerLaunching(Ev, tag="worker.launching"):
@@ -1060,9 +1087,9 @@ Event = Union[
     AgentError, AgentResult, AgentUnknown, AgentOutput,
     WorkerStarted, WorkerExited, WorkerStateChanged, WorkerLog, WorkerBadLine,
     WorkerMilestone, WorkerBlocker, WorkerReviewRequest, WorkerDone,
-    WorkerLimit, WorkerFailure, WorkerLaunching,
+    WorkerLimit, WorkerFailure, WorkerLaunching, WorkerCommitted,
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
-    SessionStopRequested, SessionMerged,
+    SessionStopRequested, SessionMerged, SessionWarning,
     DaemonStarted, DaemonStopping,
     WorkerQuestion, ReviewRequested, ReviewRun, ReviewVerdict, DecisionMade, ReviewWarning, ReviewSkipped,
     NotifySent, NotifyFailed, SessionQuestion, SessionAnswered,
@@ -1145,6 +1172,17 @@ class BarrierReached(Msg, tag="barrier_reached"):
     last_seq: int = 0
 
 
+class CommitMade(Wire):
+    """A workspace job committed an assignment's clone (see ``WorkerCommitted``)."""
+
+    worker: str
+    branch: str
+    commit: str
+    made: bool
+    left_out: list[str] = []
+    left_out_more: int = 0
+
+
 class WorktreeReady(Msg, tag="worktree_ready"):
     """Workspace → supervisor: the worktree for generation ``gen`` of ``worker`` (or why not)."""
 
@@ -1154,6 +1192,7 @@ class WorktreeReady(Msg, tag="worktree_ready"):
     cwd: str | None = None
     branch: str | None = None
     error: str | None = None
+    commits: list[CommitMade] = []  # the assignments it waited for, committed first
 
 
 class MergeFinished(Msg, tag="merge_finished"):
@@ -1165,6 +1204,7 @@ class MergeFinished(Msg, tag="merge_finished"):
     commit: str | None = None
     conflicts: list[str] = []
     error: str | None = None
+    commits: list[CommitMade] = []
 
 
 class CleanFinished(Msg, tag="clean_finished"):
@@ -1174,6 +1214,8 @@ class CleanFinished(Msg, tag="clean_finished"):
     call: str
     removed: int = 0
     error: str | None = None
+    commits: list[CommitMade] = []  # what stopped or failed assignments had left uncommitted
+    kept: list[str] = []            # clones not removed: "<path>: <why their work could not be committed>"
 
 
 class TargetChecked(Msg, tag="target_checked"):
@@ -1182,6 +1224,8 @@ class TargetChecked(Msg, tag="target_checked"):
     call: str
     base_commit: str | None = None
     error: str | None = None
+    dirty: list[str] = []  # uncommitted changes in the target (porcelain lines), at most DIRTY_MAX
+    dirty_more: int = 0
 
 
 class LaunchReviewer(Msg, tag="launch_reviewer"):

@@ -97,7 +97,8 @@ def _session_events(d, sid: str) -> list[dict]:
 def _check_clean_run(worker_events: list[dict], agent: str, name: str, gen: int = 0,
                      resumed_from: str | None = None) -> dict:
     """The normalized event sequence of one clean generation of one worker; returns its agent.session."""
-    seq = [e for e in worker_events if e["kind"] != "worker.log"]
+    # worker.committed comes when orchd commits the clone (at the merge, after the exit)
+    seq = [e for e in worker_events if e["kind"] not in ("worker.log", "worker.committed")]
     assert _kinds(seq) == CLEAN_RUN, f"{agent} {name} gen {gen}: unexpected events {_kinds(seq)}"
     (launching, started, session, call, result, text, milestone, done, usage, final, exited) = seq
     assert all(e["agent"] == agent and e["gen"] == gen for e in seq)

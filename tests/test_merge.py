@@ -22,20 +22,23 @@ def test_conflicting_assignments_escalate_and_keep_branches(daemon, git_repo, tm
     events = watch_until_done(daemon, sid)
     conflict = [e for e in events if e["kind"] == "session.note" and (e.get("data") or {}).get("conflicts")]
     assert conflict and conflict[0]["data"]["conflicts"] == ["shared.txt"]
-    branches = git(git_repo, "branch", "--list", f"orchd/{sid}*").split()
+    # the assignment branches are kept in orchd's own repository of the session's branches
+    hub = tmp_path / "state" / "worktrees" / sid / "_branches.git"
+    branches = git(hub, "branch", "--list", f"orchd/{sid}*").split()
     assert f"orchd/{sid}.left" in branches and f"orchd/{sid}.right" in branches
-    assert git(git_repo, "show", f"orchd/{sid}.left:shared.txt") == "left version"
-    assert git(git_repo, "show", f"orchd/{sid}.right:shared.txt") == "right version"
-    # the target is untouched
+    assert git(hub, "show", f"orchd/{sid}.left:shared.txt") == "left version"
+    assert git(hub, "show", f"orchd/{sid}.right:shared.txt") == "right version"
+    # the target is untouched: not even a branch (only a merged session gets orchd/<session>)
     assert git(git_repo, "status", "--porcelain") == ""
     assert not (git_repo / "shared.txt").exists()
+    assert git(git_repo, "branch", "--list", "orchd/*") == ""
 
     trees = [w["worktree"] for w in s["workers"]]
     assert all(t and (tmp_path / "state" / "worktrees") in Path(t).parents for t in trees)
     out = daemon.ctl_json("clean", sid)
     assert out["ok"] is True
     assert not any(os.path.exists(t) for t in trees)
-    assert f"orchd/{sid}.left" in git(git_repo, "branch", "--list", f"orchd/{sid}*")
+    assert f"orchd/{sid}.left" in git(hub, "branch", "--list", f"orchd/{sid}*")
 
 
 def test_clean_refuses_a_running_session(daemon, git_repo, tmp_path):

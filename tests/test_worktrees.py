@@ -83,6 +83,11 @@ def branch_files(repo: Path, branch: str) -> set[str]:
     return set(git(repo, "ls-tree", "-r", "--name-only", branch).splitlines())
 
 
+def hub(root: Path, session: str = S) -> Path:
+    """orchd's own repository of the session's branches (the target holds none of them)."""
+    return root / session / "_branches.git"
+
+
 def registered(repo: Path) -> list[str]:
     return [line.removeprefix("worktree ") for line in
             git(repo, "worktree", "list", "--porcelain").splitlines() if line.startswith("worktree ")]
@@ -170,14 +175,18 @@ def test_create_worktree_and_again(repo, root):
     assert path == root / S / "impl"
     assert branch == f"orchd/{S}.impl"
     assert (path / "README").read_text() == "hello\n"
-    assert git(repo, "rev-parse", branch) == base
+    assert git(hub(root), "rev-parse", branch) == base
     assert git(path, "symbolic-ref", "--short", "HEAD") == branch
+    # a clone of its own: its git dir is inside it, the target knows nothing of it
+    assert (path / ".git").is_dir()
+    assert git(path, "rev-parse", "--absolute-git-dir") == str(path / ".git")
+    assert git(repo, "for-each-ref", "refs/heads/orchd/") == ""
 
     write(path / "wip.txt", "not committed yet\n")
     again = wt.create_worktree(repo, root, S, "impl", base)
     assert again == (path, branch)
     assert (path / "wip.txt").read_text() == "not committed yet\n"
-    assert len(registered(repo)) == 2
+    assert registered(repo) == [str(repo)]
 
 
 def test_create_worktree_keeps_an_existing_branch(repo, root):
@@ -190,7 +199,7 @@ def test_create_worktree_keeps_an_existing_branch(repo, root):
 
     again, _ = wt.create_worktree(repo, root, S, "impl", base)
     assert again == path
-    assert git(repo, "rev-parse", branch) == done
+    assert git(hub(root), "rev-parse", branch) == done
     assert (path / "a.txt").read_text() == "a\n"
 
 
@@ -215,7 +224,7 @@ def test_commit_all_without_changes_makes_no_commit(repo, root):
     base = wt.head_commit(repo)
     path, branch = wt.create_worktree(repo, root, S, "impl", base)
     assert wt.commit_all(path, "nothing") == base
-    assert git(repo, "rev-parse", branch) == base
+    assert git(hub(root), "rev-parse", branch) == base
 
 
 def test_commit_all_takes_new_modified_and_deleted_files(repo, root):
@@ -225,9 +234,9 @@ def test_commit_all_takes_new_modified_and_deleted_files(repo, root):
     (path / "README").write_text("changed\n")
     (path / "shared.txt").unlink()
     head = wt.commit_all(path, "agent work")
-    assert head == git(repo, "rev-parse", branch) != base
-    assert branch_files(repo, branch) == {"README", "new/file.txt"}
-    assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch) == \
+    assert head == git(hub(root), "rev-parse", branch) == git(path, "rev-parse", branch) != base
+    assert branch_files(hub(root), branch) == {"README", "new/file.txt"}
+    assert git(hub(root), "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", branch) == \
         "orchd <orchd@localhost>|orchd <orchd@localhost>|agent work"
 
 
@@ -349,10 +358,10 @@ def test_conflict_is_reported_and_moves_no_branch(repo, root):
     assert result == merging.MergeResult(ok=False, commit=None, conflicts=["shared.txt"],
                                     branch=f"orchd/{S}", assignment="b")
     for name, head in heads.items():
-        assert git(repo, "rev-parse", wt.branch_name(S, name)) == head
+        assert git(hub(root), "rev-parse", wt.branch_name(S, name)) == head
     assert git(repo, "rev-parse", f"orchd/{S}") == earlier.commit
     assert not (root / S / "_merge").exists()
-    assert str(root / S / "_merge") not in registered(repo)
+    assert str(root / S / "_merge") not in registered(hub(root))
     assert snapshot(repo) == before
     # The assignment worktrees are untouched too.
     assert (b / "shared.txt").read_text() == "one\nTWO by b\nthree\n"
@@ -405,14 +414,17 @@ def test_merged_base_of_two_parallel_assignments(repo, root):
     write(a / "a.txt", "a\n")
     write(b / "b.txt", "b\n")
     head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
-    branches = git(repo, "for-each-ref", "--format=%(refname)")
+    branches = git(hub(root), "for-each-ref", "--format=%(refname)")
+    target_refs = git(repo, "for-each-ref", "--format=%(refname)")
 
     merged = merging.merged_base(repo, root, S, "review", [head_a, head_b])
 
-    assert git(repo, "rev-parse", f"{merged}^1", f"{merged}^2").split() == [head_a, head_b]
-    assert {"a.txt", "b.txt"} <= branch_files(repo, merged)
-    assert git(repo, "for-each-ref", "--format=%(refname)") == branches
-    assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
+    assert git(hub(root), "rev-parse", f"{merged}^1", f"{merged}^2").split() == [head_a, head_b]
+    assert {"a.txt", "b.txt"} <= branch_files(hub(root), merged)
+    assert git(hub(root), "for-each-ref", "--format=%(refname)") == branches
+    assert git(repo, "for-each-ref", "--format=%(refname)") == target_refs
+    assert not (root / S / "_base-review").exists() and len(registered(hub(root))) == 1
+    assert registered(repo) == [str(repo)]
     # The waiting assignment starts from it.
     path, branch = wt.create_worktree(repo, root, S, "review", merged)
     assert (path / "a.txt").exists() and (path / "b.txt").exists()
@@ -435,14 +447,15 @@ def test_merged_base_conflict_leaves_no_mess(repo, root):
     (a / "shared.txt").write_text("by a\n")
     (b / "shared.txt").write_text("by b\n")
     head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
-    branches = git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
+    branches = git(hub(root), "for-each-ref", "--format=%(refname) %(objectname)")
 
     with pytest.raises(MergeConflict) as caught:
         merging.merged_base(repo, root, S, "review", [head_a, head_b])
 
     assert caught.value.files == ["shared.txt"]
-    assert not (root / S / "_base-review").exists() and len(registered(repo)) == 3
-    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)") == branches
+    assert not (root / S / "_base-review").exists() and len(registered(hub(root))) == 1
+    assert registered(repo) == [str(repo)]
+    assert git(hub(root), "for-each-ref", "--format=%(refname) %(objectname)") == branches
 
 
 # ---------------------------------------------------------------- clean
@@ -457,14 +470,27 @@ def test_clean_removes_worktrees_and_keeps_branches(repo, root):
     write(b / "dirty.txt", "left uncommitted\n")
     assert merging.merge_session(repo, root, S, ["a", "b"], base).ok
 
-    removed = wt.clean(repo, root, S)
+    removed, kept = wt.clean(repo, root, S)
 
-    assert removed == sorted([a, b, root / S / "_merge"])
-    assert not (root / S).exists()
-    assert registered(repo) == [str(repo), str(other)]
-    assert git(repo, "rev-parse", wt.branch_name(S, "a"), wt.branch_name(S, "b"), f"orchd/{S}").split() \
-        == [head_a, base, head_a]
-    assert wt.clean(repo, root, S) == []
+    assert removed == sorted([a, b, root / S / "_merge"]) and kept == {}
+    assert sorted(p.name for p in (root / S).iterdir()) == ["_branches.git"]  # the branches stay
+    assert other.is_dir() and registered(repo) == [str(repo)]
+    assert git(hub(root), "rev-parse", wt.branch_name(S, "a"), f"orchd/{S}").split() == [head_a, head_a]
+    assert git(repo, "rev-parse", f"orchd/{S}") == head_a
+    # what b left uncommitted is on its branch now, not thrown away
+    head_b = git(hub(root), "rev-parse", wt.branch_name(S, "b"))
+    assert git(hub(root), "rev-parse", f"{head_b}^") == base
+    assert git(hub(root), "show", f"{head_b}:dirty.txt") == "left uncommitted"
+    assert wt.clean(repo, root, S) == ([], {})
+
+
+def test_clean_keeps_a_clone_whose_work_cannot_be_committed(repo, root):
+    a, _ = wt.create_worktree(repo, root, S, "a", wt.head_commit(repo))
+    git(a, "checkout", "-q", "--detach")
+    write(a / "dirty.txt", "on no branch\n")
+    removed, kept = wt.clean(repo, root, S)
+    assert removed == [] and list(kept) == [str(a)] and "detached HEAD" in kept[str(a)]
+    assert (a / "dirty.txt").read_text() == "on no branch\n"
 
 
 # ---------------------------------------------------------------- threads
@@ -476,4 +502,96 @@ def test_worktrees_created_from_many_threads(repo, root):
     with ThreadPoolExecutor(len(jobs)) as pool:
         made = list(pool.map(lambda job: wt.create_worktree(repo, root, *job, base), jobs))
     assert [path for path, _ in made] == [root / s / a for s, a in jobs]
-    assert sorted(registered(repo)[1:]) == sorted(str(root / s / a) for s, a in jobs)
+    assert all(git(root / s / a, "rev-parse", "--absolute-git-dir") == str(root / s / a / ".git") for s, a in jobs)
+    assert registered(repo) == [str(repo)]
+
+
+# ---------------------------------------------------------------- clones: the target is read-only
+
+def test_a_relaunch_reuses_the_clone_as_the_agent_left_it(repo, root):
+    path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    git(path, "checkout", "-q", "--detach")
+    write(path / "wip.txt", "w\n")
+    assert wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))[0] == path
+    assert (path / "wip.txt").read_text() == "w\n"
+
+
+def test_a_clone_without_its_git_dir_is_refused_not_deleted(repo, root):
+    path, _ = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    write(path / "work.txt", "w\n")
+    shutil.rmtree(path / ".git")
+    with pytest.raises(GitError, match="not a clone made by orchd"):
+        wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    assert wt.clean(repo, root, S) == ([], {str(path): "not a clone made by orchd (left as it is)"})
+    assert (path / "work.txt").read_text() == "w\n"
+
+
+def test_gc_in_a_clone_harms_neither_the_target_nor_the_branches(repo, root):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    write(a / "a.txt", "a\n")
+    first = wt.commit_all(a, "a")
+    b, _ = wt.create_worktree(repo, root, S, "b", first)
+    # the agent commits, drops the commit, and prunes everything unreachable at once
+    write(b / "gone.txt", "g\n")
+    git(b, "add", "gone.txt")
+    git(b, "commit", "-qm", "to be dropped")
+    git(b, "reset", "-q", "--hard", "HEAD~1")
+    git(b, "reflog", "expire", "--expire=now", "--all")
+    git(b, "gc", "--quiet", "--prune=now", "--aggressive")
+    write(b / "b.txt", "b\n")
+    wt.commit_all(b, "b")
+    result = merging.merge_session(repo, root, S, ["a", "b"], base)
+    assert result.ok and branch_files(repo, f"orchd/{S}") == {"README", "shared.txt", "a.txt", "b.txt"}
+    for r in (repo, hub(root), a, b):
+        assert helpers.git_run(r, "fsck", "--connectivity-only", "--no-dangling").returncode == 0, r
+    # the target holds its own copy of everything orchd/<session> needs: the clones can go
+    shutil.rmtree(root)
+    assert helpers.git_run(repo, "fsck", "--connectivity-only").returncode == 0
+    assert git(repo, "show", f"orchd/{S}:b.txt") == "b"
+
+
+def test_commit_leaves_out_excluded_paths_even_when_staged(repo, root):
+    path, branch = wt.create_worktree(repo, root, S, "impl", wt.head_commit(repo))
+    for name in (".env", "deep/dir/.env.prod", "keys/id_rsa.pub", "node_modules/x/i.js", "a/__pycache__/m.pyc",
+                 "b.pyc", ".claude/settings.local.json", "src/ok.py"):
+        write(path / name, "x\n")
+    git(path, "add", "-f", ".env")  # the agent staged it itself
+    made = wt.commit_assignment(path, "impl")
+    assert branch_files(hub(root), branch) == {"README", "shared.txt", "src/ok.py"}
+    assert made.made and made.left_out == [".claude/", ".env", "a/__pycache__/", "b.pyc", "deep/dir/.env.prod",
+                                      "keys/id_rsa.pub", "node_modules/"]
+    # an empty list commits everything that is left
+    assert wt.commit_assignment(path, "all", exclude=[]).left_out == []
+    assert {".env", "node_modules/x/i.js"} <= branch_files(hub(root), branch)
+
+
+def test_exclude_patterns_become_pathspecs():
+    assert wt.exclude_pathspecs(["node_modules/", "*.pem", "/build/out", "", "# c"]) == [
+        ":(glob)**/node_modules/**", ":(glob)**/*.pem", ":(glob)**/*.pem/**",
+        ":(glob)build/out", ":(glob)build/out/**"]
+
+
+def test_the_dirty_target_is_listed_without_rewriting_its_index(repo):
+    (repo / "README").write_text("edited\n")
+    write(repo / "new" / "x.txt", "n\n")
+    os.utime(repo / "shared.txt", (1, 1))  # a stale stat cache: a plain status would rewrite the index
+    index = (repo / ".git" / "index").read_bytes()
+    assert wt.uncommitted(repo) == ["M README", "?? new/"]
+    assert (repo / ".git" / "index").read_bytes() == index
+
+
+def test_a_shallow_target_works(repo, root, tmp_path):
+    (repo / "README").write_text("second\n")
+    git(repo, "commit", "-qam", "second")
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth=1", f"file://{repo}", str(shallow))
+    base = wt.head_commit(shallow)
+    a, _ = wt.create_worktree(shallow, root, S, "a", base)
+    b, _ = wt.create_worktree(shallow, root, S, "b", base)
+    write(a / "a.txt", "a\n")
+    write(b / "b.txt", "b\n")
+    wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    assert merging.merge_session(shallow, root, S, ["a", "b"], base).ok
+    assert {"a.txt", "b.txt"} <= branch_files(shallow, f"orchd/{S}")
+    assert helpers.git_run(shallow, "fsck", "--connectivity-only").returncode == 0
