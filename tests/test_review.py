@@ -248,10 +248,12 @@ def test_a_reviewer_that_writes_leaves_the_authors_branch_unchanged(daemon_facto
     sid = _submit(d, tmp_path, git_repo, [_author("a", "write:a.txt:one", "exit:0")])
     s = d.wait_session(sid)
     assert s["state"] == "done", s
-    files = subprocess.run(["git", "-C", str(git_repo), "ls-tree", "-r", "--name-only", f"orchd/{sid}.a"],
-                           capture_output=True, text=True, check=True).stdout.split()
-    assert "a.txt" in files and "evil.txt" not in files
     worktree = Path(next(w for w in s["workers"] if w["name"] == "a")["worktree"])
+    branches = worktree.parent / "_branches.git"  # the assignment branches live in orchd's repository
+    for repo, ref in ((branches, f"orchd/{sid}.a"), (git_repo, f"orchd/{sid}")):
+        files = subprocess.run(["git", "-C", str(repo), "ls-tree", "-r", "--name-only", ref],
+                               capture_output=True, text=True, check=True).stdout.split()
+        assert "a.txt" in files and "evil.txt" not in files, (repo, ref, files)
     assert not (worktree / "evil.txt").exists()
     # the reviewer did write, in its own checkout
     assert list((d.state_dir / "reviews" / sid).rglob("evil.txt"))
