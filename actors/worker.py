@@ -247,10 +247,11 @@ class Worker:
             data = await read(READ_CHUNK)
             if not data:
                 return
-            self._deadlines.output(time.monotonic())
+            read_at = time.monotonic()
+            self._deadlines.output(read_at)
             events = self._stdout_lines(self._out_framer.feed(data), self._parser)
             if events:
-                await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events))))
+                await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events), read_at=read_at)))
 
     def _stdout_lines(self, lines, parser) -> list[p.Ev]:
         events: list[p.Ev] = []

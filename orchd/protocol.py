@@ -172,6 +172,8 @@ class InjectFault(Req, tag="inject_fault"):
     """
 
     actor: Literal["journal", "supervisor"]
+    fault: Literal["crash", "wedge"] = "crash"
+    """``crash``: raise; ``wedge``: stop handling messages (the loop goes on), as a deadlock would."""
 
 
 ControlRequest = Union[
@@ -563,6 +565,20 @@ class DaemonStopping(Ev, tag="daemon.stopping"):
     reason: str = ""
 
 
+class DaemonReloaded(Ev, tag="daemon.reloaded"):
+    """SIGHUP re-read the config file: ``applied`` names the settings now in force,
+    ``needs_restart`` the changed ones that take effect only after a restart."""
+
+    applied: list[str] = []
+    needs_restart: list[str] = []
+
+
+class DaemonReloadFailed(Ev, tag="daemon.reload_failed"):
+    """SIGHUP found a config file that cannot be used; the old config stays in force."""
+
+    error: str
+
+
 Event = Union[
     AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
     AgentError, AgentResult, AgentUnknown, AgentOutput,
@@ -571,7 +587,7 @@ Event = Union[
     WorkerLimit, WorkerFailure, WorkerLaunching,
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
     SessionStopRequested, SessionMerged,
-    DaemonStarted, DaemonStopping,
+    DaemonStarted, DaemonStopping, DaemonReloaded, DaemonReloadFailed,
 ]
 
 SESSION_TERMINAL = frozenset({"done", "failed", "stopped", "escalated"})
@@ -593,6 +609,9 @@ class Append(Msg, tag="append"):
     """
 
     frames: list[bytes]
+    read_at: float = 0.0
+    """Monotonic time the worker read the agent output these events come from (0: not
+    from agent output); the journal observes ``orchd_event_pipeline_seconds`` from it."""
 
 
 class PublishSync(Msg, tag="publish_sync"):
@@ -690,8 +709,30 @@ class TargetChecked(Msg, tag="target_checked"):
     error: str | None = None
 
 
+class Probe(Msg, tag="probe"):
+    """Daemon → supervisor: a liveness ping (the watchdog); answer ``ProbeAnswer`` to ``reply_to``."""
+
+    token: str
+    reply_to: str
+
+
+class ProbeAnswer(Msg, tag="probe_answer"):
+    """Supervisor → daemon: alive, and a summary of its sessions (for ``STATUS=`` and gauges).
+
+    ``workers`` is keyed ``"<agent>/<state>"``; ``waiting`` counts sessions waiting for an answer.
+    """
+
+    token: str
+    sessions: dict[str, int] = {}
+    workers: dict[str, int] = {}
+    waiting: int = 0
+
+
 SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, BarrierReached, WorktreeReady, MergeFinished,
-                        CleanFinished, TargetChecked, Crash]
+                        CleanFinished, TargetChecked, Crash, Probe]
+
+DaemonInbox = Union[BarrierReached, ProbeAnswer]
+"""What the daemon's own mailbox gets: answers to its liveness pings."""
 
 
 class StopWorker(Msg, tag="stop_worker"):
