@@ -193,6 +193,10 @@ _SUMMARIES = {
     "session.merged": lambda e: f"merged into {e.get('branch')} at {str(e.get('commit'))[:12]}",
     "daemon.started": lambda e: f"pid {e.get('pid')} version {e.get('version')} last seq {e.get('last_seq', 0)}",
     "daemon.stopping": lambda e: "stopping" + (f": {e['reason']}" if e.get("reason") else ""),
+    "daemon.reloaded": lambda e: "config reloaded: applied " + (", ".join(map(str, e.get("applied") or [])) or "nothing")
+                                 + (f"; needs a restart: {', '.join(map(str, e['needs_restart']))}"
+                                    if e.get("needs_restart") else ""),
+    "daemon.reload_failed": lambda e: f"config reload failed, old config kept: {e.get('error')}",
 }
 
 

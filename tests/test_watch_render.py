@@ -55,6 +55,8 @@ SAMPLES: dict[str, dict] = {
     "session.merged": {"branch": "orchd/s-1", "commit": "0123456789abcdef0123"},
     "daemon.started": {"pid": 7, "version": "0.1.0", "last_seq": 12},
     "daemon.stopping": {},
+    "daemon.reloaded": {"applied": ["limits"], "needs_restart": ["control_endpoint"]},
+    "daemon.reload_failed": {"error": "limits.stall_s: Input should be greater than 0, got -1"},
 }
 
 EXACT = {
@@ -68,6 +70,7 @@ EXACT = {
     "worker.state": "paused (user)",
     "agent.text": "hello ⏎ world",
     "daemon.stopping": "stopping",
+    "daemon.reloaded": "config reloaded: applied limits; needs a restart: control_endpoint",
     "session.submitted": "task 'fix it' target /repo: impl(claude)",
     "worker.exited": "failed exit=1 (agent failed)",
 }
