@@ -278,6 +278,28 @@ def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--version", action="store_true", default=d(False), help="print the version and exit")
 
 
+def cmd_completion(args) -> int:
+    """``orchctl completion bash|zsh|fish``: a completion script to source (no daemon needed).
+
+    ``--list-sessions`` (what the scripts run): the daemon's session ids, one per
+    line; nothing, and exit 0, when no daemon answers within a second.
+    """
+    from orchctl import completion
+    if args.list_sessions:
+        from orchctl.client import Busy, Refused, Unreachable
+        try:
+            reply = _client(args).call(p.Status(), timeout_s=1.0)
+        except (Unreachable, Busy, Refused):
+            return EXIT_OK
+        if isinstance(reply, p.StatusReply):
+            print("\n".join(s.id for s in reply.sessions))
+        return EXIT_OK
+    if args.shell is None:
+        raise UsageError("completion needs a shell: bash, zsh or fish")
+    sys.stdout.write(completion.SHELLS[args.shell](build_parser(), HIDDEN))
+    return EXIT_OK
+
+
 def _seq(text: str) -> int:
     try:
         value = int(text)
@@ -350,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("session")
     s.add_argument("--worker", metavar="NAME", help="only this worker (an unknown one is an error)")
     s.set_defaults(func=cmd_logs)
+
+    s = command("completion", help="print a shell completion script: source <(orchctl completion bash)")
+    s.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"))
+    s.add_argument("--list-sessions", action="store_true", help=argparse.SUPPRESS)  # what the scripts call
+    s.set_defaults(func=cmd_completion)
 
     s = command("parse", help="normalize an agent's stream (no daemon)")
     s.add_argument("--agent", required=True)
