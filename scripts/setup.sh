@@ -30,7 +30,8 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-if ! "$PY" -c "import orchd, zmq, msgspec, pydantic, prometheus_client, hypothesis, pytest, pytest_timeout" 2>/dev/null \
+if ! "$PY" -c "import orchd, zmq, msgspec, pydantic, prometheus_client, hypothesis, pytest, pytest_timeout, setuptools
+assert tuple(map(int, setuptools.__version__.split('.')[:2])) >= (70, 1)" 2>/dev/null \
    || ! "$PY" -m pip show -q orchd >/dev/null 2>&1; then
   "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" >&2
 fi
