@@ -215,6 +215,7 @@ class Worker:
             try:
                 msg = wire.worker_inbox.decode(raw)
             except msgspec.DecodeError as exc:
+                metrics.bad_messages.labels("worker", getattr(exc, "code", "invalid")).inc()
                 _log.warning("worker_bad_message", worker=self.spec.name, error=str(exc))
                 continue
             await self._handle(msg)

@@ -179,6 +179,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload_asked: list[bool] = []  # a SIGHUP before the actors are ready waits for them
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_asked.append(True))
     code = 0
     stop_metrics = None
     watchdog_task = None
@@ -208,8 +210,16 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
             watchdog = Watchdog(ctx, out, notifier, JOURNAL, SUPERVISOR,
                                 journal_failing=lambda: journal.log_error is not None)
             watchdog_task = asyncio.ensure_future(watchdog.run())
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(
-                _reload(cfg, reload_config, notifier, announce, lambda: watchdog.status)))
+
+            reloading: set[asyncio.Task] = set()
+
+            def reload_now() -> None:
+                task = loop.create_task(_reload(cfg, reload_config, notifier, announce, lambda: watchdog.status))
+                reloading.add(task)
+                task.add_done_callback(reloading.discard)
+            loop.add_signal_handler(signal.SIGHUP, reload_now)
+            if reload_asked:
+                reload_now()
         await asyncio.wait({esc, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if esc.done():
             _log.error("orchd_escalation", error=str(esc.exception()))
@@ -217,7 +227,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         for fut in (esc, waiter, ready):
             fut.cancel()
         notifier.stopping("stopping")
-        loop.remove_signal_handler(signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # stopping: a reload no longer matters
         if watchdog_task is not None:
             watchdog_task.cancel()
             await asyncio.wait({watchdog_task})
