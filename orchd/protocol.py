@@ -609,7 +609,7 @@ class Append(Msg, tag="append"):
     """
 
     frames: list[bytes]
-    read_at: float = 0.0
+    read_at: Annotated[float, msgspec.Meta(ge=0.0, le=1e15)] = 0.0
     """Monotonic time the worker read the agent output these events come from (0: not
     from agent output); the journal observes ``orchd_event_pipeline_seconds`` from it."""
 
