@@ -12,17 +12,29 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 
 need=()
-for pkg in bubblewrap socat git systemd prometheus; do  # prometheus: for promtool
+for pkg in bubblewrap socat git systemd; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [[ ! -x "$VENV/bin/python" ]] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
   need+=(python3-venv)  # Debian's python3 has no venv/ensurepip without it
 fi
-if ((${#need[@]})); then
+need_promtool=0
+command -v promtool >/dev/null 2>&1 || need_promtool=1  # Debian ships promtool in the prometheus package
+if ((${#need[@]} || need_promtool)); then
   SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
-  echo "setup: installing ${need[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if ((${#need[@]})); then
+    echo "setup: installing ${need[*]}" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+  if ((need_promtool)); then
+    echo "setup: installing prometheus (for promtool)" >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # only the tool is wanted: a Prometheus server the package may have started is stopped again
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+      $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
