@@ -193,11 +193,11 @@ class SessionSupervisor(Conduct):
         s = self.proj.sessions.get(_session_named(item) or "")
         match item:
             case Call(body=p.InjectFault(fault="wedge") as fault) if self.cfg.fault_injection:
-                if fault.actor != "supervisor":
-                    self._control.reply(item, _bad_state("only the supervisor can be wedged"))
-                    return
+                if fault.actor == "journal":
+                    self.ports.out.send_nowait(self.ports.journal_ep, wire.pack(p.Wedge()))
+                else:
+                    self._wedged = True  # the loop stops handling messages (see run)
                 self._control.reply(item, p.Ok())
-                self._wedged = True  # the loop stops handling messages (see run)
             case p.Crash() | Call(body=p.InjectFault(actor="supervisor")) if self._faults(item):
                 if isinstance(item, Call):
                     self._control.reply(item, p.Ok())

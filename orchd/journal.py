@@ -151,6 +151,7 @@ class JournalActor:
         inline_max = s.pub_inline_max_bytes
         seq = self.last_seq
         crash_at = -1
+        wedged = False
         barriers: list[p.Barrier] = []
         rest: list[bytes] = []
         not_published = 0
@@ -196,6 +197,8 @@ class JournalActor:
                 case p.Crash():
                     crash_at = i
                     break
+                case p.Wedge():
+                    wedged = True
         if rows:
             if not await self._write(lambda: self._append(rows)):
                 self.unwritten += len(rows)
@@ -223,6 +226,9 @@ class JournalActor:
         if crash_at >= 0:
             s.unhandled = msgs[crash_at + 1:]
             raise RuntimeError("injected fault")
+        if wedged:  # alive but deaf until cancelled (the watchdog must notice)
+            _log.warning("journal_wedged", reason="injected fault")
+            await asyncio.Event().wait()
         return rest
 
     def _route(self, kind: bytes) -> tuple[int, ...]:

@@ -635,7 +635,11 @@ class Crash(Msg, tag="crash"):
     """Testing only (``InjectFault``): the receiving actor raises, as a bug would."""
 
 
-JournalInbox = Union[Append, PublishSync, Barrier, Crash]
+class Wedge(Msg, tag="wedge"):
+    """Testing only (``InjectFault(fault="wedge")``): the journal stops taking messages, as a deadlock would."""
+
+
+JournalInbox = Union[Append, PublishSync, Barrier, Crash, Wedge]
 
 
 class Committed(Msg, tag="committed"):

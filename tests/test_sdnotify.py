@@ -107,6 +107,26 @@ def test_ready_status_watchdog_until_an_actor_wedges_then_stopping(daemon_factor
     assert "STOPPING=1" in notify_socket.lines(quiet_from)
 
 
+def test_a_wedged_journal_stops_the_watchdog_pings_too(daemon_factory, notify_socket, short_tmp):
+    d = daemon_factory(config="fault_injection = true\n", start=False,
+                       env={"NOTIFY_SOCKET": str(short_tmp / "notify"), "WATCHDOG_USEC": "400000"})
+    d.start()
+    t0 = time.monotonic()
+    wait_for(lambda: notify_socket.lines(t0).count("WATCHDOG=1") >= 2, 10, "two watchdog pings")
+    c = Client(f"ipc://{d.runtime_dir}/control", timeout_s=5)
+    try:
+        assert isinstance(c.call(p.InjectFault(actor="journal", fault="wedge")), p.Ok)
+        wait_for(lambda: "actors_not_answering" in d.log(), 10, "the watchdog to notice the wedged journal")
+        quiet_from = time.monotonic()
+        wait_for(lambda: time.monotonic() - quiet_from > 5 * TICK_S, 10, "five ticks")
+        assert "WATCHDOG=1" not in notify_socket.lines(quiet_from)
+        assert isinstance(c.call(p.Ping()), p.Pong)  # the supervisor still serves: only the journal is deaf
+    finally:
+        c.close()
+    assert d.stop() == 0
+    assert "STOPPING=1" in notify_socket.lines(quiet_from)
+
+
 def test_reloading_then_ready_around_a_sighup(daemon_factory, notify_socket, short_tmp, tmp_path):
     d = daemon_factory(config="", start=False, env={"NOTIFY_SOCKET": str(short_tmp / "notify")})
     d.start()
