@@ -263,9 +263,9 @@ async def _reload(cfg: config.Config, reload_config, notifier, announce, status)
     from orchd import protocol as p
     notifier.reloading()
     try:
-        if reload_config is None:
-            raise ValueError("this daemon was not started from a config it can read again")
         try:
+            if reload_config is None:
+                raise ValueError("this daemon was not started from a config it can read again")
             new = reload_config()
         except (OSError, ValueError) as exc:
             metrics.reloads.labels("failed").inc()

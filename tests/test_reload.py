@@ -44,3 +44,18 @@ def test_sighup_applies_a_changed_limit_to_the_next_session_and_reports_an_endpo
     s = _hanging_session(d, git_repo, tmp_path, "quiet2")  # still stall_s = 0.5
     assert s["state"] == "failed" and "limit stall" in s["workers"][0]["reason"], s
     assert d.stop() == 0
+
+
+def test_which_settings_apply_live_and_which_need_a_restart(tmp_path):
+    from orchd import config, reload
+    base = {"state_dir": str(tmp_path / "s"), "runtime_dir": str(tmp_path / "r")}
+    old = config.Config.model_validate(base)
+    new = config.Config.model_validate({**base, "log_level": "debug", "metrics_port": 9464, "pub_hwm": 5,
+                                        "agents": {"claude": {"binary": "/opt/claude"}},
+                                        "limits": {"max_tokens": 1000}})
+    applied, restart = reload.diff(old, new)
+    assert applied == ["agents", "limits", "log_level"] and restart == ["metrics_port", "pub_hwm"]
+    reload.apply(old, new, applied)
+    assert old.limits.max_tokens == 1000 and old.agent("claude").binary == "/opt/claude"
+    assert old.metrics_port is None and old.pub_hwm == 100_000  # kept until a restart
+    assert reload.diff(old, old) == ([], [])
