@@ -85,6 +85,7 @@ class SessionSupervisor(Conduct):
         self._plan_errors: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
         self._backlog: list[bytes] = []  # events the journal's queue had no room for yet
+        self._wedged = False             # testing only: InjectFault(fault="wedge")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -109,6 +110,8 @@ class SessionSupervisor(Conduct):
             esc = asyncio.ensure_future(self.ports.workers.wait_escalation())
             try:
                 while not esc.done():
+                    if self._wedged:  # InjectFault(wedge): alive but deaf, as a deadlock would leave it
+                        await asyncio.Event().wait()
                     await waker.wait(0.05 if self._backlog else 1.0)
                     for raw in drain(self.ports.inbox.raw, 1000):
                         self._handle(raw)
@@ -188,10 +191,17 @@ class SessionSupervisor(Conduct):
                 item = wire.supervisor_inbox.decode(item)
             except msgspec.DecodeError as exc:
                 metrics.bad_requests.labels("bad_message").inc()
+                metrics.bad_messages.labels("supervisor", getattr(exc, "code", "invalid")).inc()
                 _log.warning("supervisor_bad_message", error=str(exc)[:200])
                 return
         s = self.proj.sessions.get(_session_named(item) or "")
         match item:
+            case Call(body=p.InjectFault(fault="wedge") as fault) if self.cfg.fault_injection:
+                if fault.actor == "journal":
+                    self.ports.out.send_nowait(self.ports.journal_ep, wire.pack(p.Wedge()))
+                else:
+                    self._wedged = True  # the loop stops handling messages (see run)
+                self._control.reply(item, p.Ok())
             case p.Crash() | Call(body=p.InjectFault(actor="supervisor")) if self._faults(item):
                 if isinstance(item, Call):
                     self._control.reply(item, p.Ok())
@@ -207,6 +217,8 @@ class SessionSupervisor(Conduct):
                     self._advance(self.proj.sessions.get(sid))
             case p.BarrierReached():
                 pass  # a predecessor's, late
+            case p.Probe(token=token, reply_to=reply_to):
+                self._answer_probe(token, reply_to)
             case p.LogHealth(error=error):
                 self.log_error = error
                 (_log.error if error else _log.info)("event_log_health", error=error)
@@ -259,6 +271,26 @@ class SessionSupervisor(Conduct):
                     self._control.reply(item, reply)
             case _:
                 _log.warning("supervisor_unexpected_message", kind=type(item).__name__)
+
+    def _answer_probe(self, token: str, reply_to: str) -> None:
+        """The watchdog's liveness ping: answer with a summary of the sessions (``STATUS=``, gauges)."""
+        sessions: dict[str, int] = {}
+        workers: dict[str, int] = {}
+        waiting = 0
+        for v in self.proj.sessions.values():
+            sessions[v.state] = sessions.get(v.state, 0) + 1
+            if getattr(v, "waiting_for", None) == "answer":
+                waiting += 1
+            if v.state in p.SESSION_TERMINAL:
+                continue  # their workers are history, not load
+            for w in v.workers.values():
+                key = f"{w.spec.agent}/{w.state}"
+                workers[key] = workers.get(key, 0) + 1
+        try:
+            self.ports.out.send_nowait(reply_to, wire.pack(p.ProbeAnswer(token=token, sessions=sessions,
+                                                                         workers=workers, waiting=waiting)))
+        except zmq.Again:  # the daemon is not reading its answers: it will ask again
+            _log.warning("probe_answer_dropped", reply_to=reply_to)
 
     def _faults(self, item) -> bool:
         if isinstance(item, p.Crash) or self.cfg.fault_injection:

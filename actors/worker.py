@@ -235,6 +235,7 @@ class Worker:
             try:
                 msg = wire.worker_inbox.decode(raw)
             except msgspec.DecodeError as exc:
+                metrics.bad_messages.labels("worker", getattr(exc, "code", "invalid")).inc()
                 _log.warning("worker_bad_message", worker=self.spec.name, error=str(exc))
                 continue
             await self._handle(msg)
@@ -267,10 +268,11 @@ class Worker:
             data = await read(READ_CHUNK)
             if not data:
                 return
-            self._deadlines.output(time.monotonic())
+            read_at = time.monotonic()
+            self._deadlines.output(read_at)
             events = self._stdout_lines(self._out_framer.feed(data), self._parser)
             if events:
-                await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events))))
+                await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events), read_at=read_at)))
 
     def _stdout_lines(self, lines, parser) -> list[p.Ev]:
         events: list[p.Ev] = []

@@ -369,6 +369,27 @@ def cmd_web(args) -> int:
         _print_json({"url": info["url"], "token": token})
     else:
         print(f"{info['url']}#token={token}")
+
+
+def cmd_completion(args) -> int:
+    """``orchctl completion bash|zsh|fish``: a completion script to source (no daemon needed).
+
+    ``--list-sessions`` (what the scripts run): the daemon's session ids, one per
+    line; nothing, and exit 0, when no daemon answers within a second.
+    """
+    from orchctl import completion
+    if args.list_sessions:
+        from orchctl.client import Busy, Refused, Unreachable
+        try:
+            reply = _client(args).call(p.Status(), timeout_s=1.0)
+        except (Unreachable, Busy, Refused):
+            return EXIT_OK
+        if isinstance(reply, p.StatusReply):
+            print("\n".join(s.id for s in reply.sessions))
+        return EXIT_OK
+    if args.shell is None:
+        raise UsageError("completion needs a shell: bash, zsh or fish")
+    sys.stdout.write(completion.SHELLS[args.shell](build_parser(), HIDDEN))
     return EXIT_OK
 
 
@@ -456,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("web", help="the web dashboard's URL and token")
     s.set_defaults(func=cmd_web)
+    s = command("completion", help="print a shell completion script: source <(orchctl completion bash)")
+    s.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"))
+    s.add_argument("--list-sessions", action="store_true", help=argparse.SUPPRESS)  # what the scripts call
+    s.set_defaults(func=cmd_completion)
 
     s = command("parse", help="normalize an agent's stream (no daemon)")
     s.add_argument("--agent", required=True)

@@ -318,6 +318,10 @@ _SUMMARIES = {
                                f"after {e.get('attempts', 1)} attempt(s): {e.get('error')}",
     "session.question": lambda e: f"question ({e.get('source')}): {e.get('question')}",
     "session.answered": lambda e: f"answered: {e.get('text')}",
+    "daemon.reloaded": lambda e: "config reloaded: applied " + (", ".join(map(str, e.get("applied") or [])) or "nothing")
+                                 + (f"; needs a restart: {', '.join(map(str, e['needs_restart']))}"
+                                    if e.get("needs_restart") else ""),
+    "daemon.reload_failed": lambda e: f"config reload failed, old config kept: {e.get('error')}",
 }
 
 

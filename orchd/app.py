@@ -5,7 +5,9 @@ permanent children: the journal (event log + PUB) and the session
 supervisor (control socket, sessions, worker actors).  SIGTERM or SIGINT
 stops them in reverse order (workers get TERM, a grace period, then KILL),
 flushes the log and exits 0.  A child that crashes too often escalates to
-the root, which stops everything and exits 1.
+the root, which stops everything and exits 1.  SIGHUP reloads the config
+(``orchd.reload``).  Under systemd it speaks sd_notify (``orchd.sdnotify``:
+READY, STATUS, WATCHDOG from ``orchd.watchdog``, RELOADING, STOPPING).
 """
 
 from __future__ import annotations
@@ -109,7 +111,12 @@ def _remove_stale_ipc(endpoint: str) -> None:
             sock_path.unlink()
 
 
-async def serve(cfg: config.Config) -> int:
+async def serve(cfg: config.Config, reload_config=None) -> int:
+    """Run the daemon until SIGTERM/SIGINT (0) or an escalation (1).
+
+    ``reload_config()`` builds the config again for SIGHUP (None: SIGHUP only
+    re-reads nothing and says so).
+    """
     import zmq
 
     from actors.notifier import NotifierPorts
@@ -119,9 +126,16 @@ async def serve(cfg: config.Config) -> int:
     from orchd import bus, proc, protocol as p, wire
     from orchd.actor import ChildSpec, Mailbox, Outbox, Supervisor
     from orchd.follow import SUPERVISOR_FOLLOWS, Follower
+    from orchd import metrics
     from orchd.journal import JournalActor, JournalSockets
     from orchd.notify import FOLLOWS as NOTIFY_FOLLOWS
+    from orchd.sdnotify import Notifier
     from orchd.store import EventLog
+    from orchd.watchdog import Watchdog
+
+    sd = Notifier()  # sd_notify (READY, STATUS, WATCHDOG); ``notifier`` below is the notification actor
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        os.environ.pop(name, None)  # read once: the agents must not inherit them
 
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = cfg.state_dir / "events.sqlite3"
@@ -178,18 +192,20 @@ async def serve(cfg: config.Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload_asked: list[bool] = []  # a SIGHUP before the actors are ready waits for them
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload_asked.append(True))
     code = 0
+    stop_metrics = None
+    watchdog_task = None
     try:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
         if notifier is not None:
             root.start_child(ChildSpec("notifier", notifier.start, shutdown_s=2.0))
+        metrics.watch_log_size(log_path)
         if cfg.metrics_port:
-            from prometheus_client import start_http_server
-
-            from orchd.metrics import REGISTRY
-            start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+            stop_metrics = metrics.start_http(cfg.metrics_port)
 
         async def announce(ev):
             frame = wire.pending_frame(wire.topic(None), wire.stamp_prefix(None, None, None, 0), _now(), ev)
@@ -202,14 +218,36 @@ async def serve(cfg: config.Config) -> int:
         ready = asyncio.ensure_future(sup_ready.wait())
         await asyncio.wait({esc, waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
+            # the supervisor is ready only after a Barrier came back through the journal: both answer
+            metrics.ready.set(1)
+            sd.ready("started")
             _log.info("orchd_started", pid=os.getpid(), control=cfg.control(), events=cfg.events(),
-                      state_dir=str(cfg.state_dir), last_seq=last_seq)
+                      state_dir=str(cfg.state_dir), last_seq=last_seq, sd_notify=sd.enabled,
+                      watchdog_s=sd.watchdog_s)
+            watchdog = Watchdog(ctx, out, sd, JOURNAL, SUPERVISOR,
+                                journal_failing=lambda: journal.log_error is not None)
+            watchdog_task = asyncio.ensure_future(watchdog.run())
+
+            reloading: set[asyncio.Task] = set()
+
+            def reload_now() -> None:
+                task = loop.create_task(_reload(cfg, reload_config, sd, announce, lambda: watchdog.status))
+                reloading.add(task)
+                task.add_done_callback(reloading.discard)
+            loop.add_signal_handler(signal.SIGHUP, reload_now)
+            if reload_asked:
+                reload_now()
         await asyncio.wait({esc, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if esc.done():
             _log.error("orchd_escalation", error=str(esc.exception()))
             code = 1
         for fut in (esc, waiter, ready):
             fut.cancel()
+        sd.stopping("stopping")
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # stopping: a reload no longer matters
+        if watchdog_task is not None:
+            watchdog_task.cancel()
+            await asyncio.wait({watchdog_task})
         await announce(p.DaemonStopping(reason="escalation" if code else "signal"))
         _log.info("orchd_stopping")
         # the supervisor first (no new launches), then the workers (they stop their agents and log
@@ -224,6 +262,8 @@ async def serve(cfg: config.Config) -> int:
         await journal.flush_and_stop(timeout_s=5.0)
         await root.shutdown()
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         journal.close()
         ports.inbox.close()
         review_inbox.close()
@@ -233,6 +273,7 @@ async def serve(cfg: config.Config) -> int:
         if notifier is not None:
             notifier.close()
         ctx.destroy(linger=0)
+        sd.close()
     _log.info("orchd_stopped", code=code)
     return code
 
@@ -257,6 +298,36 @@ def _start_http(ctx, cfg: config.Config):
         return Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, *listen).run()
     sup.start_child(ChildSpec("http", start_bridge, restart=Restart.TRANSIENT, shutdown_s=3.0))
     return sup
+
+
+async def _reload(cfg: config.Config, reload_config, notifier, announce, status) -> None:
+    """SIGHUP: read the config again, apply what can change live, say what needs a restart.
+
+    A config that cannot be used changes nothing: one log line, a
+    ``daemon.reload_failed`` event, and the daemon goes on with the old one.
+    """
+    from orchd import metrics, reload
+    from orchd import protocol as p
+    notifier.reloading()
+    try:
+        try:
+            if reload_config is None:
+                raise ValueError("this daemon was not started from a config it can read again")
+            new = reload_config()
+        except (OSError, ValueError) as exc:
+            metrics.reloads.labels("failed").inc()
+            _log.error("config_reload_failed", error=str(exc)[:500], kept="the running config")
+            await announce(p.DaemonReloadFailed(error=str(exc)[:2000]))
+            return
+        applied, restart = reload.diff(cfg, new)
+        reload.apply(cfg, new, applied)
+        if "log_level" in applied or "log_format" in applied:
+            log.setup(cfg.log_level, cfg.log_format)
+        metrics.reloads.labels("ok").inc()
+        _log.info("config_reloaded", applied=",".join(applied) or "-", needs_restart=",".join(restart) or "-")
+        await announce(p.DaemonReloaded(applied=applied, needs_restart=restart))
+    finally:
+        notifier.ready(status() or "reloaded")
 
 
 JOURNAL = "inproc://journal"
@@ -310,8 +381,11 @@ def _run(args) -> int:
         lock.close()
         print(f"orchd: {exc}", file=sys.stderr)
         return 1
+    def reload_config() -> config.Config:
+        return config.load(args.config, flags)
+
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, reload_config))
     finally:
         state_lock.close()
         lock.close()
@@ -319,6 +393,7 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="orchd", description="Run AI coding-agent CLIs together on one task.")
+    ap.add_argument("--version", action="version", version=f"orchd {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
     run.add_argument("--config", type=Path, help="TOML config file")

@@ -9,9 +9,12 @@ result comes back as a message, so the owner's loop never waits.
 A frame that is not a valid request is answered here with a typed
 ``Error`` (``bad_frames``, ``too_large``, ``bad_json``, ``bad_version``,
 ``unknown_kind``, ``invalid``), counted and logged once as a warning; the
-owner never sees it.  Replies are sent without blocking: a client that
-stops reading loses replies beyond a small per-peer queue
-(``bus.CONTROL_SNDHWM``) instead of growing the daemon.
+owner never sees it.  Each reply logs one ``request`` line (kind, id,
+duration in ms, outcome; debug level for a successful ping, sync or
+replay, which clients send in loops) and observes
+``orchd_control_request_seconds{kind}``.  Replies are sent without
+blocking: a client that stops reading loses replies beyond a small
+per-peer queue (``bus.CONTROL_SNDHWM``) instead of growing the daemon.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from orchd import protocol as p
 from orchd.actor import sync_view
 
 _log = log.get("orchd.control")
+
+QUIET_KINDS = frozenset({"replay", "sync", "ping"})
+"""Requests logged at debug level when they succeed: clients send them in loops."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,23 @@ class ControlSocket:
 
     def _reject(self, ident: bytes, delim: tuple[bytes, ...], code: str, detail: str, request_id: str) -> None:
         metrics.bad_requests.labels(code).inc()
+        metrics.bad_messages.labels("control", code).inc()
         _log.warning("bad_request", code=code, detail=detail[:200])
         self._send(ident, delim, p.Error(code=code, detail=detail), request_id)
 
     def reply(self, call: Call, body: p.ControlReply) -> None:
+        """Send the reply, and log one line for the request with how long it took."""
         self._send(call.ident, call.delim, body, call.request_id)
+        took_s = time.monotonic() - call.received_at
+        kind = call.kind
+        metrics.control_seconds.labels(kind).observe(took_s)
+        if isinstance(body, p.Error):
+            _log.info("request", kind=kind, id=call.request_id[:64], ms=round(took_s * 1000, 3), outcome="error",
+                      code=body.code)
+        elif kind in QUIET_KINDS:  # a watcher's sync and paging, every few ms while it catches up
+            _log.debug("request", kind=kind, id=call.request_id[:64], ms=round(took_s * 1000, 3), outcome="ok")
+        else:
+            _log.info("request", kind=kind, id=call.request_id[:64], ms=round(took_s * 1000, 3), outcome="ok")
 
     def _send(self, ident: bytes, delim: tuple[bytes, ...], body: p.ControlReply, request_id: str) -> None:
         try:

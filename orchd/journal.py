@@ -157,24 +157,35 @@ class JournalActor:
         inline_max = s.pub_inline_max_bytes
         seq = self.last_seq
         crash_at = -1
+        wedged = False
         barriers: list[p.Barrier] = []
         rest: list[bytes] = []
         not_published = 0
         size = 0
+        kinds: dict[bytes, int] = {}      # for the metrics: events per kind...
+        details: list[bytes] = []         # ...and the few events whose fields they read
+        metric_kinds = metrics.METRIC_KINDS
+        reads: list[float] = []
         self._uncommitted = True
         for i, raw in enumerate(msgs):
             try:
                 msg = wire.journal_inbox.decode(raw)
             except msgspec.DecodeError as exc:  # a broken producer is no reason to stop logging
+                metrics.bad_messages.labels("journal", getattr(exc, "code", "invalid")).inc()
                 _log.warning("journal_bad_message", error=str(exc), size=len(raw))
                 continue
             match msg:
-                case p.Append(frames=pending):
+                case p.Append(frames=pending, read_at=read_at):
+                    if read_at:
+                        reads.append(read_at)
                     for pf in pending:
                         seq += 1
                         frame, topic, kind, js = wire.sequence_frame(pf, seq, last_of)
                         rows.append((seq, topic.decode(), kind.decode(), js))
                         size += len(js)
+                        kinds[kind] = kinds.get(kind, 0) + 1
+                        if kind in metric_kinds:
+                            details.append(js)
                         if len(frame) <= inline_max:
                             frames.append(frame)
                         else:
@@ -194,12 +205,14 @@ class JournalActor:
                 case p.Crash():
                     crash_at = i
                     break
+                case p.Wedge():
+                    wedged = True
         if rows:
-            if not await self._write(lambda: self._log.append(rows)):
+            if not await self._write(lambda: self._append(rows)):
                 self.unwritten += len(rows)
                 return rest
             self.last_seq = seq
-            metrics.events.inc(len(rows))
+            metrics.observe_batch(kinds, details)
             self._checkpoint_now_and_then(len(rows), size)
             wire.forget_oldest(last_of, SESSIONS_REMEMBERED)
         self._uncommitted = False
@@ -208,6 +221,10 @@ class JournalActor:
             send(frame, zmq.NOBLOCK, copy=False)
         if not_published:
             metrics.events_not_published.inc(not_published)
+        if reads:
+            now = time.monotonic()
+            for read_at in reads:
+                metrics.pipeline_seconds.observe(now - read_at)
         if s.stop_at is None:  # stopping: the followers are gone already
             for f, events in zip(self.followers, follow):
                 if events:
@@ -219,6 +236,9 @@ class JournalActor:
         if crash_at >= 0:
             s.unhandled = msgs[crash_at + 1:]
             raise RuntimeError("injected fault")
+        if wedged:  # alive but deaf until cancelled (the watchdog must notice)
+            _log.warning("journal_wedged", reason="injected fault")
+            await asyncio.Event().wait()
         return rest
 
     def _route(self, kind: bytes) -> tuple[int, ...]:
@@ -265,6 +285,11 @@ class JournalActor:
             events.close(checkpoint=False)
             raise
         self._log = events
+
+    def _append(self, rows: list) -> None:
+        started = time.perf_counter()
+        self._log.append(rows)
+        metrics.commit_seconds.observe(time.perf_counter() - started)
 
     async def _write(self, write: Callable[[], None], proves_writable: bool = True) -> bool:
         """Run ``write`` until it succeeds (True), or until the stop deadline (False).

@@ -180,6 +180,8 @@ class InjectFault(Req, tag="inject_fault"):
     """
 
     actor: Literal["journal", "supervisor"]
+    fault: Literal["crash", "wedge"] = "crash"
+    """``crash``: raise; ``wedge``: stop handling messages (the loop goes on), as a deadlock would."""
 
 
 ControlRequest = Union[
@@ -755,331 +757,18 @@ class NotifyFailed(Ev, tag="notify.failed"):
     attempts: int = 1
 
 
-Event = Union[
-    AgentSession, AgentText, AgentToolCall, AgentToolResult, AgentUsage,
-    AgentError, AgentResult, AgentUnknown, AgentOutput,
-]
+class DaemonReloaded(Ev, tag="daemon.reloaded"):
+    """SIGHUP re-read the config file: ``applied`` names the settings now in force,
+    ``needs_restart`` the changed ones that take effect only after a restart."""
 
+    applied: list[str] = []
+    needs_restart: list[str] = []
 
-# --- worker events (emitted by a worker actor)
 
-class WorkerStarted(Ev, tag="worker.started"):
-    pid: int
-    argv: list[str]
-    cwd: str
-    agent_version: str | None = None
-    resumed_from: str | None = None  # agent session id when relaunched with resume
-    confined: bool | None = None     # None: the profile does not claim confinement
+class DaemonReloadFailed(Ev, tag="daemon.reload_failed"):
+    """SIGHUP found a config file that cannot be used; the old config stays in force."""
 
-
-class WorkerExited(Ev, tag="worker.exited"):
-    """The agent process ended.  ``state`` is the worker's final state."""
-
-    state: Literal["done", "failed", "stopped"]
-    exit_code: int | None = None
-    signal: int | None = None
-    reason: str | None = None
-
-
-class WorkerStateChanged(Ev, tag="worker.state"):
-    """pending | running | paused (pause/resume and relaunch transitions)."""
-
-    state: WorkerState
-    reason: str | None = None
-
-
-class WorkerLog(Ev, tag="worker.log"):
-    """One line the agent wrote on stderr."""
-
-    line: str
-    stream: str = "stderr"
-
-
-class WorkerBadLine(Ev, tag="worker.bad_line"):
-    """A stdout/stderr line that could not be taken as it was.
-
-    ``problem`` is ``too_long`` (over the line limit; the line was skipped),
-    ``invalid_utf8`` (decoded with replacement), ``nul`` (NUL bytes removed)
-    or ``partial`` (the stream ended without a newline).
-    """
-
-    problem: str
-    stream: str = "stdout"
-    size: int = 0
-    preview: str = ""
-
-
-class WorkerMilestone(Ev, tag="worker.milestone"):
-    text: str
-
-
-class WorkerBlocker(Ev, tag="worker.blocker"):
-    text: str
-
-
-class WorkerReviewRequest(Ev, tag="worker.review_request"):
-    text: str
-
-
-class WorkerDone(Ev, tag="worker.done"):
-    text: str
-
-
-class WorkerQuestion(Ev, tag="worker.question"):
-    """The agent asked the human (a ``QUESTION:`` marker): the session pauses for an answer."""
-
-    text: str
-
-
-class WorkerLimit(Ev, tag="worker.limit"):
-    """A limit was reached; the worker is being stopped because of it."""
-
-    limit: str  # wall_time | stall | max_turns | tokens | cost | review_rounds
-    detail: str = ""
-
-
-class Fix(Wire):
-    """What a relaunch changes to fix a recognised failure.
-
-    ``env``: variables to set; ``flag``: a flag to add; ``backoff_s``: wait
-    this long first; ``fresh``: start a new agent session instead of resuming.
-    """
-
-    env: dict[str, str] = {}
-    flag: str | None = None
-    backoff_s: float = 0.0
-    fresh: bool = False
-
-    @classmethod
-    def from_legacy(cls, d: dict[str, str]) -> "Fix":
-        try:
-            backoff = float(d.get("backoff_s", 0) or 0)
-        except ValueError:
-            backoff = 0.0
-        if backoff != backoff or backoff < 0:  # NaN or negative
-            backoff = 0.0
-        return cls(env={k[4:]: v for k, v in d.items() if k.startswith("env.")}, flag=d.get("flag"),
-                   backoff_s=backoff, fresh=d.get("resume_id") == "")
-
-
-class WorkerFailure(Ev, tag="worker.failure"):
-    """An agent failure recognised from the error catalogue (see actors.agents)."""
-
-    code: str
-    message: str
-    action: str = "escalate"  # relaunch | escalate
-    fix: dict[str, str] | None = None  # legacy (logs before ``remedy``): env.NAME / backoff_s / resume_id
-    remedy: Fix | None = None
-
-    def the_fix(self) -> Fix | None:
-        """The typed fix, also for events logged before ``remedy`` existed."""
-        if self.remedy is not None:
-            return self.remedy
-        return Fix.from_legacy(self.fix) if self.fix else None
-
-
-# --- session events (emitted by the supervisor)
-
-class AssignmentSpec(Wire):
-    """One assignment of a plan (the plan file's format, with defaults filled)."""
-
-    name: str
-    agent: str
-    role: str = ""
-    prompt: str = ""
-    weight: float = 1.0
-    after: list[str] = []
-    argv: list[str] | None = None
-    env: dict[str, str] | None = None
-    profile: str | None = None
-    run_kind: RunKind = "assignment"
-    rerun: bool = False  # a ``command`` program may be started again from scratch after a daemon restart
-
-
-class SessionSubmitted(Ev, tag="session.submitted"):
-    task: str
-    target: str
-    assignments: list[AssignmentSpec]
-    rehearse: bool = False
-    scenario: dict[str, Any] | None = None
-    limits: dict[str, Any] = {}
-    base_commit: str | None = None
-    planner: str | None = None  # when set, ``assignments`` holds only the planning run
-
-
-class SessionPlanned(Ev, tag="session.planned"):
-    """The session's assignments, decided by the planner agent or the default plan."""
-
-    assignments: list[AssignmentSpec]
-    source: str  # planner | default
-    note: str | None = None
-
-
-class SessionStateChanged(Ev, tag="session.state"):
-    state: SessionState
-    reason: str | None = None
-
-
-class SessionStopRequested(Ev, tag="session.stop_requested"):
-    """A stop was asked for (by the user, a budget...); logged before the workers are told,
-    so a restarted daemon finishes the stop instead of relaunching.  The session ends
-    ``end_state`` once no worker runs."""
-
-    reason: str
-    end_state: Literal["stopped", "failed", "escalated"] = "stopped"
-
-
-class SessionMerged(Ev, tag="session.merged"):
-    """The session's assignments were merged into ``branch`` at ``commit``."""
-
-    branch: str
-    commit: str
-
-
-class SessionNote(Ev, tag="session.note"):
-    """Something the user should know (an agent replaced, a merge result...)."""
-
-    message: str
-    data: dict[str, Any] | None = None
-
-
-class WorkerLaunching(Ev, tag="worker.launching"):
-    """The supervisor decided to (re)launch an assignment under generation ``gen``."""
-
-    resume: bool = False
-    worktree: str | None = None
-    branch: str | None = None
-    reason: str | None = None   # why a relaunch (a recovered failure, a daemon restart)
-    delay_s: float = 0.0        # the worker waits this long before starting the agent (backoff)
-
-
-# --- review events (emitted by the review actor, but ``review.run`` and the session's question/answer)
-
-class ReviewRequested(Ev, tag="review.requested"):
-    """A review of ``assignment`` (generation ``gen``) at snapshot ``commit`` starts."""
-
-    review_id: str
-    assignment: str
-    round: int
-    triggers: list[str]
-    commit: str | None = None
-    reviewers: list[str] = []  # agent names
-    gen: int = 0
-
-
-class ReviewRun(Ev, tag="review.run"):
-    """Supervisor: a reviewer run of ``review_id`` (the run is a worker named ``spec.name``)."""
-
-    review_id: str
-    spec: AssignmentSpec
-    cwd: str
-    attempt: int = 1
-
-
-class ReviewVerdict(Ev, tag="review.verdict"):
-    """One reviewer's verdict; the reviewer's agent is the event's ``agent`` (its stamp)."""
-
-    review_id: str
-    reviewer: str
-    verdict: Literal["approve", "concern", "blocker"]
-    summary: str = ""
-    findings: list[Finding] = []
-    mismatch: str | None = None
-    reason: str | None = None
-
-
-class DecisionMade(Ev, tag="decision.made"):
-    review_id: str
-    decision: Literal["continue", "log_warning", "pause_and_clarify", "stop_and_escalate"]
-    verdicts: list[str] = []
-    reason: str = ""
-    assignment: str = ""
-    round: int = 0
-
-
-class ReviewWarning(Ev, tag="review.warning"):
-    """``log_warning``: the concern, handed to the author's next prompt and its dependents'."""
-
-    review_id: str
-    assignment: str
-    concerns: list[str] = []
-
-
-class ReviewSkipped(Ev, tag="review.skipped"):
-    """No review for these triggers (already reviewed, rounds used up); ``escalate``: it did not converge."""
-
-    assignment: str
-    reason: str
-    triggers: list[str] = []
-    end: bool = False       # the assignment's end was among the triggers: its dependents may start
-    escalate: bool = False
-    gen: int = 0
-
-
-class SessionQuestion(Ev, tag="session.question"):
-    """The session waits for ``orchctl answer`` (a review's concerns, or an agent's question)."""
-
-    question: str
-    worker: str | None = None
-    source: str = "review"  # review | agent
-    review_id: str | None = None
-
-
-class SessionAnswered(Ev, tag="session.answered"):
-    text: str
-    question: str = ""
-    worker: str | None = None
-
-
-# --- daemon events
-
-class DaemonStarted(Ev, tag="daemon.started"):
-    pid: int
-    version: str
-    last_seq: int = 0
-
-
-class DaemonStopping(Ev, tag="daemon.stopping"):
-    reason: str = ""
-
-
-
-# --- notification events (emitted by the notifier, actors/notifier.py)
-
-class NotifySent(Ev, tag="notify.sent"):
-    """A notification (``orchd.notify``) reached ``channel`` (command | webhook)."""
-
-    channel: str
-    key: str        # the dedupe key: the same for retries and repeats of one situation
-    situation: str  # the notification's kind (``kind`` is the event's own tag): question | escalated |
-                    # failed | budget | done | resolved
-    attempts: int = 1
-
-
-class NotifyFailed(Ev, tag="notify.failed"):
-    """A notification could not be delivered on ``channel`` (after its last attempt)."""
-
-    channel: str
-    key: str
-    situation: str
     error: str
-    attempts: int = 1
-
-
-# The review work defines these two as well (same tag, same fields): keep one copy when merging.
-class SessionQuestion(Ev, tag="session.question"):
-    """The session waits for ``orchctl answer`` (a review's concerns, or an agent's question)."""
-
-    question: str
-    worker: str | None = None
-    source: str = "review"  # review | agent
-    review_id: str | None = None
-
-
-class SessionAnswered(Ev, tag="session.answered"):
-    text: str
-    question: str = ""
-    worker: str | None = None
 
 
 Event = Union[
@@ -1090,7 +779,7 @@ Event = Union[
     WorkerLimit, WorkerFailure, WorkerLaunching, WorkerCommitted,
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
     SessionStopRequested, SessionMerged, SessionWarning,
-    DaemonStarted, DaemonStopping,
+    DaemonStarted, DaemonStopping, DaemonReloaded, DaemonReloadFailed,
     WorkerQuestion, ReviewRequested, ReviewRun, ReviewVerdict, DecisionMade, ReviewWarning, ReviewSkipped,
     NotifySent, NotifyFailed, SessionQuestion, SessionAnswered,
 ]
@@ -1114,6 +803,9 @@ class Append(Msg, tag="append"):
     """
 
     frames: list[bytes]
+    read_at: Annotated[float, msgspec.Meta(ge=0.0, le=1e15)] = 0.0
+    """Monotonic time the worker read the agent output these events come from (0: not
+    from agent output); the journal observes ``orchd_event_pipeline_seconds`` from it."""
 
 
 class PublishSync(Msg, tag="publish_sync"):
@@ -1137,7 +829,11 @@ class Crash(Msg, tag="crash"):
     """Testing only (``InjectFault``): the receiving actor raises, as a bug would."""
 
 
-JournalInbox = Union[Append, PublishSync, Barrier, Crash]
+class Wedge(Msg, tag="wedge"):
+    """Testing only (``InjectFault(fault="wedge")``): the journal stops taking messages, as a deadlock would."""
+
+
+JournalInbox = Union[Append, PublishSync, Barrier, Crash, Wedge]
 
 
 class Committed(Msg, tag="committed"):
@@ -1266,8 +962,30 @@ class ReviewTick(Msg, tag="review_tick"):
 ReviewInbox = Union[Committed, LogHealth, ReviewNow, SnapshotReady, ReviewTick, Crash]
 
 
+class Probe(Msg, tag="probe"):
+    """Daemon → supervisor: a liveness ping (the watchdog); answer ``ProbeAnswer`` to ``reply_to``."""
+
+    token: str
+    reply_to: str
+
+
+class ProbeAnswer(Msg, tag="probe_answer"):
+    """Supervisor → daemon: alive, and a summary of its sessions (for ``STATUS=`` and gauges).
+
+    ``workers`` is keyed ``"<agent>/<state>"``; ``waiting`` counts sessions waiting for an answer.
+    """
+
+    token: str
+    sessions: dict[str, int] = {}
+    workers: dict[str, int] = {}
+    waiting: int = 0
+
+
 SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, BarrierReached, WorktreeReady, MergeFinished,
-                        CleanFinished, TargetChecked, Crash, LaunchReviewer]
+                        CleanFinished, TargetChecked, Crash, LaunchReviewer, Probe]
+
+DaemonInbox = Union[BarrierReached, ProbeAnswer]
+"""What the daemon's own mailbox gets: answers to its liveness pings."""
 
 
 class StopWorker(Msg, tag="stop_worker"):

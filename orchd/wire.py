@@ -321,6 +321,7 @@ class InboxDecoder:
 journal_inbox = InboxDecoder(p.JournalInbox, "journal")
 supervisor_inbox = InboxDecoder(p.SupervisorInbox, "supervisor")
 worker_inbox = InboxDecoder(p.WorkerInbox, "worker")
+daemon_inbox = InboxDecoder(p.DaemonInbox, "daemon")
 
 
 def pack(msg: p.Msg) -> bytes:

@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-export PATH="$ROOT/.tools/agents/node_modules/.bin:$PATH"
+export VIRTUAL_ENV="$ROOT/.venv"  # python3 below is the venv's (setup.sh installed orchd there)
+export PATH="$ROOT/.venv/bin:$ROOT/.tools/agents/node_modules/.bin:$PATH"
 
 WORK="$(mktemp -d /tmp/orchd-demo.XXXXXX)"
 export ORCHD_RUNTIME_DIR="$WORK/rt" ORCHD_STATE_DIR="$WORK/state"

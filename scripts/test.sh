@@ -4,5 +4,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-export PATH="$ROOT/.tools/agents/node_modules/.bin:$PATH"
+# the venv first: python3, orchd and orchctl are the ones setup.sh installed
+export VIRTUAL_ENV="$ROOT/.venv"
+export PATH="$ROOT/.venv/bin:$ROOT/.tools/agents/node_modules/.bin:$PATH"
 python3 -m pytest -q -p no:cacheprovider "$@"

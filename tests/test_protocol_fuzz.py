@@ -453,7 +453,7 @@ def test_decode_event_gives_an_event_or_a_wire_error(stamp, body, mode):
 # ---------------------------------------------------------------- actor inboxes (msgpack), in process
 
 INBOXES = {"journal": (wire.journal_inbox, p.JournalInbox), "supervisor": (wire.supervisor_inbox, p.SupervisorInbox),
-           "worker": (wire.worker_inbox, p.WorkerInbox)}
+           "worker": (wire.worker_inbox, p.WorkerInbox), "daemon": (wire.daemon_inbox, p.DaemonInbox)}
 _DEEP_MARK = "\x00deep\x00"
 _mp = msgspec.msgpack.Encoder()
 

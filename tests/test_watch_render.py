@@ -73,6 +73,8 @@ SAMPLES: dict[str, dict] = {
     "notify.failed": {"channel": "command", "key": "s-1/done", "situation": "done", "error": "exit code 2"},
     "session.question": {"question": "which database?", "source": "agent"},
     "session.answered": {"text": "sqlite"},
+    "daemon.reloaded": {"applied": ["limits"], "needs_restart": ["control_endpoint"]},
+    "daemon.reload_failed": {"error": "limits.stall_s: Input should be greater than 0, got -1"},
 }
 
 EXACT = {
@@ -86,6 +88,7 @@ EXACT = {
     "worker.state": "paused (user)",
     "agent.text": "hello ⏎ world",
     "daemon.stopping": "stopping",
+    "daemon.reloaded": "config reloaded: applied limits; needs a restart: control_endpoint",
     "session.submitted": "task 'fix it' target /repo: impl(claude)",
     "worker.exited": "failed exit=1 (agent failed)",
     "review.requested": "review r1 of impl round 1 at 0123456789ab by codex, gemini (1 trigger(s))",
