@@ -39,6 +39,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 from pathlib import Path
 
 import msgspec
@@ -53,7 +54,16 @@ from orchd.web_diff import session_diff
 
 _log = log.get("orchd.web")
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+def _web_dir() -> Path:
+    """The page: ``web/`` beside the packages (a checkout, an editable install), else where
+    ``pip install`` put it (``<prefix>/share/orchd/web``, pyproject's data-files)."""
+    beside = Path(__file__).resolve().parent.parent / "web"
+    if (beside / "index.html").is_file():
+        return beside
+    return Path(sys.prefix) / "share" / "orchd" / "web"
+
+
+WEB_DIR = _web_dir()
 STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
           "/style.css": ("style.css", "text/css")}
 TOKEN_FILE = "http-token"

@@ -19,6 +19,7 @@ import signal
 import site
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import wait_for, write_plan
@@ -71,7 +72,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_command_session(tmp_pat
 
     rt, state = short_tmp / "rt", tmp_path / "state"
     log = open(tmp_path / "daemon.log", "wb")
-    daemon = subprocess.Popen([str(orchd), "run", "--runtime-dir", str(rt), "--state-dir", str(state)], cwd=tmp_path,
+    daemon = subprocess.Popen([str(orchd), "run", "--runtime-dir", str(rt), "--state-dir", str(state),
+                               "--http", "127.0.0.1:0"], cwd=tmp_path,
                               env={**env, "ORCHD_LOG_FORMAT": "json"}, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
@@ -79,6 +81,12 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_a_command_session(tmp_pat
         wait_for(lambda: subprocess.run([*ctl, "status"], capture_output=True, env=env).returncode == 0
                  or daemon.poll() is not None, 30, "the wheel's daemon to answer")
         assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
+        # the dashboard page comes from the wheel's data files (<venv>/share/orchd/web), not the checkout
+        wait_for(lambda: (rt / "web.json").exists(), 30, "the wheel's dashboard to listen")
+        url = json.loads(_run([*ctl, "web", "--json"], env=env).stdout)["url"]
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert b"<html" in resp.read().lower()
+        assert (venv / "share" / "orchd" / "web" / "index.html").is_file()
         plan = write_plan(tmp_path / "plan.json", [
             {"name": "hello", "agent": "command", "argv": [str(py), "-c", "print('hello from the wheel')"]}])
         sid = json.loads(_run([*ctl, "submit", "--plan", str(plan), "--target", str(git_repo), "--json"],
