@@ -42,7 +42,8 @@ def _complete(tmp_path: Path, *words: str) -> list[str]:
 def test_sourcing_the_bash_script_registers_the_completion(tmp_path):
     assert _bash(tmp_path, "complete -p orchctl").strip() == "complete -F _orchctl orchctl"
     assert _complete(tmp_path, "orchctl", "st") == ["status", "stop"]
-    assert "review" not in _complete(tmp_path, "orchctl", "")  # hidden commands stay hidden
+    listed = _complete(tmp_path, "orchctl", "")
+    assert {"review", "answer", "reviews", "web", "completion"} <= set(listed), listed
     assert _complete(tmp_path, "orchctl", "watch", "--un") == ["--until-done"]
     assert _complete(tmp_path, "orchctl", "submit", "--agents", "co") == ["codex", "command"]
     assert _complete(tmp_path, "orchctl", "completion", "") == ["bash", "zsh", "fish"]

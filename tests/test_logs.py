@@ -61,7 +61,7 @@ def test_json_when_not_a_terminal_and_when_asked(tmp_path):
 
 def test_one_request_line_per_control_request_with_its_duration(daemon):
     daemon.ctl("status", "--json")
-    daemon.ctl("pause", "s-nope", check=False)
+    daemon.ctl("pause", "s-00000000", check=False)  # a full id goes to the daemon as it is (a prefix is resolved first)
     records = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
     requests = [r for r in records if r["event"] == "request"]
     ok = [r for r in requests if r["kind"] == "status" and r["outcome"] == "ok"]
