@@ -6,7 +6,9 @@
 * real agent CLIs: the work dirs of one headless run, and starting and
   collecting the process (its whole process group is killed afterwards);
 * ``/proc``: a process's state, whether it runs, the members of a group;
-* git: run it in a repository, with an identity of its own.
+* git: run it in a repository, with an identity of its own;
+* notifications: a webhook receiver on 127.0.0.1 and a notify command that
+  records what it is told (the process boundary).
 
 Fixtures and the daemon harness stay in ``tests/conftest.py``; where the
 agent CLIs live is ``tests/agentbin.py``.
@@ -14,10 +16,13 @@ agent CLIs live is ``tests/agentbin.py``.
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -193,3 +198,53 @@ def git(repo: Path | str, *args: str) -> str:
     res = git_run(repo, *args)
     assert res.returncode == 0, f"git {' '.join(args)} in {repo} exited {res.returncode}: {res.stderr}"
     return res.stdout
+
+
+# ---------------------------------------------------------------- notifications
+
+class Hook:
+    """A webhook receiver on 127.0.0.1: answers with the statuses in ``script`` (then 200).
+
+    ``posts`` holds each POST as ``(body, headers)``; ``bodies()`` just the bodies."""
+
+    def __init__(self, script: list[int] | None = None) -> None:
+        self.script = list(script or [])
+        self.posts: list[tuple[dict, dict]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.posts.append((json.loads(body), dict(self.headers)))
+                status = hook.script.pop(0) if hook.script else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def bodies(self) -> list[dict]:
+        return [body for body, _ in list(self.posts)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def notify_recorder(path: Path) -> list[str]:
+    """A notify command that appends its stdin (one JSON document) as one line to ``path``."""
+    code = f"import sys; open({str(path)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    return [sys.executable, "-c", code]
+
+
+def recorded(path: Path) -> list[dict]:
+    """What a ``notify_recorder`` command was told so far."""
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 from orchd import config, notify, paths
 from orchd import protocol as p
 from tests.conftest import fake, wait_for, write_plan
-from tests.helpers import replay_all
+from tests.helpers import Hook, notify_recorder, replay_all
 
 NOW = 1_800_000_000.0
 
@@ -152,47 +150,11 @@ def test_events_before_the_start_are_silent_and_later_ones_are_notified(tmp_path
 
 # ---------------------------------------------------------------- real daemons
 
-class Hook:
-    """A webhook receiver on 127.0.0.1: answers with the statuses in ``script`` (then 200)."""
-
-    def __init__(self, script: list[int] | None = None) -> None:
-        self.script = list(script or [])
-        self.posts: list[tuple[dict, dict]] = []
-        hook = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.posts.append((json.loads(body), dict(self.headers)))
-                status = hook.script.pop(0) if hook.script else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def hook():
     h = Hook()
     yield h
     h.close()
-
-
-def _recorder(path: Path) -> list[str]:
-    """A notify command that appends its stdin (one JSON document) as one line to ``path``."""
-    code = f"import sys; open({str(path)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
-    return [sys.executable, "-c", code]
 
 
 def _toml(**kw) -> str:
@@ -214,7 +176,7 @@ def _failing_session(d, git_repo, tmp_path, name="bad") -> str:
 
 def test_a_failed_session_notifies_the_command_and_the_webhook(daemon_factory, git_repo, tmp_path, hook):
     out = tmp_path / "notified.jsonl"
-    d = daemon_factory(_toml(command=_recorder(out), webhook=hook.url))
+    d = daemon_factory(_toml(command=notify_recorder(out), webhook=hook.url))
     sid = _failing_session(d, git_repo, tmp_path)
     got = wait_for(lambda: out.exists() and out.read_text().strip() and json.loads(out.read_text()), 20,
                    "the notify command to run")
@@ -260,7 +222,7 @@ def test_a_dead_webhook_gives_notify_failed_and_the_daemon_keeps_serving(daemon_
         dead.bind(("127.0.0.1", 0))
         dead.listen(16)
         out = tmp_path / "notified.jsonl"
-        d = daemon_factory(_toml(webhook=f"http://127.0.0.1:{dead.getsockname()[1]}/hook", command=_recorder(out),
+        d = daemon_factory(_toml(webhook=f"http://127.0.0.1:{dead.getsockname()[1]}/hook", command=notify_recorder(out),
                                  webhook_attempts=2, webhook_backoff_s=0.05, webhook_timeout_s=1.5))
         sid = _failing_session(d, git_repo, tmp_path)
         # the command channel is not held up by the webhook, nor is the daemon
@@ -295,7 +257,7 @@ def test_a_command_that_hangs_is_killed_at_its_deadline(daemon_factory, git_repo
 
 def test_budget_exhausted_is_notified_once(daemon_factory, git_repo, tmp_path):
     out = tmp_path / "notified.jsonl"
-    d = daemon_factory(_toml(command=_recorder(out), on=["budget", "failed"]) + "[limits]\nmax_tokens = 100\n")
+    d = daemon_factory(_toml(command=notify_recorder(out), on=["budget", "failed"]) + "[limits]\nmax_tokens = 100\n")
     usage = json.dumps({"kind": "agent.usage", "input_tokens": 80, "output_tokens": 0})
     plan = write_plan(tmp_path / "p.json", [
         {"name": n, "agent": "command", "argv": fake(f"event:{usage}", "hang")} for n in ("a", "b")])

@@ -8,15 +8,14 @@ bad reviewer answers, and a reviewer that writes.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from tests.conftest import ROOT, fake, wait_for, write_plan
+from tests.helpers import Hook, notify_recorder, recorded
 
 FAKEREVIEWER = str(ROOT / "tests" / "fakereviewer.py")
 
@@ -132,25 +131,12 @@ def test_two_concerns_pause_then_answer_resumes_and_round_two_approves(daemon_fa
     d.stop()
 
 
-class _Hook(http.server.BaseHTTPRequestHandler):
-    posts: list[dict] = []
-
-    def do_POST(self):
-        _Hook.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_blocker_escalates_and_the_notify_command_and_webhook_are_told(daemon_factory, tmp_path, git_repo):
     script = {"a/1/1": {"verdict": "blocker", "summary": "deletes the user's data"}, "*": {"verdict": "approve"}}
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook = Hook()
     got = tmp_path / "notified.jsonl"
-    command = [sys.executable, "-c", f"import sys; open({str(got)!r}, 'a').write(sys.stdin.read() + '\\n')"]
-    notify = f"[notify]\ncommand = {json.dumps(command)}\nwebhook = \"http://127.0.0.1:{hook.server_port}/n\"\n"
+    command = notify_recorder(got)
+    notify = f"[notify]\ncommand = {json.dumps(command)}\nwebhook = \"{hook.url}\"\n"
     try:
         d = daemon_factory(_config(tmp_path, script) + notify)
         sid = _submit(d, tmp_path, git_repo, [_author("a", "write:a.txt:one", "exit:0"),
@@ -158,13 +144,12 @@ def test_a_blocker_escalates_and_the_notify_command_and_webhook_are_told(daemon_
         s = d.wait_session(sid)
         assert s["state"] == "escalated" and "deletes the user's data" in s["reason"], s
         assert next(w for w in s["workers"] if w["name"] == "b")["state"] == "pending"
-        sent = wait_for(lambda: got.exists() and [json.loads(x) for x in got.read_text().splitlines() if x.strip()],
-                        20, "the notify command")
+        sent = wait_for(lambda: recorded(got), 20, "the notify command")
         assert any(n["situation"] == "escalated" and n["session"] == sid for n in sent), sent
-        wait_for(lambda: any(n.get("situation") == "escalated" for n in _Hook.posts), 20, "the webhook POST")
+        wait_for(lambda: any(n.get("situation") == "escalated" for n in hook.bodies()), 20, "the webhook POST")
         d.stop()
     finally:
-        hook.shutdown()
+        hook.close()
 
 
 def test_rounds_stop_at_the_bound_and_a_session_that_does_not_converge_escalates(daemon_factory, tmp_path,

@@ -7,32 +7,16 @@ approve.  What reached each model is read back from the server's request log.
 
 from __future__ import annotations
 
-import http.server
 import json
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.agentbin import AGENTS, agent_env_path, require_agent
 from tests.conftest import wait_for, write_plan
+from tests.helpers import Hook, notify_recorder, recorded
 
 TIMEOUT_S = 240
-
-
-class _Hook(http.server.BaseHTTPRequestHandler):
-    """A webhook receiver on 127.0.0.1 (the process boundary)."""
-
-    posts: list[dict] = []
-
-    def do_POST(self):
-        _Hook.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
@@ -120,19 +104,18 @@ def test_two_concerns_pause_the_answer_reaches_the_resumed_author_and_round_two_
 
 
 def test_a_blocker_escalates_and_notifies(cli_daemon_factory, tmp_path, git_repo):
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    hook = Hook()
     got = tmp_path / "notified.jsonl"
-    command = [sys.executable, "-c", f"import sys; open({str(got)!r}, 'a').write(sys.stdin.read() + '\\n')"]
+    command = notify_recorder(got)
     try:
         d = cli_daemon_factory(f"[notify]\ncommand = {json.dumps(command)}\n"
-                               f"webhook = \"http://127.0.0.1:{hook.server_port}/n\"\n")
-        _blocker(d, tmp_path, git_repo, got)
+                               f"webhook = \"{hook.url}\"\n")
+        _blocker(d, tmp_path, git_repo, got, hook)
     finally:
-        hook.shutdown()
+        hook.close()
 
 
-def _blocker(d, tmp_path: Path, git_repo: Path, got: Path) -> None:
+def _blocker(d, tmp_path: Path, git_repo: Path, got: Path, hook: Hook) -> None:
     scenario = {"agents": {"claude": _write("a"),
                            "codex": [_verdict("blocker", "it deletes the database"), *_write("b")]}}
     plan = [{"name": "a", "agent": "claude"}, {"name": "b", "agent": "codex", "after": ["a"]}]
@@ -140,10 +123,9 @@ def _blocker(d, tmp_path: Path, git_repo: Path, got: Path) -> None:
     s = d.wait_session(sid, timeout_s=TIMEOUT_S)
     assert s["state"] == "escalated" and "deletes the database" in s["reason"], s
     assert next(w for w in s["workers"] if w["name"] == "b")["state"] == "pending"
-    sent = wait_for(lambda: got.exists() and [json.loads(x) for x in got.read_text().splitlines() if x.strip()],
-                    20, "the notify command")
+    sent = wait_for(lambda: recorded(got), 20, "the notify command")
     assert any(n["situation"] == "escalated" and n["session"] == sid for n in sent), sent
-    wait_for(lambda: any(n.get("situation") == "escalated" and n.get("session") == sid for n in _Hook.posts), 20,
+    wait_for(lambda: any(n.get("situation") == "escalated" and n.get("session") == sid for n in hook.bodies()), 20,
              "the webhook POST")
 
 
