@@ -144,8 +144,7 @@ class Notifier:
         else:
             _log.warning("notify_failed", channel=channel, key=n.key, error=error, attempts=attempts)
             ev = p.NotifyFailed(channel=channel, key=n.key, situation=n.situation, error=error, attempts=attempts)
-        frame = wire.pending_frame(wire.topic(n.session), wire.stamp_prefix(n.session, None, None, 0), time.time(), ev)
-        await self.out.send(self.journal_ep, wire.pack(p.Append(frames=[frame])))
+        await self.out.send(self.journal_ep, wire.append_one(n.session, ev, time.time()))
 
     async def _command(self, payload: bytes) -> str | None:
         env = dict(os.environ)

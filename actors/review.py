@@ -367,9 +367,7 @@ class ReviewActor:
     # ------------------------------------------------------------ out
 
     def emit(self, sid: str, ev: p.Ev, agent: str | None = None) -> None:
-        frame = wire.pending_frame(wire.topic(sid), wire.stamp_prefix(sid, None, agent, 0), time.time(),
-                                   redact.current().event(ev))
-        self._backlog.append(wire.pack(p.Append(frames=[frame])))
+        self._backlog.append(wire.append_one(sid, redact.current().event(ev), time.time(), agent=agent))
         self._flush()
 
     def _flush(self) -> None:

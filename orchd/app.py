@@ -208,8 +208,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
             stop_metrics = metrics.start_http(cfg.metrics_port)
 
         async def announce(ev):
-            frame = wire.pending_frame(wire.topic(None), wire.stamp_prefix(None, None, None, 0), _now(), ev)
-            await out.send(JOURNAL, wire.pack(p.Append(frames=[frame])))
+            await out.send(JOURNAL, wire.append_one(None, ev, _now()))
 
         await announce(p.DaemonStarted(pid=os.getpid(), version=__version__, last_seq=last_seq))
         http = _start_http(ctx, cfg)

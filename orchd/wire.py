@@ -249,6 +249,13 @@ def pending_frames(topic_b: bytes, stamp: bytes, ts: float, events) -> list[byte
         return _pending(topic_b, stamp, head_ts, events, _encode_text_safe)
 
 
+def append_one(session: str | None, ev: p.Ev, ts: float, worker: str | None = None,
+               agent: str | None = None, gen: int = 0) -> bytes:
+    """One event, stamped and packed as the journal's ``Append`` (what every producer but
+    the worker, which frames whole chunks, sends)."""
+    return pack(p.Append(frames=[pending_frame(topic(session), stamp_prefix(session, worker, agent, gen), ts, ev)]))
+
+
 def _pending(topic_b: bytes, stamp: bytes, head_ts: bytes, events, enc) -> list[bytes]:
     return [b"%s %s %s%s%s" % (topic_b, ev.__struct_config__.tag.encode(), head_ts, stamp, enc(ev)[1:])
             for ev in events]
