@@ -71,6 +71,7 @@ class Ports:
     journal_ep: str
     workers: Supervisor   # the worker actors' runtime supervisor
     review_ep: str | None = None  # the review actor's mailbox (``orchctl review`` is forwarded there)
+    hosts: object | None = None   # actors.hostlink.HostLink when agent hosts may connect (host_link_endpoint)
 
 
 class SessionSupervisor(Conduct):
@@ -224,6 +225,8 @@ class SessionSupervisor(Conduct):
                 (_log.error if error else _log.info)("event_log_health", error=error)
                 if error is None:
                     self._advance_all()
+            case p.HostLost() if s is not None:
+                self._guarded(s, self._host_lost, s, item)
             case p.WorkerEnded() if s is not None:
                 self._guarded(s, self._worker_ended, s, item)
             case p.WorktreeReady() if s is not None:
@@ -245,6 +248,10 @@ class SessionSupervisor(Conduct):
             case p.TargetChecked(call=token):
                 call, checked = self._calls.pop(token)
                 self._control.reply(call, self._create(item, checked))
+            case Call(body=p.Hosts()):
+                link = self.ports.hosts
+                infos = [] if link is None else [p.HostInfo(**h) for h in link.hosts_info(time.time())]
+                self._control.reply(item, p.HostsReply(hosts=infos, link=self.cfg.host_link_endpoint))
             case Call(body=p.Ping()):
                 self._control.reply(item, p.Pong(version=p.VERSION, pid=os.getpid(), last_seq=self._last_seq(),
                                                  log_error=self.log_error))

@@ -176,6 +176,10 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=worker_ended)
     ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers,
                   review_ep=REVIEW)
+    host_link = None
+    if cfg.host_link_endpoint:  # agent hosts (orchd host) may connect: see actors/hostlink.py
+        from actors.hostlink import HostLink
+        host_link = ports.hosts = HostLink(ctx, cfg, link_server_keys(cfg))
     # the review actor's mailbox and PUSH outlive its restarts too (the journal keeps forwarding to it)
     review_inbox = Mailbox(ctx, REVIEW)
     review_out = Outbox(ctx, hwm=1000, linger_s=cfg.stop_grace_s)
@@ -201,6 +205,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
+        if host_link is not None:
+            root.start_child(ChildSpec("hostlink", host_link.run, shutdown_s=2.0))
         if notifier is not None:
             root.start_child(ChildSpec("notifier", notifier.start, shutdown_s=2.0))
         metrics.watch_log_size(log_path)
@@ -413,6 +419,19 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--rehearse", action="store_true", help="run each real CLI against the scripted model server")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_doctor)
+    hostp = sub.add_parser("host", help="run an agent host: offer agent slots to a supervisor on another machine")
+    hostp.add_argument("--connect", required=True, metavar="ENDPOINT",
+                       help="the supervisor's host_link_endpoint (tcp://HOST:PORT, or ipc:// on one machine)")
+    hostp.add_argument("--server-key", metavar="KEY", help="the supervisor's public CURVE key (Z85; needed on tcp)")
+    hostp.add_argument("--client-key", type=Path, metavar="FILE",
+                       help="this host's CURVE key pair (a .key_secret file; default: a new pair for this run)")
+    hostp.add_argument("--slots", type=int, default=1, help="agents this host runs at once (default 1)")
+    hostp.add_argument("--name", help="this host's name (default: the machine's hostname)")
+    hostp.add_argument("--state-dir", type=Path, help="working copies and run dirs (default: the state dir)")
+    hostp.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
+    hostp.add_argument("--grace-s", type=float, default=30.0,
+                       help="stop the agents when the supervisor is silent this long (default 30 s)")
+    hostp.set_defaults(func=cmd_host)
     check = sub.add_parser("check-config", help="check a TOML config file (alone: no ORCHD_* env): 'ok', exit 0")
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check_config)
@@ -443,6 +462,74 @@ def cmd_web(args) -> int:
         return asyncio.run(serve_standalone(cfg, *listen))
     finally:
         os.umask(old_umask)
+
+
+def link_server_keys(cfg: config.Config) -> tuple[bytes, bytes] | None:
+    """The supervisor's CURVE key pair for a tcp host link (None on ipc).
+
+    The daemon's server pair (``orchd keys init``) when that exists; else a pair of the host link's
+    own, ``<state_dir>/host-link.key_secret``, made on first use (secret mode 0600)."""
+    if not (cfg.host_link_endpoint or "").startswith("tcp://"):
+        return None
+    import zmq.auth
+    try:
+        from orchd import keys
+        k = keys.load_server_keys(cfg.state_dir)
+        return k.public, k.secret
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass
+    secret = cfg.state_dir / "host-link.key_secret"
+    if not secret.exists():
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        zmq.auth.create_certificates(str(cfg.state_dir), "host-link")
+        os.chmod(secret, 0o600)
+        _log.info("host_link_keys_created", public=zmq.auth.load_certificate(str(secret))[0].decode())
+    public, secret_key = zmq.auth.load_certificate(str(secret))
+    return public, secret_key
+
+
+def cmd_host(args) -> int:
+    """``orchd host``: an agent host (exit 2 for bad arguments)."""
+    import zmq
+    import zmq.auth
+    from orchd.host import AgentHost, default_name
+    try:
+        cfg = config.load(None, {"state_dir": args.state_dir})
+        if args.slots < 0:
+            raise ValueError("--slots must be 0 or more")
+        client = server_public = None
+        if args.connect.startswith("tcp://"):
+            if not args.server_key:
+                raise ValueError("a tcp:// supervisor needs --server-key (its public CURVE key)")
+            server_public = args.server_key.encode()
+            if len(server_public) != 40:
+                raise ValueError("--server-key must be a 40-character Z85 public key")
+            if args.client_key is not None:
+                public, secret = zmq.auth.load_certificate(str(args.client_key))
+                if secret is None:
+                    raise ValueError(f"{args.client_key} holds no secret key")
+                client = (public, secret)
+            else:
+                client = zmq.curve_keypair()
+        from orchd import bus
+        bus.check_link_endpoint(args.connect, client is not None)
+    except (OSError, ValueError) as exc:
+        print(f"orchd: host: {exc}", file=sys.stderr)
+        return 2
+    log.setup(cfg.log_level, cfg.log_format)
+    if client is not None:
+        _log.info("host_client_key", public=client[0].decode())
+    host = AgentHost(args.connect, args.name or default_name(), args.slots, cfg.state_dir / "host",
+                     args.heartbeat_s, args.grace_s, client, server_public, cfg.max_frame_bytes, cfg.stop_grace_s)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await host.run(stop)
+    asyncio.run(main())
+    return 0
 
 
 def _doctor(args) -> int:

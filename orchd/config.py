@@ -150,6 +150,16 @@ class NotifyConfig(BaseModel):
         return out
 
 
+class PlacementConfig(BaseModel):
+    """Where assignments run: this machine or agent hosts (``actors/placement.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    local_slots: int | None = Field(None, ge=0)   # agents run here at once before hosts are used; None: no limit
+    agents: dict[str, Literal["local", "hosts", "any"]] = {}  # per agent (or "command"); default "any"
+    heartbeat_s: float = Field(1.0, gt=0, le=60)      # the host link's heartbeat interval, both ways
+    host_timeout_s: float = Field(10.0, gt=0)         # a host silent this long is lost: its runs go elsewhere
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state_dir: Path = Field(default_factory=paths.default_state_dir)
@@ -180,6 +190,8 @@ class Config(BaseModel):
     # over pub_inline_max_bytes is logged but not published, so subscribers see a seq gap and Replay it.
     pub_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     pub_inline_max_bytes: int = Field(default=8 * 1024, ge=1024)
+    host_link_endpoint: str | None = None   # agent hosts connect here (tcp only with CURVE; see docs/running.md)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
 
     def control(self) -> str:
         return self.control_endpoint or paths.control_endpoint(self.runtime_dir)
