@@ -303,7 +303,12 @@ class RemoteWorker:
         spec = self.spec
         match item:
             case p.HostEvents(frames=frames):
-                await out.send(self.journal, wire.pack(p.Append(frames=frames)))
+                ok = [f for f in frames if self._own(f)]
+                if len(ok) < len(frames):
+                    metrics.bad_messages.labels("host_link", "foreign_event").inc(len(frames) - len(ok))
+                    _log.warning("host_foreign_events", host=self.host, worker=spec.name, refused=len(frames) - len(ok))
+                if ok:
+                    await out.send(self.journal, wire.pack(p.Append(frames=ok)))
             case p.HostResult(data=data, last=last, head=head, wrapped=wrapped):
                 self._result.append(data)
                 if last:
@@ -323,6 +328,26 @@ class RemoteWorker:
                                                                       gen=spec.gen, host=self.host, reason=reason)))
                 return True
         return False
+
+    def _own(self, frame: bytes) -> bool:
+        """Is ``frame`` an event this worker generation may emit?  A host is trusted with its runs'
+        events only: right topic and stamp, a worker's kind, valid JSON of that kind."""
+        s = self.spec
+        parts = frame.split(b" ", 2)
+        if len(parts) != 3:
+            return False
+        topic, kind, js = parts
+        if topic != wire.topic(s.session) or not (kind.startswith((b"agent.", b"worker.")) or kind == b"session.note") \
+                or kind in (b"worker.launching", b"worker.committed"):
+            return False
+        comma = js.find(b",")
+        if comma < 0 or not js[comma + 1:].startswith(wire.stamp_prefix(s.session, s.name, s.agent, s.gen)):
+            return False
+        try:
+            _, ev = wire.decode_event(b'{"seq":0,' + js)
+        except msgspec.DecodeError:
+            return False
+        return ev.__struct_config__.tag.encode() == kind
 
     async def _emit(self, out: Outbox, ev: p.Ev) -> None:
         s = self.spec
