@@ -51,6 +51,7 @@ from orchd import log, metrics, redact, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox, Supervisor, Waker, drain
 from orchd.config import Config
+from orchd import remote
 from orchd.control import Call, ControlSocket
 from orchd.replay import Replayer
 from orchd.store import LogReader
@@ -95,7 +96,8 @@ class SessionSupervisor(Conduct):
         self._workspace = workspace.Workspace(self._post)
         self._replayer = Replayer(self.log_path)
         self._seq_reader = None
-        control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes)
+        control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes,
+                                                **remote.control_binding(self.cfg))
         waker = Waker(self.ports.inbox.raw)
         try:
             early = await self._barrier(waker)

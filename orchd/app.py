@@ -152,9 +152,21 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     rehearsals = Rehearsals(cfg.state_dir)
     root = Supervisor("root", max_restarts=3, period_s=10.0)
     # the journal's mailbox and PUB are bound here, once: producers stay connected across its restarts
+    from orchd import remote
+    zap = None
+    if remote.enabled(cfg):
+        from orchd.zap import Zap
+        zap = Zap(ctx, cfg.state_dir)  # before any CURVE socket binds: ZAP decides who connects
+        zap.start()
     journal = JournalSockets(ctx, JOURNAL, [cfg.events()], pub_hwm=cfg.pub_hwm, pub_queue_bytes=cfg.pub_queue_bytes,
-                             pub_inline_max_bytes=cfg.pub_inline_max_bytes)
-    journal.open()
+                             pub_inline_max_bytes=cfg.pub_inline_max_bytes, **remote.events_binding(cfg))
+    try:
+        journal.open()
+    except BaseException:
+        if zap is not None:
+            zap.stop()
+        ctx.destroy(linger=0)
+        raise
     followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False)]
     notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL, last_seq) if cfg.notify.channels() else None
     if notifier is not None:
@@ -229,7 +241,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
             sd.ready("started")
             _log.info("orchd_started", pid=os.getpid(), control=cfg.control(), events=cfg.events(),
                       state_dir=str(cfg.state_dir), last_seq=last_seq, sd_notify=sd.enabled,
-                      watchdog_s=sd.watchdog_s)
+                      watchdog_s=sd.watchdog_s, remote_control=cfg.remote_control_endpoint or "-",
+                      remote_events=cfg.remote_events_endpoint or "-")
             watchdog = Watchdog(ctx, out, sd, JOURNAL, SUPERVISOR,
                                 journal_failing=lambda: journal.log_error is not None)
             watchdog_task = asyncio.ensure_future(watchdog.run())
@@ -278,6 +291,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         rehearsals.close()
         if notifier is not None:
             notifier.close()
+        if zap is not None:
+            zap.stop()
         ctx.destroy(linger=0)
         sd.close()
     _log.info("orchd_stopped", code=code)
@@ -383,6 +398,7 @@ def _run(args) -> int:
     try:
         prepare_state_dir(cfg.state_dir)
         state_lock = take_lock(cfg.state_dir, "state dir")
+        _check_remote(cfg)
     except (StartupError, OSError) as exc:
         lock.close()
         print(f"orchd: {exc}", file=sys.stderr)
@@ -395,6 +411,16 @@ def _run(args) -> int:
     finally:
         state_lock.close()
         lock.close()
+
+
+def _check_remote(cfg: config.Config) -> None:
+    """Remote endpoints need the server key pair: say so at start, not at the first bind."""
+    from orchd import keys, remote
+    try:
+        remote.server_keys(cfg)
+    except keys.KeyFileError as exc:
+        raise StartupError(f"remote endpoints are configured but the CURVE keys are not usable: {exc} "
+                           f"(create them with 'orchd keys init --state-dir {cfg.state_dir}')") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,8 +461,80 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="check a TOML config file (alone: no ORCHD_* env): 'ok', exit 0")
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check_config)
+    _keys_parser(sub)
     args = ap.parse_args(argv)
     return args.func(args)
+
+
+def _keys_parser(sub) -> None:
+    keys_p = sub.add_parser("keys", help="CURVE keys for remote clients: init, show, add, list, revoke")
+    kc = keys_p.add_subparsers(dest="keys_cmd", required=True)
+
+    def keys_command(name: str, helptext: str):
+        parser = kc.add_parser(name, help=helptext)
+        parser.add_argument("--config", type=Path, help="TOML config file")
+        parser.add_argument("--state-dir", type=Path, help="the daemon's state dir (where the keys live)")
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(func=cmd_keys)
+        return parser
+    keys_command("init", "create the daemon's key pair (secret key 0600)").add_argument(
+        "--force", action="store_true", help="replace an existing pair (every client needs the new public key)")
+    keys_command("show", "print the daemon's public key (what clients pass as --server-key)")
+    add = keys_command("add", "authorize a client's public key under NAME")
+    add.add_argument("name")
+    add.add_argument("public_key", metavar="PUBLIC_KEY", help="the client's key (orchctl keys new prints it)")
+    keys_command("list", "authorized clients (revoked ones too)")
+    revoke = keys_command("revoke", "refuse NAME's key from its next connection on (no restart needed)")
+    revoke.add_argument("name")
+
+
+def cmd_keys(args) -> int:
+    """``orchd keys init|show|add|list|revoke``: exit 0, or 1 with a one-line error (2: bad configuration)."""
+    import json as _json
+
+    from orchd import keys
+    try:
+        cfg = config.load(args.config, {"state_dir": args.state_dir})
+    except (OSError, ValueError) as exc:
+        print(f"orchd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    old_umask = os.umask(0o077)
+    try:
+        if args.keys_cmd in ("init", "add", "revoke"):
+            prepare_state_dir(cfg.state_dir)
+        store = keys.ClientStore(cfg.state_dir)
+        match args.keys_cmd:
+            case "init":
+                pair = keys.init_server_keys(cfg.state_dir, force=args.force)
+                out = {"public_key": pair.public.decode(), "fingerprint": keys.fingerprint(pair.public),
+                       "secret_file": str(keys.curve_dir(cfg.state_dir) / (keys.SERVER_KEY + "_secret"))}
+                text = (f"server key created: {out['public_key']} (fingerprint {out['fingerprint']})\n"
+                        f"clients connect with: orchctl --endpoint tcp://HOST:PORT --server-key '{out['public_key']}'")
+            case "show":
+                pair = keys.load_server_keys(cfg.state_dir)
+                out = {"public_key": pair.public.decode(), "fingerprint": keys.fingerprint(pair.public)}
+                text = out["public_key"]
+            case "add":
+                entry = store.add(args.name, args.public_key)
+                out = {"name": entry.name, "fingerprint": keys.fingerprint(entry.public_key)}
+                text = f"authorized {entry.name} (fingerprint {out['fingerprint']})"
+            case "list":
+                rows = [{"name": c.name, "fingerprint": keys.fingerprint(c.public_key), "public_key": c.public_key,
+                         "added_ts": c.added_ts, "revoked_ts": c.revoked_ts} for c in store.clients()]
+                out = {"clients": rows}
+                text = "\n".join(f"{r['name']:<20} {r['fingerprint']}  {'revoked' if r['revoked_ts'] else 'active'}"
+                                 for r in rows) or "no authorized clients (add one: orchd keys add NAME PUBLIC_KEY)"
+            case "revoke":
+                entry = store.revoke(args.name)
+                out = {"name": entry.name, "fingerprint": keys.fingerprint(entry.public_key), "revoked": True}
+                text = f"revoked {entry.name} (fingerprint {out['fingerprint']}): refused from its next connection"
+    except (keys.KeyFileError, OSError) as exc:
+        print(f"orchd: keys {args.keys_cmd}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.umask(old_umask)
+    print(_json.dumps(out) if args.json else text)
+    return 0
 
 
 def cmd_web(args) -> int:

@@ -166,6 +166,8 @@ class Config(BaseModel):
     runtime_dir: Path = Field(default_factory=paths.default_runtime_dir)
     control_endpoint: str | None = None   # default ipc://<runtime_dir>/control
     events_endpoint: str | None = None    # default ipc://<runtime_dir>/events
+    remote_control_endpoint: str | None = None  # tcp://HOST:PORT, CURVE only (see check_remote_endpoint)
+    remote_events_endpoint: str | None = None   # tcp://HOST:PORT, CURVE only; set with remote_control_endpoint
     worktree_dir: Path | None = None      # default <state_dir>/worktrees
     max_frame_bytes: int = 4 * 1024 * 1024
     max_line_bytes: int = 8 * 1024 * 1024
@@ -228,6 +230,19 @@ def check_endpoint(endpoint: str, runtime_dir: Path) -> None:
                          f"{fix}")
 
 
+def check_remote_endpoint(field: str, endpoint: str) -> None:
+    """A remote endpoint is ``tcp://HOST:PORT``, bound only with CURVE (``orchd keys init``; orchd/bus.py).
+
+    Loopback is allowed (tests, an ssh tunnel): CURVE authenticates every
+    client by its key, so a local user without an authorized key is refused
+    like a remote one.
+    """
+    if not re.fullmatch(r"tcp://(\*|[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}", endpoint):
+        raise ValueError(f"{field} = {endpoint!r}: must be tcp://HOST:PORT (served with CURVE only)")
+    if not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
+        raise ValueError(f"{field} = {endpoint!r}: the port must be 1-65535")
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in environ.items():
@@ -265,6 +280,14 @@ def load(config_file: Path | None = None, flags: dict[str, Any] | None = None,
         raise ConfigError(one_line(exc, Config)) from None
     check_endpoint(cfg.control(), cfg.runtime_dir)
     check_endpoint(cfg.events(), cfg.runtime_dir)
+    remote = {"remote_control_endpoint": cfg.remote_control_endpoint,
+              "remote_events_endpoint": cfg.remote_events_endpoint}
+    for field, ep in remote.items():
+        if ep is not None:
+            check_remote_endpoint(field, ep)
+    if (cfg.remote_control_endpoint is None) != (cfg.remote_events_endpoint is None):
+        raise ValueError("remote_control_endpoint and remote_events_endpoint go together (a remote orchctl "
+                         "needs both, 'watch' reads the events endpoint)")
     return cfg
 
 
