@@ -154,7 +154,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     # the journal's mailbox and PUB are bound here, once: producers stay connected across its restarts
     from orchd import remote
     zap = None
-    if remote.enabled(cfg):
+    if remote.enabled(cfg) or (cfg.host_link_endpoint or "").startswith("tcp://"):
         from orchd.zap import Zap
         zap = Zap(ctx, cfg.state_dir)  # before any CURVE socket binds: ZAP decides who connects
         zap.start()
@@ -418,6 +418,7 @@ def _check_remote(cfg: config.Config) -> None:
     from orchd import keys, remote
     try:
         remote.server_keys(cfg)
+        link_server_keys(cfg)
     except keys.KeyFileError as exc:
         raise StartupError(f"remote endpoints are configured but the CURVE keys are not usable: {exc} "
                            f"(create them with 'orchd keys init --state-dir {cfg.state_dir}')") from None
@@ -448,9 +449,11 @@ def main(argv: list[str] | None = None) -> int:
     hostp = sub.add_parser("host", help="run an agent host: offer agent slots to a supervisor on another machine")
     hostp.add_argument("--connect", required=True, metavar="ENDPOINT",
                        help="the supervisor's host_link_endpoint (tcp://HOST:PORT, or ipc:// on one machine)")
-    hostp.add_argument("--server-key", metavar="KEY", help="the supervisor's public CURVE key (Z85; needed on tcp)")
+    hostp.add_argument("--server-key", metavar="KEY", help="the supervisor's public CURVE key, or its key file "
+                       "(needed on tcp; orchd keys show prints it)")
     hostp.add_argument("--client-key", type=Path, metavar="FILE",
-                       help="this host's CURVE key pair (a .key_secret file; default: a new pair for this run)")
+                       help="this host's CURVE key pair (default: orchctl keys new's); authorize its public key "
+                       "on the supervisor with orchd keys add NAME KEY")
     hostp.add_argument("--slots", type=int, default=1, help="agents this host runs at once (default 1)")
     hostp.add_argument("--name", help="this host's name (default: the machine's hostname)")
     hostp.add_argument("--state-dir", type=Path, help="working copies and run dirs (default: the state dir)")
@@ -562,63 +565,37 @@ def cmd_web(args) -> int:
         os.umask(old_umask)
 
 
-def link_server_keys(cfg: config.Config) -> tuple[bytes, bytes] | None:
-    """The supervisor's CURVE key pair for a tcp host link (None on ipc).
-
-    The daemon's server pair (``orchd keys init``) when that exists; else a pair of the host link's
-    own, ``<state_dir>/host-link.key_secret``, made on first use (secret mode 0600)."""
+def link_server_keys(cfg: config.Config):
+    """The daemon's CURVE server pair for a tcp host link (``orchd keys init``), None on ipc."""
     if not (cfg.host_link_endpoint or "").startswith("tcp://"):
         return None
-    import zmq.auth
-    try:
-        from orchd import keys
-        k = keys.load_server_keys(cfg.state_dir)
-        return k.public, k.secret
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass
-    secret = cfg.state_dir / "host-link.key_secret"
-    if not secret.exists():
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        zmq.auth.create_certificates(str(cfg.state_dir), "host-link")
-        os.chmod(secret, 0o600)
-        _log.info("host_link_keys_created", public=zmq.auth.load_certificate(str(secret))[0].decode())
-    public, secret_key = zmq.auth.load_certificate(str(secret))
-    return public, secret_key
+    from orchd import keys
+    return keys.load_server_keys(cfg.state_dir)
 
 
 def cmd_host(args) -> int:
-    """``orchd host``: an agent host (exit 2 for bad arguments)."""
-    import zmq
-    import zmq.auth
+    """``orchd host``: an agent host (exit 2 for bad arguments or unusable keys)."""
+    from orchd import bus, keys
     from orchd.host import AgentHost, default_name
     try:
         cfg = config.load(None, {"state_dir": args.state_dir})
         if args.slots < 0:
             raise ValueError("--slots must be 0 or more")
-        client = server_public = None
+        curve = None
         if args.connect.startswith("tcp://"):
             if not args.server_key:
-                raise ValueError("a tcp:// supervisor needs --server-key (its public CURVE key)")
-            server_public = args.server_key.encode()
-            if len(server_public) != 40:
-                raise ValueError("--server-key must be a 40-character Z85 public key")
-            if args.client_key is not None:
-                public, secret = zmq.auth.load_certificate(str(args.client_key))
-                if secret is None:
-                    raise ValueError(f"{args.client_key} holds no secret key")
-                client = (public, secret)
-            else:
-                client = zmq.curve_keypair()
-        from orchd import bus
-        bus.check_link_endpoint(args.connect, client is not None)
+                raise ValueError("a tcp:// supervisor needs --server-key (its public CURVE key: orchd keys show)")
+            curve = keys.ClientCurve(client=keys.load_client_keys(args.client_key),
+                                     server_public=keys.read_server_public(args.server_key))
+        bus.check_link_endpoint(args.connect, curve is not None)
     except (OSError, ValueError) as exc:
         print(f"orchd: host: {exc}", file=sys.stderr)
         return 2
     log.setup(cfg.log_level, cfg.log_format)
-    if client is not None:
-        _log.info("host_client_key", public=client[0].decode())
+    if curve is not None:
+        _log.info("host_client_key", fingerprint=keys.fingerprint(curve.client.public))
     host = AgentHost(args.connect, args.name or default_name(), args.slots, cfg.state_dir / "host",
-                     args.heartbeat_s, args.grace_s, client, server_public, cfg.max_frame_bytes, cfg.stop_grace_s)
+                     args.heartbeat_s, args.grace_s, curve, cfg.max_frame_bytes, cfg.stop_grace_s)
 
     async def main() -> None:
         stop = asyncio.Event()

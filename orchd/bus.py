@@ -197,18 +197,6 @@ def events_sub(ctx: zmq.asyncio.Context, endpoint: str, hwm: int, curve: ClientC
 HOST_LINK_HWM = 10_000  # messages queued per host (events, bundle chunks) before ZeroMQ holds back
 
 
-def _curve(sock: zmq.Socket, *, server: tuple[bytes, bytes] | None = None,
-           client: tuple[bytes, bytes] | None = None, server_public: bytes | None = None) -> None:
-    """CURVE on one socket: ``server`` = (public, secret) of the server's pair; a client gives its
-    own pair and the server's public key.  (Only this module sets security options.)"""
-    if server is not None:
-        sock.curve_server = True
-        sock.curve_publickey, sock.curve_secretkey = server
-    if client is not None:
-        sock.curve_publickey, sock.curve_secretkey = client
-        sock.curve_serverkey = server_public
-
-
 def _link_heartbeats(sock: zmq.Socket, heartbeat_s: float) -> None:
     # ZMTP heartbeats close a connection whose peer went silent, so a DEALER reconnects on its
     # own after a cut; the application's own heartbeats decide when a peer is lost
@@ -221,14 +209,14 @@ def check_link_endpoint(endpoint: str, secured: bool) -> None:
     """A host link is ``tcp://`` with CURVE, or ``ipc://`` (one machine, tests); anything else is refused."""
     if endpoint.startswith("tcp://"):
         if not secured:
-            raise ValueError(f"{endpoint}: plaintext tcp is refused for the host link: it needs the CURVE keys")
+            raise PlaintextTcpRefused(f"{endpoint}: plaintext tcp is refused for the host link: it needs CURVE keys")
     elif not endpoint.startswith("ipc://"):
         raise ValueError(f"{endpoint}: the host link takes tcp:// (with CURVE) or ipc:// endpoints")
 
 
 def host_link_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int, heartbeat_s: float,
-                     server_keys: tuple[bytes, bytes] | None) -> zmq.asyncio.Socket:
-    """The supervisor's ROUTER agent hosts connect to (CURVE server when ``server_keys``).
+                     server_keys: ServerKeys | None) -> zmq.asyncio.Socket:
+    """The supervisor's ROUTER agent hosts connect to (a CURVE server, checked by ZAP, on tcp).
 
     ``router_handover``: a host that reconnects with its name takes its identity over from the
     dead connection at once, instead of being refused until that one times out."""
@@ -240,16 +228,20 @@ def host_link_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: i
     sock.router_handover = True
     sock.sndhwm = sock.rcvhwm = HOST_LINK_HWM
     _link_heartbeats(sock, heartbeat_s)
-    if server_keys is not None:
-        _curve(sock, server=server_keys)
-    sock.bind(endpoint)
+    try:
+        if server_keys is not None:
+            curve_server(sock, server_keys)
+        _bind(sock, endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 
 def host_link_dealer(ctx: zmq.asyncio.Context, endpoint: str, name: str, heartbeat_s: float,
-                     client_keys: tuple[bytes, bytes] | None, server_public: bytes | None) -> zmq.asyncio.Socket:
-    """An agent host's DEALER to the supervisor (routing id = the host's name; CURVE client on tcp)."""
-    check_link_endpoint(endpoint, client_keys is not None and server_public is not None)
+                     curve: ClientCurve | None) -> zmq.asyncio.Socket:
+    """An agent host's DEALER to the supervisor (routing id = the host's name; a CURVE client on tcp)."""
+    check_link_endpoint(endpoint, curve is not None)
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.routing_id = name.encode()
@@ -257,7 +249,9 @@ def host_link_dealer(ctx: zmq.asyncio.Context, endpoint: str, name: str, heartbe
     sock.reconnect_ivl = 100
     sock.reconnect_ivl_max = int(heartbeat_s * 1000)
     _link_heartbeats(sock, heartbeat_s)
-    if client_keys is not None and server_public is not None:
-        _curve(sock, client=client_keys, server_public=server_public)
-    sock.connect(endpoint)
+    try:
+        _connect(sock, endpoint, curve)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock

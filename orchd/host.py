@@ -52,14 +52,11 @@ def probe_clis() -> dict[str, str]:
     """The agent CLIs this machine has, with versions ("" when ``--version`` gave none)."""
     from actors.agents import ADAPTERS
     from actors.doctor import cli_version, find_binary
-    out = {}
-    for name in sorted(ADAPTERS):
-        if name == "command":
-            continue
-        binary = find_binary(name)
-        if binary is not None:
-            out[name] = cli_version(name, binary)[0] or ""
-    return out
+    from concurrent.futures import ThreadPoolExecutor
+    found = {n: b for n in sorted(ADAPTERS) if n != "command" and (b := find_binary(n)) is not None}
+    with ThreadPoolExecutor(max_workers=max(1, len(found))) as pool:
+        versions = dict(zip(found, pool.map(lambda nb: cli_version(*nb)[0] or "", found.items())))
+    return versions
 
 
 @dataclass
@@ -76,11 +73,10 @@ class _Run:
 
 class AgentHost:
     def __init__(self, connect: str, name: str, slots: int, state_dir: Path, heartbeat_s: float, grace_s: float,
-                 client_keys: tuple[bytes, bytes] | None, server_public: bytes | None,
-                 max_frame_bytes: int = 4 * 1024 * 1024, stop_grace_s: float = 5.0) -> None:
+                 curve, max_frame_bytes: int = 4 * 1024 * 1024, stop_grace_s: float = 5.0) -> None:
         self.connect, self.name, self.slots, self.state_dir = connect, name, slots, state_dir
         self.heartbeat_s, self.grace_s = heartbeat_s, grace_s
-        self.client_keys, self.server_public = client_keys, server_public
+        self.curve = curve  # orchd.keys.ClientCurve on tcp, None on ipc
         self.max_frame_bytes, self.stop_grace_s = max_frame_bytes, stop_grace_s
         self.runs: dict[str, _Run] = {}
         self.clis: dict[str, str] = {}
@@ -89,8 +85,9 @@ class AgentHost:
         stop = stop or asyncio.Event()
         self.ctx = bus.context()
         self.out = Outbox(self.ctx, hwm=1000)
-        self.clis = await asyncio.to_thread(probe_clis)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        # ``command`` runs need no CLI: offer the slots at once, then say hello again with the CLIs
+        probe = asyncio.ensure_future(asyncio.to_thread(probe_clis))
         sock = self._open()
         heard_at = time.monotonic()
         stopped_agents = False
@@ -98,6 +95,9 @@ class AgentHost:
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                if probe is not None and probe.done():
+                    self.clis, probe = probe.result(), None
+                    self._send(self._hello())
                 if now >= next_beat:
                     self._send(p.HostBeat())
                     next_beat = now + self.heartbeat_s
@@ -106,7 +106,7 @@ class AgentHost:
                     stopped_agents = True
                     _log.warning("supervisor_silent", silent_s=round(silent_s, 1), action="stopping agents")
                     self._stop_all("the supervisor went silent")
-                if silent_s > RECONNECT_BEATS * self.heartbeat_s * (1 + self._reconnects):
+                if now - max(heard_at, self._opened_at) > self._reconnect_after_s():
                     self._reconnects += 1
                     _log.warning("supervisor_silent", silent_s=round(silent_s, 1), action="reconnecting")
                     sock.close(linger=0)
@@ -120,6 +120,8 @@ class AgentHost:
                             break
                         self._receive(raw)
         finally:
+            if probe is not None:
+                await asyncio.wait({probe})
             self._stop_all("the agent host is stopping")
             tasks = [r.task for r in self.runs.values() if r.task is not None]
             if tasks:
@@ -129,18 +131,28 @@ class AgentHost:
             self.ctx.term()
 
     _reconnects = 0
+    _opened_at = 0.0
+
+    def _reconnect_after_s(self) -> float:
+        """Silence on a connection before a new one: three heartbeats, doubling after each
+        reconnect that did not help (up to 10 s), so a slow handshake is not cut short forever."""
+        first = RECONNECT_BEATS * self.heartbeat_s
+        return min(first * 2 ** self._reconnects, max(first, 10.0))
 
     def _open(self):
-        sock = bus.host_link_dealer(self.ctx, self.connect, self.name, self.heartbeat_s, self.client_keys,
-                                    self.server_public)
+        sock = bus.host_link_dealer(self.ctx, self.connect, self.name, self.heartbeat_s, self.curve)
         self._raw = sync_view(sock)
-        self._send(p.HostHello(name=self.name, slots=self.slots, clis=self.clis,
-                               running=sorted(k for k, r in self.runs.items() if not r.dropped)))
+        self._opened_at = time.monotonic()
+        self._send(self._hello())
         for run in self.runs.values():
             for msg in run.unacked:
                 self._send(msg)
         _log.info("host_connecting", endpoint=self.connect, name=self.name, slots=self.slots)
         return sock
+
+    def _hello(self) -> p.HostHello:
+        return p.HostHello(name=self.name, slots=self.slots, clis=self.clis,
+                           running=sorted(k for k, r in self.runs.items() if not r.dropped))
 
     def _send(self, msg: p.Msg) -> None:
         try:

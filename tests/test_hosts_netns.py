@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from orchd import paths
+from orchd import keys, paths
 from tests.conftest import Daemon, fake, wait_for, write_plan
 from tests.helpers import git, replay_all, watch_until_done
 from tests.test_hosts import hosts, stop_host
@@ -88,17 +88,17 @@ def cluster(netns, tmp_path, short_tmp):
         cfg = tmp_path / "orchd.toml"
         cfg.write_text(f'host_link_endpoint = "tcp://*:{PORT}"\n[placement]\nheartbeat_s = 0.2\n'
                        f'host_timeout_s = {host_timeout_s}\n[placement.agents]\ncommand = "hosts"\n')
-        d = NsDaemon(netns["sup"], tmp_path / "state", short_tmp / "rt", cfg)
+        state = tmp_path / "state"
+        server_public = keys_cmd("init", state)["public_key"]
+        for name in ("h1", "h2"):  # each host has its own client key, authorized like any client
+            pair = keys.new_client_keys(tmp_path / f"{name}.key_secret")
+            keys_cmd("add", state, name, pair.public.decode())
+        d = NsDaemon(netns["sup"], state, short_tmp / "rt", cfg)
         made.append(d)
         d.start()
-        key = (tmp_path / "state" / "host-link.key").read_text()
-        server_public = next(line.split("=", 1)[1].strip().strip('"') for line in key.splitlines()
-                             if line.strip().startswith("public-key"))
         for name, n in zip(("h1", "h2"), slots):
-            argv = ["ip", "netns", "exec", netns[name], sys.executable, "-m", "orchd.app", "host", "--connect",
-                    f"tcp://{netns['sup_addr'][name]}:{PORT}", "--server-key", server_public, "--slots", str(n),
-                    "--name", name, "--state-dir", str(tmp_path / name), "--heartbeat-s", "0.2",
-                    "--grace-s", str(grace_s)]
+            argv = ["ip", "netns", "exec", netns[name], *host_argv(netns, name, server_public, tmp_path), "--slots",
+                    str(n), "--grace-s", str(grace_s)]
             made.append(subprocess.Popen(argv, env={**os.environ, "ORCHD_LOG_FORMAT": "json"},
                                          stdout=open(tmp_path / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
                                          start_new_session=True))
@@ -111,6 +111,20 @@ def cluster(netns, tmp_path, short_tmp):
             thing.stop(signal.SIGKILL) if thing.proc.poll() is None else None
         else:
             stop_host(thing)
+
+
+def keys_cmd(*args) -> dict:
+    cmd, state, *rest = args
+    res = subprocess.run([sys.executable, "-m", "orchd.app", "keys", cmd, "--state-dir", str(state), "--json", "--", *rest],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def host_argv(netns, name: str, server_public: str, tmp_path, key: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "orchd.app", "host", "--connect", f"tcp://{netns['sup_addr'][name]}:{PORT}",
+            "--server-key", server_public, "--client-key", str(tmp_path / f"{key or name}.key_secret"),
+            "--name", key or name, "--state-dir", str(tmp_path / (key or name)), "--heartbeat-s", "0.2"]
 
 
 def _events(d) -> list[dict]:
@@ -218,4 +232,13 @@ def test_plaintext_tcp_is_refused(cluster, netns, tmp_path):
             f"s.routing_id = b'intruder'\ns.connect('tcp://10.77.1.1:{PORT}')\n"
             f"s.send(wire.pack(p.HostHello(name='intruder', slots=9)))\ntime.sleep(1.0)\ns.close(0)\n")
     subprocess.run(["ip", "netns", "exec", netns["h1"], sys.executable, "-c", code], check=True, timeout=30)
+    # a host whose key the supervisor does not know is refused by the ZAP handler
+    keys.new_client_keys(tmp_path / "stranger.key_secret")
+    stranger = subprocess.Popen(["ip", "netns", "exec", netns["h1"],
+                                 *host_argv(netns, "h1", server_public, tmp_path, key="stranger")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: '"auth_refused"' in d.log() and "unknown" in d.log(), 30, "the stranger to be refused")
+    finally:
+        stop_host(stranger)
     assert {h["name"] for h in hosts(d)} == {"h1", "h2"}
