@@ -169,10 +169,39 @@ class Conduct:
                              output_schema_file=str(schema_file) if schema_file else None)
         spec, ev = launch.recipe(cfg, d.effective_limits(cfg.limits, s.limits), s, w, cmd, found, AGENTS,
                                  start_paused=s.state == "paused" and w.run_kind != "reviewer")
+        host = self._place(w, branch)
+        if host is not None:
+            ev = msgspec.structs.replace(ev, host=host)
         self.emit(s, ev, w, gen=gen)
-        worker = Worker(self.ctx, spec, self.ports.journal_ep)
+        if host is not None:
+            from actors.hostlink import RemoteWorker
+            worker = RemoteWorker(self.ctx, spec, self.ports.journal_ep, self.ports.inbox_ep, self.ports.hosts, host,
+                                  cwd, branch, list(cfg.commit_exclude))
+        else:
+            worker = Worker(self.ctx, spec, self.ports.journal_ep)
         self.ports.workers.start_child(ChildSpec(name=f"{s.id}/{a.name}/{gen}", start=worker.run,
                                                  restart=Restart.TEMPORARY, shutdown_s=cfg.stop_grace_s + 5))
+
+    def _place(self, w: WorkerView, branch: str | None) -> str | None:
+        """The agent host this run goes to, or None (here): ``actors.placement`` decides."""
+        link = getattr(self.ports, "hosts", None)
+        if link is None:
+            return None
+        local_busy = len(self.ports.workers.running()) - link.remote_count()
+        return link.place(w.spec.agent, w.run_kind == "assignment" and branch is not None, local_busy)
+
+    def _host_lost(self, s: SessionView, msg: p.HostLost) -> None:
+        """A run's agent host went silent: relaunch the assignment (placed anew; resumed if its CLI can)."""
+        w = s.workers.get(msg.worker)
+        if w is None or w.gen != msg.gen or w.state in p.WORKER_TERMINAL:
+            return
+        self.emit(s, p.SessionNote(message=f"{msg.reason}; {w.spec.name} is relaunched"), w)
+        if s.state in p.SESSION_TERMINAL or s.stop_reason is not None:
+            self.emit(s, p.WorkerExited(state="stopped", reason=msg.reason), w)
+            self._advance(s)
+            return
+        metrics.relaunches.labels(w.spec.agent).inc()
+        self._launch(s, w, d.Launch(worker=w.spec.name, resume=True, reason=msg.reason))
 
     def _find(self, agent: str) -> str | None:
         return find_binary(agent, self.cfg.agent(agent).binary)

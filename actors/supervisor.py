@@ -51,6 +51,7 @@ from orchd import log, metrics, redact, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox, Supervisor, Waker, drain
 from orchd.config import Config
+from orchd import remote
 from orchd.control import Call, ControlSocket
 from orchd.replay import Replayer
 from orchd.store import LogReader
@@ -71,6 +72,7 @@ class Ports:
     journal_ep: str
     workers: Supervisor   # the worker actors' runtime supervisor
     review_ep: str | None = None  # the review actor's mailbox (``orchctl review`` is forwarded there)
+    hosts: object | None = None   # actors.hostlink.HostLink when agent hosts may connect (host_link_endpoint)
 
 
 class SessionSupervisor(Conduct):
@@ -94,7 +96,8 @@ class SessionSupervisor(Conduct):
         self._workspace = workspace.Workspace(self._post)
         self._replayer = Replayer(self.log_path)
         self._seq_reader = None
-        control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes)
+        control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes,
+                                                **remote.control_binding(self.cfg))
         waker = Waker(self.ports.inbox.raw)
         try:
             early = await self._barrier(waker)
@@ -224,6 +227,8 @@ class SessionSupervisor(Conduct):
                 (_log.error if error else _log.info)("event_log_health", error=error)
                 if error is None:
                     self._advance_all()
+            case p.HostLost() if s is not None:
+                self._guarded(s, self._host_lost, s, item)
             case p.WorkerEnded() if s is not None:
                 self._guarded(s, self._worker_ended, s, item)
             case p.WorktreeReady() if s is not None:
@@ -245,6 +250,10 @@ class SessionSupervisor(Conduct):
             case p.TargetChecked(call=token):
                 call, checked = self._calls.pop(token)
                 self._control.reply(call, self._create(item, checked))
+            case Call(body=p.Hosts()):
+                link = self.ports.hosts
+                infos = [] if link is None else [p.HostInfo(**h) for h in link.hosts_info(time.time())]
+                self._control.reply(item, p.HostsReply(hosts=infos, link=self.cfg.host_link_endpoint))
             case Call(body=p.Ping()):
                 self._control.reply(item, p.Pong(version=p.VERSION, pid=os.getpid(), last_seq=self._last_seq(),
                                                  log_error=self.log_error))

@@ -227,6 +227,24 @@ def cmd_reviews(args) -> int:
     return EXIT_OK
 
 
+def cmd_hosts(args) -> int:
+    """``orchctl hosts [--json]``.  Wire: ``Hosts{}`` → ``HostsReply{hosts, link}``."""
+    reply = _client(args).call(p.Hosts())
+    if (code := _reply_or_exit(args, reply)) is not None:
+        return code
+    if args.json:
+        _print_json({"hosts": reply.hosts, "link": reply.link})
+        return EXIT_OK
+    if reply.link is None:
+        print("agent hosts are off (set host_link_endpoint)")
+    elif not reply.hosts:
+        print(f"no agent host connected (they connect to {reply.link})")
+    for h in reply.hosts:
+        clis = ", ".join(f"{n} {v}".strip() for n, v in sorted(h.clis.items())) or "-"
+        print(f"{h.name}  slots {h.busy}/{h.slots}  heard {h.last_heartbeat_s:.1f}s ago  clis: {clis}")
+    return EXIT_OK
+
+
 def _simple(req_type):
     def run(args) -> int:
         if req_type is p.Answer:
@@ -453,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("reviews", help="a session's reviews, verdicts and decisions")
     s.add_argument("session")
     s.set_defaults(func=cmd_reviews)
+
+    s = command("hosts", help="the agent hosts connected to the daemon: slots, CLIs, last heartbeat")
+    s.set_defaults(func=cmd_hosts)
 
     s = command("watch", help="events: history then live")
     s.add_argument("session", nargs="?")

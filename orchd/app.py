@@ -152,9 +152,21 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     rehearsals = Rehearsals(cfg.state_dir)
     root = Supervisor("root", max_restarts=3, period_s=10.0)
     # the journal's mailbox and PUB are bound here, once: producers stay connected across its restarts
+    from orchd import remote
+    zap = None
+    if remote.enabled(cfg) or (cfg.host_link_endpoint or "").startswith("tcp://"):
+        from orchd.zap import Zap
+        zap = Zap(ctx, cfg.state_dir)  # before any CURVE socket binds: ZAP decides who connects
+        zap.start()
     journal = JournalSockets(ctx, JOURNAL, [cfg.events()], pub_hwm=cfg.pub_hwm, pub_queue_bytes=cfg.pub_queue_bytes,
-                             pub_inline_max_bytes=cfg.pub_inline_max_bytes)
-    journal.open()
+                             pub_inline_max_bytes=cfg.pub_inline_max_bytes, **remote.events_binding(cfg))
+    try:
+        journal.open()
+    except BaseException:
+        if zap is not None:
+            zap.stop()
+        ctx.destroy(linger=0)
+        raise
     followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False)]
     notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL, last_seq) if cfg.notify.channels() else None
     if notifier is not None:
@@ -176,6 +188,10 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=worker_ended)
     ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers,
                   review_ep=REVIEW)
+    host_link = None
+    if cfg.host_link_endpoint:  # agent hosts (orchd host) may connect: see actors/hostlink.py
+        from actors.hostlink import HostLink
+        host_link = ports.hosts = HostLink(ctx, cfg, link_server_keys(cfg))
     # the review actor's mailbox and PUSH outlive its restarts too (the journal keeps forwarding to it)
     review_inbox = Mailbox(ctx, REVIEW)
     review_out = Outbox(ctx, hwm=1000, linger_s=cfg.stop_grace_s)
@@ -201,6 +217,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
+        if host_link is not None:
+            root.start_child(ChildSpec("hostlink", host_link.run, shutdown_s=2.0))
         if notifier is not None:
             root.start_child(ChildSpec("notifier", notifier.start, shutdown_s=2.0))
         metrics.watch_log_size(log_path)
@@ -222,7 +240,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
             sd.ready("started")
             _log.info("orchd_started", pid=os.getpid(), control=cfg.control(), events=cfg.events(),
                       state_dir=str(cfg.state_dir), last_seq=last_seq, sd_notify=sd.enabled,
-                      watchdog_s=sd.watchdog_s)
+                      watchdog_s=sd.watchdog_s, remote_control=cfg.remote_control_endpoint or "-",
+                      remote_events=cfg.remote_events_endpoint or "-")
             watchdog = Watchdog(ctx, out, sd, JOURNAL, SUPERVISOR,
                                 journal_failing=lambda: journal.log_error is not None)
             watchdog_task = asyncio.ensure_future(watchdog.run())
@@ -271,6 +290,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         rehearsals.close()
         if notifier is not None:
             notifier.close()
+        if zap is not None:
+            zap.stop()
         ctx.destroy(linger=0)
         sd.close()
     _log.info("orchd_stopped", code=code)
@@ -376,6 +397,7 @@ def _run(args) -> int:
     try:
         prepare_state_dir(cfg.state_dir)
         state_lock = take_lock(cfg.state_dir, "state dir")
+        _check_remote(cfg)
     except (StartupError, OSError) as exc:
         lock.close()
         print(f"orchd: {exc}", file=sys.stderr)
@@ -388,6 +410,17 @@ def _run(args) -> int:
     finally:
         state_lock.close()
         lock.close()
+
+
+def _check_remote(cfg: config.Config) -> None:
+    """Remote endpoints need the server key pair: say so at start, not at the first bind."""
+    from orchd import keys, remote
+    try:
+        remote.server_keys(cfg)
+        link_server_keys(cfg)
+    except keys.KeyFileError as exc:
+        raise StartupError(f"remote endpoints are configured but the CURVE keys are not usable: {exc} "
+                           f"(create them with 'orchd keys init --state-dir {cfg.state_dir}')") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,11 +445,98 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--rehearse", action="store_true", help="run each real CLI against the scripted model server")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_doctor)
+    hostp = sub.add_parser("host", help="run an agent host: offer agent slots to a supervisor on another machine")
+    hostp.add_argument("--connect", required=True, metavar="ENDPOINT",
+                       help="the supervisor's host_link_endpoint (tcp://HOST:PORT, or ipc:// on one machine)")
+    hostp.add_argument("--server-key", metavar="KEY", help="the supervisor's public CURVE key, or its key file "
+                       "(needed on tcp; orchd keys show prints it)")
+    hostp.add_argument("--client-key", type=Path, metavar="FILE",
+                       help="this host's CURVE key pair (default: orchctl keys new's); authorize its public key "
+                       "on the supervisor with orchd keys add NAME KEY")
+    hostp.add_argument("--slots", type=int, default=1, help="agents this host runs at once (default 1)")
+    hostp.add_argument("--name", help="this host's name (default: the machine's hostname)")
+    hostp.add_argument("--state-dir", type=Path, help="working copies and run dirs (default: the state dir)")
+    hostp.add_argument("--heartbeat-s", type=float, default=1.0, help="heartbeat interval (default 1 s)")
+    hostp.add_argument("--grace-s", type=float, default=30.0,
+                       help="stop the agents when the supervisor is silent this long (default 30 s)")
+    hostp.set_defaults(func=cmd_host)
     check = sub.add_parser("check-config", help="check a TOML config file (alone: no ORCHD_* env): 'ok', exit 0")
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check_config)
+    _keys_parser(sub)
     args = ap.parse_args(argv)
     return args.func(args)
+
+
+def _keys_parser(sub) -> None:
+    keys_p = sub.add_parser("keys", help="CURVE keys for remote clients: init, show, add, list, revoke")
+    kc = keys_p.add_subparsers(dest="keys_cmd", required=True)
+
+    def keys_command(name: str, helptext: str):
+        parser = kc.add_parser(name, help=helptext)
+        parser.add_argument("--config", type=Path, help="TOML config file")
+        parser.add_argument("--state-dir", type=Path, help="the daemon's state dir (where the keys live)")
+        parser.add_argument("--json", action="store_true")
+        parser.set_defaults(func=cmd_keys)
+        return parser
+    keys_command("init", "create the daemon's key pair (secret key 0600)").add_argument(
+        "--force", action="store_true", help="replace an existing pair (every client needs the new public key)")
+    keys_command("show", "print the daemon's public key (what clients pass as --server-key)")
+    add = keys_command("add", "authorize a client's public key under NAME")
+    add.add_argument("name")
+    add.add_argument("public_key", metavar="PUBLIC_KEY", help="the client's key (orchctl keys new prints it)")
+    keys_command("list", "authorized clients (revoked ones too)")
+    revoke = keys_command("revoke", "refuse NAME's key from its next connection on (no restart needed)")
+    revoke.add_argument("name")
+
+
+def cmd_keys(args) -> int:
+    """``orchd keys init|show|add|list|revoke``: exit 0, or 1 with a one-line error (2: bad configuration)."""
+    import json as _json
+
+    from orchd import keys
+    try:
+        cfg = config.load(args.config, {"state_dir": args.state_dir})
+    except (OSError, ValueError) as exc:
+        print(f"orchd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    old_umask = os.umask(0o077)
+    try:
+        if args.keys_cmd in ("init", "add", "revoke"):
+            prepare_state_dir(cfg.state_dir)
+        store = keys.ClientStore(cfg.state_dir)
+        match args.keys_cmd:
+            case "init":
+                pair = keys.init_server_keys(cfg.state_dir, force=args.force)
+                out = {"public_key": pair.public.decode(), "fingerprint": keys.fingerprint(pair.public),
+                       "secret_file": str(keys.curve_dir(cfg.state_dir) / (keys.SERVER_KEY + "_secret"))}
+                text = (f"server key created: {out['public_key']} (fingerprint {out['fingerprint']})\n"
+                        f"clients connect with: orchctl --endpoint tcp://HOST:PORT --server-key '{out['public_key']}'")
+            case "show":
+                pair = keys.load_server_keys(cfg.state_dir)
+                out = {"public_key": pair.public.decode(), "fingerprint": keys.fingerprint(pair.public)}
+                text = out["public_key"]
+            case "add":
+                entry = store.add(args.name, args.public_key)
+                out = {"name": entry.name, "fingerprint": keys.fingerprint(entry.public_key)}
+                text = f"authorized {entry.name} (fingerprint {out['fingerprint']})"
+            case "list":
+                rows = [{"name": c.name, "fingerprint": keys.fingerprint(c.public_key), "public_key": c.public_key,
+                         "added_ts": c.added_ts, "revoked_ts": c.revoked_ts} for c in store.clients()]
+                out = {"clients": rows}
+                text = "\n".join(f"{r['name']:<20} {r['fingerprint']}  {'revoked' if r['revoked_ts'] else 'active'}"
+                                 for r in rows) or "no authorized clients (add one: orchd keys add NAME PUBLIC_KEY)"
+            case "revoke":
+                entry = store.revoke(args.name)
+                out = {"name": entry.name, "fingerprint": keys.fingerprint(entry.public_key), "revoked": True}
+                text = f"revoked {entry.name} (fingerprint {out['fingerprint']}): refused from its next connection"
+    except (keys.KeyFileError, OSError) as exc:
+        print(f"orchd: keys {args.keys_cmd}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.umask(old_umask)
+    print(_json.dumps(out) if args.json else text)
+    return 0
 
 
 def cmd_web(args) -> int:
@@ -442,6 +562,48 @@ def cmd_web(args) -> int:
         return asyncio.run(serve_standalone(cfg, *listen))
     finally:
         os.umask(old_umask)
+
+
+def link_server_keys(cfg: config.Config):
+    """The daemon's CURVE server pair for a tcp host link (``orchd keys init``), None on ipc."""
+    if not (cfg.host_link_endpoint or "").startswith("tcp://"):
+        return None
+    from orchd import keys
+    return keys.load_server_keys(cfg.state_dir)
+
+
+def cmd_host(args) -> int:
+    """``orchd host``: an agent host (exit 2 for bad arguments or unusable keys)."""
+    from orchd import bus, keys
+    from orchd.host import AgentHost, default_name
+    try:
+        cfg = config.load(None, {"state_dir": args.state_dir})
+        if args.slots < 0:
+            raise ValueError("--slots must be 0 or more")
+        curve = None
+        if args.connect.startswith("tcp://"):
+            if not args.server_key:
+                raise ValueError("a tcp:// supervisor needs --server-key (its public CURVE key: orchd keys show)")
+            curve = keys.ClientCurve(client=keys.load_client_keys(args.client_key),
+                                     server_public=keys.read_server_public(args.server_key))
+        bus.check_link_endpoint(args.connect, curve is not None)
+    except (OSError, ValueError) as exc:
+        print(f"orchd: host: {exc}", file=sys.stderr)
+        return 2
+    log.setup(cfg.log_level, cfg.log_format)
+    if curve is not None:
+        _log.info("host_client_key", fingerprint=keys.fingerprint(curve.client.public))
+    host = AgentHost(args.connect, args.name or default_name(), args.slots, cfg.state_dir / "host",
+                     args.heartbeat_s, args.grace_s, curve, cfg.max_frame_bytes, cfg.stop_grace_s)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await host.run(stop)
+    asyncio.run(main())
+    return 0
 
 
 def _doctor(args) -> int:

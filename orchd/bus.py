@@ -11,6 +11,16 @@ Public sockets (clients connect to them):
   a client that never reads its replies costs a bounded amount of memory.
 * ``events_pub``: the events PUB, with a per-subscriber queue bound.
 
+Both bind their ipc endpoints in plaintext (the 0700 runtime dir keeps
+other users out) and may ALSO bind tcp endpoints with CURVE
+(``curve=ServerKeys``, ``curve_endpoints=[...]``): libzmq copies a socket's
+options into each listener when it binds, so switching CURVE on after the
+ipc binds secures only what is bound afterwards.  Plaintext tcp is refused
+here whatever the caller asks (``_bind``): any local user could connect to
+it, loopback included.  Who may connect over CURVE is the ZAP handler's call
+(``orchd.zap``; ``zap_enforce_domain`` refuses every client when no handler
+runs).
+
 Internal sockets (inproc between actors; any endpoint would do):
 
 * ``mailbox``: an actor's PULL inbox; ``push``: a PUSH to one.
@@ -21,9 +31,19 @@ was sent before their owner went away (``push(..., linger_s=...)``).
 
 from __future__ import annotations
 
+import errno
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import zmq
 import zmq.asyncio
 
+if TYPE_CHECKING:
+    from orchd.keys import ClientCurve, ClientKeys, ServerKeys
+
+ZAP_DOMAIN = b"orchd"  # orchd.zap.DOMAIN: the domain the ZAP handler answers for
+REBIND_S = 2.0  # how long a tcp bind retries an address still held by the socket it replaces
 CONTROL_SNDHWM = 16  # replies queued per control peer (replay pages are <= 2 MiB) before ROUTER drops them
 
 
@@ -32,23 +52,94 @@ def context() -> zmq.asyncio.Context:
     return zmq.asyncio.Context()
 
 
-def control_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int) -> zmq.asyncio.Socket:
+class PlaintextTcpRefused(ValueError):
+    """A tcp endpoint was to be bound or connected without CURVE."""
+
+
+def curve_server(sock: zmq.Socket, keys: ServerKeys) -> None:
+    """Make the endpoints ``sock`` binds from now on CURVE servers, authenticated by the ZAP handler."""
+    sock.curve_server = True
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.zap_domain = ZAP_DOMAIN
+    sock.zap_enforce_domain = True  # no ZAP handler running: refuse, never let everybody in
+
+
+def curve_client(sock: zmq.Socket, client: ClientKeys, server_public: bytes) -> None:
+    """Make the connections ``sock`` opens from now on CURVE clients of the server with ``server_public``."""
+    sock.curve_publickey = client.public
+    sock.curve_secretkey = client.secret
+    sock.curve_serverkey = server_public
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    if endpoint.startswith("tcp://") and not sock.curve_server:
+        raise PlaintextTcpRefused(f"{endpoint}: plaintext tcp is refused (any local user could connect): "
+                                  "tcp endpoints are bound only with CURVE")
+    deadline = time.monotonic() + REBIND_S
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as exc:
+            # a restarted actor's new socket: the old listener closes asynchronously in libzmq's I/O thread
+            if exc.errno != errno.EADDRINUSE or not endpoint.startswith("tcp://") or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _connect(sock: zmq.Socket, endpoint: str, curve: ClientCurve | None) -> None:
+    if curve is not None:
+        curve_client(sock, curve.client, curve.server_public)
+    elif endpoint.startswith("tcp://"):
+        raise PlaintextTcpRefused(f"{endpoint}: a tcp endpoint needs the server's public key (CURVE)")
+    sock.connect(endpoint)
+
+
+def bind_curve(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys) -> None:
+    """Bind ``endpoints`` with CURVE (after the socket's plaintext ipc binds, which stay plaintext)."""
+    if endpoints:
+        curve_server(sock, keys)
+        for ep in endpoints:
+            _bind(sock, ep)
+
+
+def _bind_remote(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys | None) -> None:
+    if endpoints and keys is None:
+        raise PlaintextTcpRefused(f"{', '.join(endpoints)}: remote endpoints are bound only with CURVE keys")
+    if keys is not None:
+        bind_curve(sock, endpoints, keys)
+
+
+def control_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int,
+                   curve: ServerKeys | None = None, curve_endpoints: Sequence[str] = ()) -> zmq.asyncio.Socket:
     sock = ctx.socket(zmq.ROUTER)
     sock.linger = 0
     sock.maxmsgsize = max(max_frame_bytes * 4, 64 << 20)
     sock.router_mandatory = False
     sock.sndhwm = CONTROL_SNDHWM
     sock.rcvhwm = 1000
-    sock.bind(endpoint)
+    try:
+        _bind(sock, endpoint)
+        _bind_remote(sock, curve_endpoints, curve)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 
-def events_pub(ctx: zmq.asyncio.Context, endpoints: list[str], hwm: int) -> zmq.asyncio.Socket:
+def events_pub(ctx: zmq.asyncio.Context, endpoints: list[str], hwm: int,
+               curve: ServerKeys | None = None, curve_endpoints: Sequence[str] = ()) -> zmq.asyncio.Socket:
     sock = ctx.socket(zmq.PUB)
     sock.linger = 0
     sock.sndhwm = hwm
-    for ep in endpoints:
-        sock.bind(ep)
+    try:
+        for ep in endpoints:
+            _bind(sock, ep)
+        _bind_remote(sock, curve_endpoints, curve)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 
@@ -70,21 +161,97 @@ def push(ctx: zmq.asyncio.Context, endpoint: str, hwm: int, linger_s: float = 0.
 
 # ---------------------------------------------------------------- the HTTP bridge's client sockets
 
-def control_dealer(ctx: zmq.asyncio.Context, endpoint: str) -> zmq.asyncio.Socket:
-    """A client's DEALER to the control socket (the HTTP bridge is a client like ``orchctl``)."""
+def control_dealer(ctx: zmq.asyncio.Context, endpoint: str, curve: ClientCurve | None = None) -> zmq.asyncio.Socket:
+    """A client's DEALER to the control socket (the HTTP bridge is a client like ``orchctl``).
+
+    ``curve``: connect as a CURVE client (required for a tcp endpoint).
+    """
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.sndhwm = 1000
     sock.rcvhwm = 1000
-    sock.connect(endpoint)
+    try:
+        _connect(sock, endpoint, curve)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock
 
 
-def events_sub(ctx: zmq.asyncio.Context, endpoint: str, hwm: int) -> zmq.asyncio.Socket:
+def events_sub(ctx: zmq.asyncio.Context, endpoint: str, hwm: int, curve: ClientCurve | None = None) -> zmq.asyncio.Socket:
     """A client's SUB to the events socket, subscribed to every event and to sync markers."""
     sock = ctx.socket(zmq.SUB)
     sock.linger = 0
     sock.rcvhwm = hwm
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(endpoint)
+    try:
+        _connect(sock, endpoint, curve)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+# ---------------------------------------------------------------- the agent-host link
+
+HOST_LINK_HWM = 10_000  # messages queued per host (events, bundle chunks) before ZeroMQ holds back
+
+
+def _link_heartbeats(sock: zmq.Socket, heartbeat_s: float) -> None:
+    # ZMTP heartbeats close a connection whose peer went silent, so a DEALER reconnects on its
+    # own after a cut; the application's own heartbeats decide when a peer is lost
+    sock.heartbeat_ivl = int(heartbeat_s * 1000)
+    sock.heartbeat_timeout = int(heartbeat_s * 3000)
+    sock.heartbeat_ttl = int(heartbeat_s * 3000)
+
+
+def check_link_endpoint(endpoint: str, secured: bool) -> None:
+    """A host link is ``tcp://`` with CURVE, or ``ipc://`` (one machine, tests); anything else is refused."""
+    if endpoint.startswith("tcp://"):
+        if not secured:
+            raise PlaintextTcpRefused(f"{endpoint}: plaintext tcp is refused for the host link: it needs CURVE keys")
+    elif not endpoint.startswith("ipc://"):
+        raise ValueError(f"{endpoint}: the host link takes tcp:// (with CURVE) or ipc:// endpoints")
+
+
+def host_link_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int, heartbeat_s: float,
+                     server_keys: ServerKeys | None) -> zmq.asyncio.Socket:
+    """The supervisor's ROUTER agent hosts connect to (a CURVE server, checked by ZAP, on tcp).
+
+    ``router_handover``: a host that reconnects with its name takes its identity over from the
+    dead connection at once, instead of being refused until that one times out."""
+    check_link_endpoint(endpoint, server_keys is not None)
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.maxmsgsize = max(max_frame_bytes * 4, 64 << 20)
+    sock.router_mandatory = False
+    sock.router_handover = True
+    sock.sndhwm = sock.rcvhwm = HOST_LINK_HWM
+    _link_heartbeats(sock, heartbeat_s)
+    try:
+        if server_keys is not None:
+            curve_server(sock, server_keys)
+        _bind(sock, endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def host_link_dealer(ctx: zmq.asyncio.Context, endpoint: str, name: str, heartbeat_s: float,
+                     curve: ClientCurve | None) -> zmq.asyncio.Socket:
+    """An agent host's DEALER to the supervisor (routing id = the host's name; a CURVE client on tcp)."""
+    check_link_endpoint(endpoint, curve is not None)
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.routing_id = name.encode()
+    sock.sndhwm = sock.rcvhwm = HOST_LINK_HWM
+    sock.reconnect_ivl = 100
+    sock.reconnect_ivl_max = int(heartbeat_s * 1000)
+    _link_heartbeats(sock, heartbeat_s)
+    try:
+        _connect(sock, endpoint, curve)
+    except BaseException:
+        sock.close(linger=0)
+        raise
     return sock

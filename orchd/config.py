@@ -150,12 +150,24 @@ class NotifyConfig(BaseModel):
         return out
 
 
+class PlacementConfig(BaseModel):
+    """Where assignments run: this machine or agent hosts (``actors/placement.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    local_slots: int | None = Field(None, ge=0)   # agents run here at once before hosts are used; None: no limit
+    agents: dict[str, Literal["local", "hosts", "any"]] = {}  # per agent (or "command"); default "any"
+    heartbeat_s: float = Field(1.0, gt=0, le=60)      # the host link's heartbeat interval, both ways
+    host_timeout_s: float = Field(10.0, gt=0)         # a host silent this long is lost: its runs go elsewhere
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     state_dir: Path = Field(default_factory=paths.default_state_dir)
     runtime_dir: Path = Field(default_factory=paths.default_runtime_dir)
     control_endpoint: str | None = None   # default ipc://<runtime_dir>/control
     events_endpoint: str | None = None    # default ipc://<runtime_dir>/events
+    remote_control_endpoint: str | None = None  # tcp://HOST:PORT, CURVE only (see check_remote_endpoint)
+    remote_events_endpoint: str | None = None   # tcp://HOST:PORT, CURVE only; set with remote_control_endpoint
     worktree_dir: Path | None = None      # default <state_dir>/worktrees
     max_frame_bytes: int = 4 * 1024 * 1024
     max_line_bytes: int = 8 * 1024 * 1024
@@ -180,6 +192,8 @@ class Config(BaseModel):
     # over pub_inline_max_bytes is logged but not published, so subscribers see a seq gap and Replay it.
     pub_queue_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     pub_inline_max_bytes: int = Field(default=8 * 1024, ge=1024)
+    host_link_endpoint: str | None = None   # agent hosts connect here (tcp only with CURVE; see docs/running.md)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
 
     def control(self) -> str:
         return self.control_endpoint or paths.control_endpoint(self.runtime_dir)
@@ -214,6 +228,19 @@ def check_endpoint(endpoint: str, runtime_dir: Path) -> None:
     if os.path.dirname(os.path.normpath(os.path.abspath(path))) != os.path.normpath(os.path.abspath(runtime_dir)):
         raise ValueError(f"{endpoint}: an ipc socket outside the runtime dir is not protected by its 0700 mode: "
                          f"{fix}")
+
+
+def check_remote_endpoint(field: str, endpoint: str) -> None:
+    """A remote endpoint is ``tcp://HOST:PORT``, bound only with CURVE (``orchd keys init``; orchd/bus.py).
+
+    Loopback is allowed (tests, an ssh tunnel): CURVE authenticates every
+    client by its key, so a local user without an authorized key is refused
+    like a remote one.
+    """
+    if not re.fullmatch(r"tcp://(\*|[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}", endpoint):
+        raise ValueError(f"{field} = {endpoint!r}: must be tcp://HOST:PORT (served with CURVE only)")
+    if not 0 < int(endpoint.rsplit(":", 1)[1]) < 65536:
+        raise ValueError(f"{field} = {endpoint!r}: the port must be 1-65535")
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
@@ -253,6 +280,14 @@ def load(config_file: Path | None = None, flags: dict[str, Any] | None = None,
         raise ConfigError(one_line(exc, Config)) from None
     check_endpoint(cfg.control(), cfg.runtime_dir)
     check_endpoint(cfg.events(), cfg.runtime_dir)
+    remote = {"remote_control_endpoint": cfg.remote_control_endpoint,
+              "remote_events_endpoint": cfg.remote_events_endpoint}
+    for field, ep in remote.items():
+        if ep is not None:
+            check_remote_endpoint(field, ep)
+    if (cfg.remote_control_endpoint is None) != (cfg.remote_events_endpoint is None):
+        raise ValueError("remote_control_endpoint and remote_events_endpoint go together (a remote orchctl "
+                         "needs both, 'watch' reads the events endpoint)")
     return cfg
 
 

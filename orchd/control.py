@@ -52,8 +52,9 @@ class Call:
 
 
 class ControlSocket:
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int) -> None:
-        self.sock = bus.control_router(ctx, endpoint, max_frame_bytes)
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int, **remote) -> None:
+        # ``remote``: ``curve`` and ``curve_endpoints`` for bus.control_router (orchd.remote.control_binding)
+        self.sock = bus.control_router(ctx, endpoint, max_frame_bytes, **remote)
         self.raw = sync_view(self.sock)
         self.max_frame_bytes = max_frame_bytes
 

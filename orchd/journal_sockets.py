@@ -71,8 +71,10 @@ class JournalSockets:
 
     def __init__(self, ctx: zmq.asyncio.Context, inbox: str, publish: Sequence[str], *,
                  pub_hwm: int = PUB_HWM, pub_queue_bytes: int = PUB_QUEUE_BYTES,
-                 pub_inline_max_bytes: int = PUB_INLINE_MAX_BYTES, mailbox_hwm: int = MAILBOX_HWM) -> None:
+                 pub_inline_max_bytes: int = PUB_INLINE_MAX_BYTES, mailbox_hwm: int = MAILBOX_HWM,
+                 **remote) -> None:
         self.ctx = ctx
+        self.remote = remote  # ``curve`` and ``curve_endpoints`` for bus.events_pub (orchd.remote.events_binding)
         self.inbox = inbox
         self.publish = list(publish)
         self.pub_inline_max_bytes = pub_inline_max_bytes
@@ -102,7 +104,7 @@ class JournalSockets:
             pull = bus.mailbox(self.ctx, self.inbox, self.mailbox_hwm)
             self._socks.append(pull)
             # sndhwm is set before bind: a subscriber's pipe takes it when it connects
-            pub = bus.events_pub(self.ctx, self.publish, self.pub_sndhwm)
+            pub = bus.events_pub(self.ctx, self.publish, self.pub_sndhwm, **self.remote)
             self._socks.append(pub)
             wake = bus.push(self.ctx, self.inbox, 1000)
             self._socks.append(wake)

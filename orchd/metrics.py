@@ -58,6 +58,8 @@ http_sse_clients = Gauge("orchd_http_sse_clients", "Server-Sent Events clients c
                          registry=REGISTRY)
 http_sse_dropped = Counter("orchd_http_sse_dropped_total", "SSE clients dropped because their queue was full "
                            "(a slow or frozen browser; it resumes from Last-Event-ID)", registry=REGISTRY)
+auth_refused = Counter("orchd_auth_refused_total", "CURVE clients refused by the ZAP handler "
+                       "(unknown, revoked, store_unreadable)", ["reason"], registry=REGISTRY)
 
 workers = Gauge("orchd_workers", "Workers (assignment runs) by agent and state", ["agent", "state"],
                 registry=REGISTRY)

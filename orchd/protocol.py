@@ -184,8 +184,12 @@ class InjectFault(Req, tag="inject_fault"):
     """``crash``: raise; ``wedge``: stop handling messages (the loop goes on), as a deadlock would."""
 
 
+class Hosts(Req, tag="hosts"):
+    """``orchctl hosts`` → supervisor: the agent hosts connected now (``HostsReply``)."""
+
+
 ControlRequest = Union[
-    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault, Reviews
+    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault, Reviews, Hosts
 ]
 
 
@@ -327,7 +331,23 @@ class ReviewsReply(Rep, tag="reviews"):
     reviews: list[ReviewInfo]
 
 
-ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply, ReviewsReply]
+class HostInfo(Wire):
+    """One connected agent host: its slots, the runs placed on it, its CLIs (name → version)."""
+
+    name: str
+    slots: int
+    busy: int
+    clis: dict[str, str] = {}
+    last_heartbeat_s: float = 0.0   # seconds since the supervisor last heard from it
+    running: list[str] = []         # ``<session>/<assignment>/<gen>``
+
+
+class HostsReply(Rep, tag="hosts"):
+    hosts: list[HostInfo] = []
+    link: str | None = None         # the host-link endpoint (None: agent hosts are off)
+
+
+ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply, ReviewsReply, HostsReply]
 
 
 class Reply(Wire):
@@ -642,6 +662,7 @@ class WorkerLaunching(Ev, tag="worker.launching"):
     branch: str | None = None
     reason: str | None = None   # why a relaunch (a recovered failure, a daemon restart)
     delay_s: float = 0.0        # the worker waits this long before starting the agent (backoff)
+    host: str | None = None     # the agent host it runs on (None: on the supervisor's machine)
 
 
 # --- review events (emitted by the review actor, but ``review.run`` and the session's question/answer)
@@ -981,8 +1002,19 @@ class ProbeAnswer(Msg, tag="probe_answer"):
     waiting: int = 0
 
 
+class HostLost(Msg, tag="host_lost"):
+    """A remote worker's stand-in → supervisor: the agent host running generation ``gen`` went
+    silent past the timeout (or refused it); the assignment is to be relaunched elsewhere."""
+
+    session: str
+    worker: str
+    gen: int
+    host: str
+    reason: str
+
+
 SupervisorInbox = Union[Committed, WorkerEnded, LogHealth, BarrierReached, WorktreeReady, MergeFinished,
-                        CleanFinished, TargetChecked, Crash, LaunchReviewer, Probe]
+                        CleanFinished, TargetChecked, Crash, LaunchReviewer, Probe, HostLost]
 
 DaemonInbox = Union[BarrierReached, ProbeAnswer]
 """What the daemon's own mailbox gets: answers to its liveness pings."""
@@ -1008,3 +1040,103 @@ WorkerInbox = Union[StopWorker, PauseWorker, ResumeWorker]
 
 NotifierInbox = Union[Committed, LogHealth, Crash]
 """The notifier's mailbox: the journal forwards the committed events it follows."""
+
+
+# ---------------------------------------------------------------- the agent-host link
+# ``orchd host`` (a DEALER) <-> the supervisor's host-link ROUTER, msgpack.  A worker generation is
+# named by its key ``<session>/<worker>/<gen>``; what a host sends about it (events, its result
+# bundle, its end) is numbered ``seq`` = 1, 2, ... per key, acknowledged by the supervisor
+# (``LinkAck``, cumulative), resent by the host after a reconnect and deduplicated by the
+# supervisor, so a link that drops and comes back loses and duplicates nothing.
+
+class HostHello(Msg, tag="host_hello"):
+    """Host → supervisor, first on every (re)connection: its slots, its agent CLIs
+    (name → version, "" when unknown) and the keys of the workers it still runs."""
+
+    name: str
+    slots: Annotated[int, msgspec.Meta(ge=0, le=100_000)]
+    clis: dict[str, str] = {}
+    running: list[str] = []
+
+
+class HostBeat(Msg, tag="host_beat"):
+    """Host → supervisor, every heartbeat interval (Paranoid Pirate)."""
+
+
+class HostEvents(Msg, tag="host_events"):
+    """Host → supervisor: a remote worker's pending event frames (as a local worker's ``Append``)."""
+
+    key: str
+    seq: int
+    frames: list[bytes]
+
+
+class HostResult(Msg, tag="host_result"):
+    """Host → supervisor: one chunk of the run's result, a git bundle of ``base..branch`` (empty
+    when nothing changed).  ``wrapped``: the bundle's last commit is the host's own commit of what
+    the agent left uncommitted (the supervisor turns it back into uncommitted changes)."""
+
+    key: str
+    seq: int
+    data: bytes
+    last: bool
+    head: str = ""
+    wrapped: bool = False
+
+
+class HostEnded(Msg, tag="host_ended"):
+    """Host → supervisor: the worker generation is over (after its ``worker.exited`` and result)."""
+
+    key: str
+    seq: int
+
+
+HostInbound = Union[HostHello, HostBeat, HostEvents, HostResult, HostEnded]
+
+
+class LinkBeat(Msg, tag="link_beat"):
+    """Supervisor → host, every heartbeat interval."""
+
+
+class LinkAck(Msg, tag="link_ack"):
+    """Supervisor → host: everything about ``key`` up to ``seq`` is taken."""
+
+    key: str
+    seq: int
+
+
+class LinkAssign(Msg, tag="link_assign"):
+    """Supervisor → host: run a worker generation.  ``spec`` is the msgpack ``WorkerSpec``;
+    the base commit comes in ``LinkBundle`` chunks (a bundle of ``branch``)."""
+
+    key: str
+    spec: bytes
+    branch: str
+    base: str
+    exclude: list[str] = []
+
+
+class LinkBundle(Msg, tag="link_bundle"):
+    """Supervisor → host: chunk ``index`` of the bundle of an assignment's base."""
+
+    key: str
+    index: int
+    data: bytes
+    last: bool
+
+
+class LinkTell(Msg, tag="link_tell"):
+    """Supervisor → host: a message for a remote worker's mailbox."""
+
+    key: str
+    msg: Union[StopWorker, PauseWorker, ResumeWorker]
+
+
+class LinkDrop(Msg, tag="link_drop"):
+    """Supervisor → host: forget ``key`` (stop it if it still runs): its generation is over here."""
+
+    key: str
+    reason: str
+
+
+HostOutbound = Union[LinkBeat, LinkAck, LinkAssign, LinkBundle, LinkTell, LinkDrop]

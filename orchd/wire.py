@@ -333,3 +333,5 @@ daemon_inbox = InboxDecoder(p.DaemonInbox, "daemon")
 
 def pack(msg: p.Msg) -> bytes:
     return _mp_enc.encode(msg)
+host_inbound = InboxDecoder(p.HostInbound, "host link")      # what agent hosts send the supervisor
+host_outbound = InboxDecoder(p.HostOutbound, "agent host")   # what the supervisor sends an agent host
