@@ -527,13 +527,18 @@ class Fix(Wire):
     """What a relaunch changes to fix a recognised failure.
 
     ``env``: variables to set; ``flag``: a flag to add; ``backoff_s``: wait
-    this long first; ``fresh``: start a new agent session instead of resuming.
+    this long first; ``fresh``: start a new agent session instead of resuming;
+    ``fallback``: when not empty, relaunch with the adapter's fallback launch
+    (``RunSpec.fallback``), which leaves out these optional flags (a flag the
+    CLI refused); ``note``: what a human should know (an untested CLI version).
     """
 
     env: dict[str, str] = {}
     flag: str | None = None
     backoff_s: float = 0.0
     fresh: bool = False
+    fallback: list[str] = []
+    note: str | None = None
 
     @classmethod
     def from_legacy(cls, d: dict[str, str]) -> "Fix":
@@ -544,7 +549,8 @@ class Fix(Wire):
         if backoff != backoff or backoff < 0:  # NaN or negative
             backoff = 0.0
         return cls(env={k[4:]: v for k, v in d.items() if k.startswith("env.")}, flag=d.get("flag"),
-                   backoff_s=backoff, fresh=d.get("resume_id") == "")
+                   backoff_s=backoff, fresh=d.get("resume_id") == "",
+                   fallback=[f for f in d.get("fallback", "").split(",") if f], note=d.get("note"))
 
 
 class WorkerFailure(Ev, tag="worker.failure"):

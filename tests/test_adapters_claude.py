@@ -246,6 +246,10 @@ def result_line(text: str, **extra) -> str:
     return j({"type": "result", "subtype": "success", "is_error": True, "result": text, **extra})
 
 
+BAD_FLAG_FIX = {"fallback": "--max-turns",
+                "note": "the CLI may not be the tested version (2.1.197): check `orchd doctor`"}
+
+
 @pytest.mark.parametrize("exit_code, stderr, lines, code, action, fix", [
     (1, [], [result_line("Not logged in · Please run /login")], "not_logged_in", "escalate", None),
     (1, ["--dangerously-skip-permissions cannot be used with root/sudo privileges for security reasons"],
@@ -255,12 +259,12 @@ def result_line(text: str, **extra) -> str:
     (1, [], [RETRY, REFUSED_RESULT], "network", "relaunch", {"backoff_s": "10"}),
     (1, [], [result_line('API Error: 429 {"type":"error","error":{"type":"rate_limit_error"}}')],
      "rate_limited", "relaunch", {"backoff_s": "60"}),
-    (1, [], [result_line("API Error: 529 Overloaded")], "rate_limited", "relaunch", {"backoff_s": "60"}),
-    (1, ["error: unknown option '--no-such-flag'"], [], "bad_flag", "escalate", None),
+    (1, [], [result_line("API Error: 529 Overloaded")], "overloaded", "relaunch", {"backoff_s": "30"}),
+    (1, ["error: unknown option '--no-such-flag'"], [], "bad_flag", "relaunch", BAD_FLAG_FIX),
     (1, ["error: option '--output-format <format>' argument 'xml' is invalid. Allowed choices are "
-         "text, json, stream-json."], [], "bad_flag", "escalate", None),
+         "text, json, stream-json."], [], "bad_flag", "relaunch", BAD_FLAG_FIX),
     (1, ["Error: When using --print, --output-format=stream-json requires --verbose"], [],
-     "bad_flag", "escalate", None),
+     "needs_verbose", "relaunch", {"flag": "--verbose"}),
     (1, [], [j({"type": "result", "subtype": "error_max_turns", "is_error": True,
                 "errors": ["Reached maximum number of turns (1)"]})], "max_turns", "escalate", None),
     (137, ["something odd"], [], "crashed", "relaunch", None),

@@ -218,7 +218,7 @@ def test_malformed_known_events_are_unknown(raw):
              j({"type": "turn.failed", "error": {"message": "unexpected status 429 Too Many "
                                                             "Requests: Rate limit reached"}})],
      "rate_limited", "relaunch"),
-    (2, ["error: invalid value 'bogus' for '--sandbox <SANDBOX_MODE>'"], [], "bad_flag", "escalate"),
+    (2, ["error: invalid value 'bogus' for '--sandbox <SANDBOX_MODE>'"], [], "bad_flag", "relaunch"),
     (1, ["Error: thread/resume: thread/resume failed: no rollout found for thread id 0199a213 "
          "(code -32600)"], [], "resume_not_found", "relaunch"),
     (None, ["Reading additional input from stdin..."],

@@ -162,11 +162,12 @@ def test_unknown_line_still_flushes_nothing_and_keeps_pending_text():
 @pytest.mark.parametrize("exit_code, stderr, code, action, fix", [
     (41, ["Invalid auth method selected."], "not_logged_in", "escalate", None),
     (55, ["\x1b[31mGemini CLI is not running in a trusted directory. To proceed, either use "
-          "`--skip-trust`\x1b[0m"], "untrusted_folder", "relaunch", {"flag": "--skip-trust"}),
+          "`--skip-trust`\x1b[0m"], "untrusted_folder", "relaunch", {"env.GEMINI_CLI_TRUST_WORKSPACE": "true"}),
     (42, ["Error resuming session: No previous sessions found for this project."],
      "resume_not_found", "relaunch", {"resume_id": ""}),
     (1, ["Invalid values:", '  Argument: output-format, Given: "xml", Choices: "text", "json"'],
-     "bad_flag", "escalate", None),
+     "bad_flag", "relaunch", {"fallback": "--skip-trust",
+                              "note": "the CLI may not be the tested version (0.61.0): check `orchd doctor`"}),
     (1, ['[API Error: {"error":{"code":429,"status":"RESOURCE_EXHAUSTED"}}]'],
      "rate_limited", "relaunch", {"backoff_s": "60"}),
 ])

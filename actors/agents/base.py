@@ -20,10 +20,12 @@ in the adapter and must crash loudly (STYLE.md "Errors").
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Any, Iterable, Protocol, TypeVar
 
 import msgspec
 
+from actors.quota import reset_at
 from orchd.protocol import AgentError, AgentResult, AgentUnknown, Ev
 
 PROFILES = ("workspace", "readonly", "yolo")
@@ -54,6 +56,7 @@ class RunSpec(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] | None = None # extra env from the assignment
     output_schema: str | None = None  # JSON Schema of the answer (reviewers): claude --json-schema
     output_schema_file: str | None = None  # the same schema in a file: codex exec --output-schema
+    fallback: bool = False            # the adapter's fallback launch: leave out its optional flags (bad_flag)
 
 
 class Launch(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,11 +79,14 @@ class Launch(msgspec.Struct, frozen=True, kw_only=True):
 class Failure(msgspec.Struct, frozen=True, kw_only=True):
     """A failure recognised from a CLI's error catalogue.
 
-    ``action`` is ``relaunch`` (apply ``fix`` and start again) or
-    ``escalate`` (a human must act: credentials, flags, limits).  ``fix``
+    ``action`` is ``relaunch`` (apply ``fix`` and start again), ``park``
+    (a usage limit: wait for the reset named in ``message``, then resume) or
+    ``escalate`` (a human must act: credentials, limits, sandbox).  ``fix``
     keys: ``env.NAME`` (set env var NAME), ``flag`` (add this flag),
     ``backoff_s`` (wait this long before relaunching), ``resume_id`` (resume
-    this session instead; "" = start a fresh session).
+    this session instead; "" = start a fresh session), ``fallback`` (relaunch
+    with the adapter's fallback launch, which leaves out these comma-joined
+    flags), ``note`` (what a human should know, e.g. an untested CLI version).
     """
 
     code: str
@@ -223,30 +229,70 @@ def strip_ansi(s: str) -> str:
 
 class Rule(msgspec.Struct, frozen=True):
     """One error-catalogue entry: a regex over the CLI's messages, or an
-    exit code that means exactly one thing (gemini's 41 and 55)."""
+    exit code that means exactly one thing (gemini's 41 and 55).
+
+    ``cause`` says in a few words why the CLI said it; docs/recovery.md
+    lists every entry of every adapter with its real message and fix."""
 
     code: str
     pattern: str | None
     action: str = "escalate"
     fix: dict[str, str] | None = None
     exit_codes: tuple[int, ...] = ()
+    cause: str = ""
 
+
+ACTIONS = ("relaunch", "escalate", "park")
+"""``relaunch``: apply the fix and start again (after its backoff);
+``escalate``: a human must act, never retried; ``park``: a usage limit or
+quota ran out, wait for its reset (the recovery actor reads the reset time
+from the message) and resume then."""
 
 RESUME_FIX = {"resume_id": ""}
 """The session to resume is gone (another HOME, deleted): relaunch fresh."""
 
-# Shared tail of every catalogue: generic transport failures.  Adapter
-# rules come first so a specific message wins over these.
+# Shared tail of every catalogue: provider and transport failures.  Adapter
+# rules come first so a specific message wins over these, and a usage limit
+# wins over a rate limit (a quota message often says 429 or
+# RESOURCE_EXHAUSTED too).
+USAGE_LIMIT = Rule(
+    "usage_limit",
+    r"usage limit|usage_limit|hit your (?:\w+ )?limit|(?:hour|daily|weekly|session|monthly) limit reached"
+    r"|quota (?:exceeded|exhausted)|exceeded your current quota|exhausted your (?:\w+ )?quota"
+    r"|TerminalQuotaError|out of (?:usage )?credits|credit balance (?:is )?too low",
+    "park", {"backoff_s": "300"},
+    cause="the account's usage limit or quota ran out; the message usually says when it resets")
 RATE_LIMITED = Rule("rate_limited",
-                    r"\b429\b|rate.?limit|too many requests|overloaded|\b529\b"
-                    r"|RESOURCE_EXHAUSTED|quota exceeded",
-                    "relaunch", {"backoff_s": "60"})
+                    r"\b429\b|rate.?limit|too many requests|RESOURCE_EXHAUSTED",
+                    "relaunch", {"backoff_s": "60"},
+                    cause="too many requests for now (HTTP 429)")
+OVERLOADED = Rule("overloaded",
+                  r"\b529\b|\b503\b|overloaded|Service Unavailable|(?-i:\bUNAVAILABLE\b)|high load",
+                  "relaunch", {"backoff_s": "30"},
+                  cause="the provider is overloaded or briefly unavailable (HTTP 529, 503)")
+SERVER_ERROR = Rule("server_error",
+                    r"(?:API Error:|status:?|unexpected status|HTTP|\"code\":)\s*5(?:0[0-9]|[1-9][0-9])\b"
+                    r"|Internal server error|(?-i:\bINTERNAL\b)|Bad Gateway|Gateway Time-?out|high demand"
+                    r"|An internal error has occurred",
+                    "relaunch", {"backoff_s": "30"},
+                    cause="the provider failed (another HTTP 5xx: 500, 502, 504)")
 NETWORK = Rule("network",
                r"Reconnecting\.\.\.|waiting for network|error sending request"
                r"|connection ?refused|ECONNREFUSED|ECONNRESET|ENOTFOUND|ETIMEDOUT"
                r"|fetch failed|Unable to connect|failed to lookup address"
-               r"|stream disconnected|network is unreachable",
-               "relaunch", {"backoff_s": "10"})
+               r"|stream disconnected|network is unreachable|Stream idle timeout",
+               "relaunch", {"backoff_s": "10"},
+               cause="the provider cannot be reached, or the connection broke")
+PROVIDER_RULES = (USAGE_LIMIT, RATE_LIMITED, OVERLOADED, SERVER_ERROR, NETWORK)
+"""The shared tail, in matching order."""
+
+UNTESTED_NOTE = "the CLI may not be the tested version ({tested}): check `orchd doctor`"
+
+
+def bad_flag_fix(fallback: tuple[str, ...], tested: str | None) -> dict[str, str]:
+    """The remedy of ``bad_flag``: relaunch with the adapter's fallback launch,
+    which leaves out the ``fallback`` flags (comma-joined in ``fallback``)."""
+    return {"fallback": ",".join(fallback), "note": UNTESTED_NOTE.format(tested=tested or "unknown")}
 
 
 class Evidence(msgspec.Struct, frozen=True):
@@ -332,11 +378,28 @@ def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
         if hit is None and exit_code is not None and exit_code in rule.exit_codes:
             hit = headline
         if hit is not None:
+            if rule.action == "park":
+                hit = _with_reset(hit, texts)
             return Failure(code=rule.code, message=hit, action=rule.action,
                            fix=dict(rule.fix) if rule.fix else None)
     if exit_code == 0:
         return Failure(code="failed", message=headline, action="escalate")
     return Failure(code="crashed", message=headline, action="relaunch")
+
+
+_ANY_TIME = datetime(2001, 1, 1, tzinfo=timezone.utc)
+"""A reference moment for asking whether a text names a reset time at all
+(which moment is the recovery actor's business, with its own clock)."""
+
+
+def _with_reset(hit: str, texts: list[str]) -> str:
+    """A usage-limit message, with the line that says when it resets when the
+    message itself does not (gemini puts "Please retry in 41.2s" in the
+    error's cause on stderr, its headline says only "exhausted your quota")."""
+    if reset_at(hit, _ANY_TIME) is not None:
+        return hit
+    when = next((t for t in texts if t != hit and reset_at(t, _ANY_TIME) is not None), None)
+    return hit if when is None else f"{hit} ({when.strip()[:300]})"
 
 
 class CliAdapter:
@@ -347,6 +410,8 @@ class CliAdapter:
     parser_class: type[StreamParser]
     rules: tuple = ()
     noise: str | None = None
+    fallback_flags: tuple[str, ...] = ()
+    """Optional flags the fallback launch (``RunSpec.fallback``) leaves out."""
 
     def version_argv(self, binary: str | None = None) -> list[str]:
         return [binary or self.name, "--version"]

@@ -46,8 +46,8 @@ from orchd.protocol import (
 )
 
 from .base import (
-    CliAdapter, RESUME_FIX, NETWORK, RATE_LIMITED, Launch, Rule, RunSpec, StreamParser,
-    base_env, check_profile, load, strip_ansi,
+    PROVIDER_RULES, RESUME_FIX, USAGE_LIMIT, CliAdapter, Launch, Rule, RunSpec, StreamParser,
+    bad_flag_fix, base_env, check_profile, load, strip_ansi,
 )
 
 MAX_RETRIES = "2"
@@ -210,19 +210,34 @@ class ClaudeParser(StreamParser):
 _SANDBOX_DISABLED = re.compile(
     r"Sandbox disabled:?\s*(.*)|(Commands will run WITHOUT sandboxing.*)")
 
+FALLBACK_FLAGS = ("--max-turns",)
+"""What the fallback launch leaves out: the worker counts turns itself
+(limits.max_turns), so the run stays bounded without the flag."""
+
 RULES = (
     Rule("root_refused", r"cannot be used with root/sudo privileges", "relaunch",
-         {"env.IS_SANDBOX": "1"}),
-    Rule("not_logged_in", r"Not logged in|Please run /login"),
-    Rule("resume_not_found", r"No conversation found with session ID", "relaunch", RESUME_FIX),
-    Rule("auth_invalid", r"Invalid API key|authentication_failed|\b401\b|invalid x-api-key"),
-    Rule("max_turns", r"Reached maximum number of turns|error_max_turns"),
-    Rule("max_budget", r"error_max_budget_usd|maximum budget"),
-    Rule("sandbox_unavailable", r"Sandbox disabled|sandbox.{0,40}(unavailable|not available)"),
-    Rule("bad_flag", r"unknown option|argument '.*' is invalid|requires --verbose"
-                     r"|error: option|error: missing required argument"),
-    RATE_LIMITED,
-    NETWORK,
+         {"env.IS_SANDBOX": "1"}, cause="as root, skip-permissions is refused unless IS_SANDBOX=1"),
+    Rule("not_logged_in", r"Not logged in|Please run /login",
+         cause="no API key and no login: log in to claude (`claude` then /login) or set ANTHROPIC_API_KEY"),
+    Rule("resume_not_found", r"No conversation found with session ID", "relaunch", RESUME_FIX,
+         cause="the session to resume is gone (another HOME, deleted)"),
+    Rule("max_turns", r"Reached maximum number of turns|error_max_turns",
+         cause="the run used every turn --max-turns allows"),
+    Rule("max_budget", r"error_max_budget_usd|maximum budget", cause="the run hit its budget"),
+    USAGE_LIMIT,
+    Rule("auth_invalid", r"Invalid API key|authentication_failed|Failed to authenticate|\b401\b|\b403\b"
+                         r"|invalid x-api-key|permission_error|OAuth token (?:has )?(?:expired|revoked)",
+         cause="the key or login was rejected (HTTP 401, 403): log in to claude again or fix the key"),
+    Rule("sandbox_unavailable", r"Sandbox disabled|sandbox.{0,40}(unavailable|not available)",
+         cause="bubblewrap or socat is missing: the workspace sandbox cannot start (install them, "
+               "or allow_unconfined = true to run without it)"),
+    Rule("needs_verbose", r"stream-json requires --verbose", "relaunch", {"flag": "--verbose"},
+         cause="stream-json output needs --verbose"),
+    Rule("bad_flag", r"unknown option|argument '.*' is invalid"
+                     r"|error: option|error: missing required argument",
+         "relaunch", bad_flag_fix(FALLBACK_FLAGS, "2.1.197"),
+         cause="the CLI refused a flag: it is not the tested version"),
+    *PROVIDER_RULES,
 )
 
 
@@ -248,6 +263,7 @@ class ClaudeAdapter(CliAdapter):
 
     name = "claude"
     tested_version: str | None = "2.1.197"
+    fallback_flags = FALLBACK_FLAGS
 
     def build_launch(self, spec: RunSpec) -> Launch:
         check_profile(spec)
@@ -260,7 +276,7 @@ class ClaudeAdapter(CliAdapter):
         else:
             argv += ["--dangerously-skip-permissions"]
             env["IS_SANDBOX"] = "1"  # as root the flag is refused without it
-        if spec.max_turns is not None:
+        if spec.max_turns is not None and not spec.fallback:
             argv += ["--max-turns", str(spec.max_turns)]
         if spec.model:
             argv += ["--model", spec.model]

@@ -51,8 +51,8 @@ from orchd.protocol import (
 )
 
 from .base import (
-    CliAdapter, RESUME_FIX, NETWORK, RATE_LIMITED, Launch, Rule, RunSpec, StreamParser,
-    base_env, check_profile, load,
+    PROVIDER_RULES, RESUME_FIX, USAGE_LIMIT, CliAdapter, Launch, Rule, RunSpec, StreamParser,
+    bad_flag_fix, base_env, check_profile, load,
 )
 
 MAX_OPEN_CALLS = 4096
@@ -237,18 +237,30 @@ class CodexParser(StreamParser):
         return None
 
 
+FALLBACK_FLAGS = ("--output-schema",)
+"""What the fallback launch leaves out: a reviewer's answer schema is also
+in its prompt, and the answer is validated by orchd."""
+
 RULES = (
-    Rule("untrusted_folder", r"Not inside a trusted directory", "relaunch",
-         {"flag": "--skip-git-repo-check"}),
-    Rule("not_logged_in", r"Missing environment variable|Not logged in|codex login"),
-    Rule("resume_not_found", r"no rollout found|thread/resume failed", "relaunch", RESUME_FIX),
-    Rule("auth_invalid", r"\b401\b|Unauthorized|Incorrect API key|invalid.api.key"),
+    Rule("not_git_repo", r"Not inside a trusted directory", "relaunch",
+         {"flag": "--skip-git-repo-check"},
+         cause="the directory is not a git repository and --skip-git-repo-check was not given"),
+    Rule("not_logged_in", r"Missing environment variable|Not logged in|codex login",
+         cause="no API key and no login: log in to codex (`codex login`) or set OPENAI_API_KEY"),
+    Rule("resume_not_found", r"no rollout found|thread/resume failed", "relaunch", RESUME_FIX,
+         cause="the thread to resume is gone (another CODEX_HOME, deleted)"),
+    USAGE_LIMIT,
+    Rule("auth_invalid", r"\b401\b|\b403\b|Unauthorized|Forbidden|Incorrect API key|invalid.api.key"
+                         r"|insufficient permissions",
+         cause="the key or login was rejected (HTTP 401, 403): log in to codex again or fix the key"),
     Rule("bad_flag", r"unexpected argument|invalid value '.*' for|unrecognized subcommand"
-                     r"|error: .*required arguments were not provided"),
+                     r"|error: .*required arguments were not provided",
+         "relaunch", bad_flag_fix(FALLBACK_FLAGS, "0.169.0"),
+         cause="the CLI refused a flag: it is not the tested version"),
     Rule("sandbox_unavailable", r"bwrap: .*(Operation not permitted|namespace)"
-                                r"|sandbox.{0,40}(unavailable|not available|not supported)"),
-    RATE_LIMITED,
-    NETWORK,
+                                r"|sandbox.{0,40}(unavailable|not available|not supported)",
+         cause="codex's bubblewrap sandbox cannot start here (user namespaces off)"),
+    *PROVIDER_RULES,
 )
 
 
@@ -261,6 +273,7 @@ class CodexAdapter(CliAdapter):
     noise = NOISE
     name = "codex"
     tested_version: str | None = "0.169.0"
+    fallback_flags = FALLBACK_FLAGS
 
     def build_launch(self, spec: RunSpec) -> Launch:
         """``codex exec [OPTIONS] [resume ID] -- PROMPT``.
@@ -282,7 +295,7 @@ class CodexAdapter(CliAdapter):
             argv += ["--dangerously-bypass-approvals-and-sandbox"]
         if spec.model:
             argv += ["--model", spec.model]
-        if spec.output_schema_file:
+        if spec.output_schema_file and not spec.fallback:
             argv += ["--output-schema", spec.output_schema_file]
         if spec.resume_id:
             argv += ["resume", spec.resume_id]

@@ -34,8 +34,8 @@ from orchd.protocol import (
 )
 
 from .base import (
-    CliAdapter, RESUME_FIX, MAX_TEXT_CHARS, NETWORK, RATE_LIMITED, Launch, Rule, RunSpec,
-    StreamParser, base_env, cap_tail, check_profile, load,
+    MAX_TEXT_CHARS, PROVIDER_RULES, RESUME_FIX, USAGE_LIMIT, CliAdapter, Launch, Rule, RunSpec,
+    StreamParser, bad_flag_fix, base_env, cap_tail, check_profile, load,
 )
 
 
@@ -204,16 +204,33 @@ class GeminiParser(StreamParser):
         return out
 
 
+TRUST_ENV = "GEMINI_CLI_TRUST_WORKSPACE"
+"""gemini 0.61 trusts the folder when this is "true" (agent-clis.md §2), the
+same as ``--skip-trust``: the fallback launch uses it instead of the flag."""
+
+FALLBACK_FLAGS = ("--skip-trust",)
+
 RULES = (
     Rule("untrusted_folder", r"not running in a trusted directory", "relaunch",
-         {"flag": "--skip-trust"}, exit_codes=(55,)),
+         {f"env.{TRUST_ENV}": "true"}, exit_codes=(55,),
+         cause="the folder is not trusted: gemini refuses to run headless (exit 55)"),
     Rule("not_logged_in", r"Please set an Auth method|Invalid auth method selected",
-         exit_codes=(41,)),
-    Rule("auth_invalid", r"API key not valid|API_KEY_INVALID|\b401\b|PERMISSION_DENIED"),
-    Rule("resume_not_found", r"Error resuming session", "relaunch", RESUME_FIX, exit_codes=(42,)),
-    Rule("bad_flag", r"Unknown arguments?:|Invalid values:|Not enough arguments"),
-    RATE_LIMITED,
-    NETWORK,
+         exit_codes=(41,),
+         cause="no auth method: log in to gemini (run `gemini` once) or set GEMINI_API_KEY"),
+    USAGE_LIMIT,
+    Rule("auth_invalid", r"API key not valid|API_KEY_INVALID|\b401\b|\b403\b|PERMISSION_DENIED"
+                         r"|UNAUTHENTICATED",
+         cause="the key or login was rejected (HTTP 401, 403, or 400 API_KEY_INVALID): fix the key"),
+    Rule("resume_not_found", r"Error resuming session", "relaunch", RESUME_FIX, exit_codes=(42,),
+         cause="there is no session to resume in this HOME"),
+    Rule("bad_flag", r"Unknown arguments?:|Invalid values:|Not enough arguments",
+         "relaunch", bad_flag_fix(FALLBACK_FLAGS, "0.61.0"),
+         cause="the CLI refused a flag: it is not the tested version"),
+    Rule("rate_limited", r"Attempt \d+ failed with status 429", "relaunch", {"backoff_s": "60"},
+         cause="gemini's own retries of a 429 (HTTP 429)"),
+    Rule("overloaded", r"Attempt \d+ failed with status 5(?:03|29)", "relaunch", {"backoff_s": "30"},
+         cause="gemini's own retries of a 503"),
+    *PROVIDER_RULES,
 )
 
 
@@ -227,15 +244,21 @@ class GeminiAdapter(CliAdapter):
     noise = NOISE
     name = "gemini"
     tested_version: str | None = "0.61.0"
+    fallback_flags = FALLBACK_FLAGS
 
     def build_launch(self, spec: RunSpec) -> Launch:
-        """``--skip-trust`` always: without it yolo is downgraded and, with
-        a key set, the run exits 55 in an untrusted folder.  The prompt is
+        """``--skip-trust`` always (the fallback launch sets
+        GEMINI_CLI_TRUST_WORKSPACE=true instead): without it yolo is
+        downgraded and, with a key set, the run exits 55 in an untrusted folder.  The prompt is
         passed as ``--prompt=TEXT`` so a prompt starting with "-" stays a
         value for yargs."""
         check_profile(spec)
-        argv = [spec.binary or self.name, f"--prompt={spec.prompt}",
-                "--output-format", "stream-json", "--skip-trust"]
+        argv = [spec.binary or self.name, f"--prompt={spec.prompt}", "--output-format", "stream-json"]
+        env = base_env(spec, "GEMINI_CLI_HOME")
+        if spec.fallback:
+            env.setdefault(TRUST_ENV, "true")
+        else:
+            argv += ["--skip-trust"]
         if spec.profile == "workspace":
             argv += ["--approval-mode", "auto_edit"]
         elif spec.profile == "readonly":
@@ -246,8 +269,7 @@ class GeminiAdapter(CliAdapter):
             argv += ["-m", spec.model]
         if spec.resume_id:
             argv += ["--resume", spec.resume_id]
-        return Launch(argv=argv, env=base_env(spec, "GEMINI_CLI_HOME"), cwd=spec.cwd,
-                      confined=spec.profile != "yolo")
+        return Launch(argv=argv, env=env, cwd=spec.cwd, confined=spec.profile != "yolo")
 
     def check_stderr(self, line: str) -> str | None:
         # gemini's confinement is which tools it offers; a downgrade
