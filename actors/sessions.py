@@ -376,10 +376,12 @@ class Projection:
                 w.agent_session_id = asid
             case p.AgentUsage(input_tokens=tin, output_tokens=tout, cost_usd=cost):
                 w.usage[stamp.gen] = (tin, tout, cost)
-                w.produced_output, w.quota_since = True, None
+                if tin or tout:
+                    w.produced_output, w.quota_since = True, None
             case p.AgentResult(text=text):
                 w.result_text = text
-                w.produced_output, w.quota_since = True, None
+                if ev.ok or text:  # an empty failed result (a CLI told to stop) is not output
+                    w.produced_output, w.quota_since = True, None
             case p.AgentError(message=message):
                 w.last_error = message
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.agentbin import agent_env_path
 from tests.conftest import wait_for
-from tests.helpers import watch_until_done
+from tests.helpers import replay_all, watch_until_done
 
 FINISH = [{"tool": "write_file", "path": "{assignment}.txt", "content": "done after recovery\n"},
           {"text": "MILESTONE: wrote it\nDONE: {assignment}"}]
@@ -79,7 +79,7 @@ def test_a_silent_model_server_is_ended_by_the_stall_limit_relaunched_then_start
         daemon_factory, git_repo, tmp_path):
     d = daemon_factory(env={"PATH": agent_env_path()})
     sid = _submit(d, tmp_path, git_repo, [{"stall": True}, {"stall": True}, *FINISH], "claude",
-                  "stall_s=3", "backoff_cap_s=0.2")
+                  "stall_s=10", "backoff_cap_s=0.2")
     events = watch_until_done(d, sid, timeout_s=300)
     assert [e["limit"] for e in _kinds(events, "worker.limit")] == ["stall", "stall"]
     assert [e["code"] for e in _kinds(events, "recovery.detected")] == ["stalled", "stalled"]
@@ -124,7 +124,8 @@ def test_kill_9_during_a_quota_wait_keeps_the_same_reset_time(daemon_factory, gi
         park = next(e for e in _kinds(events, "recovery.action") if e["action"] == "park")
         resume = next(e for e in _kinds(events, "recovery.action") if e["action"] == "resume_after_quota")
         assert park["gen"] == resume["gen"] == 0 and resume["until"] == park["until"] == before["quota_resume_at"]
-        restarted = [e for e in events if e["kind"] == "daemon.started" and park["seq"] < e["seq"] < resume["seq"]]
+        everything = [json.loads(body) for _, body in replay_all(f"ipc://{d2.runtime_dir}/control")]
+        restarted = [e for e in everything if e["kind"] == "daemon.started" and park["seq"] < e["seq"] < resume["seq"]]
         assert restarted, "the wait was not carried over a restart"
         assert resume["ts"] >= park["until"]
         # the rehearsal's script restarts with the daemon, so the resumed run may meet the limit again; it ends done
