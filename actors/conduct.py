@@ -169,6 +169,9 @@ class Conduct:
                              output_schema_file=str(schema_file) if schema_file else None)
         spec, ev = launch.recipe(cfg, d.effective_limits(cfg.limits, s.limits), s, w, cmd, found, AGENTS,
                                  start_paused=s.state == "paused" and w.run_kind != "reviewer")
+        if cmd.summary and not spec.run.resume_id:  # a fresh start after a resume failed: what came before
+            spec = msgspec.structs.replace(spec, run=msgspec.structs.replace(
+                spec.run, prompt=f"{spec.run.prompt}\n\n{cmd.summary}"))
         host = self._place(w, branch)
         if host is not None:
             ev = msgspec.structs.replace(ev, host=host)

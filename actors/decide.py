@@ -8,21 +8,23 @@ answer is ``[]``.  The same log therefore leads to the same decisions,
 before and after a daemon restart.
 
 The order of concerns is fixed: a budget overrun stops everything; then
-the planning run (planner mode); then failed runs a relaunch can fix
-(``actors.recovery``); then assignments whose ``after`` are done; last, the
+the planning run (planner mode); then failed runs the recovery actor
+decided to relaunch (``actors.recovery`` decides and logs ``recovery.action``;
+this module only carries it out); then assignments whose ``after`` are done; last, the
 session's end (merging first when it ended ``done`` in a git target).
 Nothing new starts while the event log cannot be written (``log_ok``).
 
 ``now`` (wall-clock seconds, comparable with event timestamps) is an
 argument so that time-based rules stay pure; none of today's rules reads
-it (a recovery backoff is waited by the worker, counted from the launch).
+it (a recovery backoff is waited by the worker, counted from the launch; a
+quota wait is the recovery actor's timer, which logs ``resume_after_quota``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors import plans, recovery
+from actors import plans
 from actors.sessions import SessionView
 from orchd import protocol as p
 from orchd.config import Limits
@@ -40,6 +42,7 @@ class Launch:
     delay_s: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
     answer: tuple[str, str] | None = None  # (question, answer): resumed after ``orchctl answer``
+    summary: str | None = None  # a fresh start after a resume failed: what the earlier run did
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ def decide(s: SessionView, limits: Limits, now: float, log_ok: bool = True,
             return [step]
     out: list[Command] = []
     if s.state == "running" and s.stop_reason is None and log_ok:
-        out += _relaunches(s, limits)
+        out += _relaunches(s)
         out += [Launch(worker=name) for name in s.ready()]
     if out:
         return out
@@ -144,17 +147,15 @@ def _over_budget(s: SessionView, limits: Limits) -> tuple[str, str] | None:
     return None
 
 
-def _relaunches(s: SessionView, limits: Limits) -> list[Launch]:
+def _relaunches(s: SessionView) -> list[Launch]:
+    """The failed runs whose logged ``recovery.action`` says relaunch now (or resume after a quota wait)."""
     out = []
     for w in s.assignments():
-        if w.state != "failed" or w.preparing:
+        r = w.recovery
+        if w.state != "failed" or w.preparing or r is None or r.action not in ("relaunch", "resume_after_quota"):
             continue
-        d = recovery.decide(w.failure, w.spec.agent, w.relaunches, limits.max_relaunches,
-                            bool(w.agent_session_id), limits.backoff_cap_s)
-        if d is None:
-            continue
-        out.append(Launch(worker=w.spec.name, resume=d.resume, reason=d.reason, delay_s=d.delay_s,
-                          env=dict(d.env)))
+        out.append(Launch(worker=w.spec.name, resume=r.resume, reason=r.reason,
+                          delay_s=r.delay_s if r.action == "relaunch" else 0.0, env=dict(r.env), summary=r.summary))
     return out
 
 

@@ -26,7 +26,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import msgspec
+
 from orchd import protocol as p
+
+RECOVERY_PENDING = frozenset({"relaunch", "park", "resume_after_quota"})  # = actors.recovering.PENDING
 
 
 @dataclass
@@ -60,6 +64,18 @@ class WorkerView:
     reviewed: bool = False         # reviews apply to it (the projection's ``review_on``): its end is gated
     review_id: str | None = None   # reviewer runs: the review they answer
     attempt: int = 1               # reviewer runs: 2 when asked again
+    recovery: p.RecoveryAction | None = None  # the recovery actor's last action about the current generation
+    stalled: bool = False          # the current generation was ended by the stall limit
+    resumed: bool = False          # the current generation resumed the agent's own session
+    produced_output: bool = False  # the current generation reported usage or a result
+    last_error: str = ""           # the current generation's last agent.error message
+    relaunch_ts: list[float] = field(default_factory=list)  # when recovery relaunches were decided (stamp ts)
+    quota_since: float | None = None  # the first quota park of the current episode (stamp ts)
+
+    def awaiting_recovery(self) -> bool:
+        """A failed assignment run the recovery actor has not settled (undecided, or to be relaunched)."""
+        return (self.state == "failed" and self.run_kind == "assignment"
+                and (self.recovery is None or self.recovery.action in RECOVERY_PENDING))
 
     @property
     def run_kind(self) -> p.RunKind:
@@ -110,6 +126,18 @@ class SessionView:
     ask: tuple[str, str | None, str, str | None] | None = None  # (question, worker, source, review id) to ask
     answer: tuple[str, str, str] | None = None  # (worker, question, answer): resume it with the answer
     escalate: str | None = None     # a review decided stop_and_escalate (or did not converge): why
+    recovery_on: bool = False       # a recovery actor settles failed runs (the daemon); pure tests: off
+    recoveries: dict[tuple[str, int], p.RecoveryInfo] = field(default_factory=dict)  # (worker, gen) ->
+
+    def recovering(self) -> bool:
+        """A failed assignment waits for the recovery actor (a decision, a backoff, a quota reset)."""
+        return self.stop_reason is None and any(
+            w.awaiting_recovery() and (self.recovery_on or w.recovery is not None) for w in self.assignments())
+
+    def parked(self) -> list[WorkerView]:
+        """Assignments parked until a usage limit resets."""
+        return [w for w in self.assignments()
+                if w.state == "failed" and w.recovery is not None and w.recovery.action == "park"]
 
     def cleared(self, w: WorkerView) -> bool:
         """``w`` ended done and, when reviews apply, its end was reviewed (or needed no review)."""
@@ -163,6 +191,8 @@ class SessionView:
             return self.stop_state, self.stop_reason
         if not self.planned or self.waiting_for is not None or self.ask is not None or self.answer is not None:
             return None
+        if self.recovering():
+            return None  # the recovery actor decides first (relaunch, park, escalate or fail)
         if self.escalate is not None:
             return None  # decide() asks for the stop first
         states = {w.state for w in self.assignments()}
@@ -190,6 +220,8 @@ class SessionView:
                 review_round=w.review_round, last_decision=w.last_decision,
                 ended_at=(w.ended_ts or None) if w.state in p.WORKER_TERMINAL else None))
         costs = [w.cost_usd for w in workers if w.cost_usd is not None]
+        parked = [w.recovery for w in self.parked()]
+        waiting_for = self.waiting_for or ("quota" if parked and self.stop_reason is None else None)
         return p.SessionInfo(id=self.id, state=self.state, task=self.task, target=self.target,
                              reason=self.reason, created_ts=self.created_ts,
                              progress=round(self.progress(), 3), branch=self.branch, workers=workers,
@@ -198,7 +230,9 @@ class SessionView:
                              input_tokens=sum(w.input_tokens for w in workers),
                              output_tokens=sum(w.output_tokens for w in workers),
                              cost_usd=sum(costs) if costs else None,
-                             waiting_for=self.waiting_for, question=self.question)
+                             waiting_for=waiting_for, question=self.question,
+                             quota_reset_at=min((r.reset_at for r in parked if r.reset_at), default=None),
+                             quota_resume_at=min((r.until for r in parked if r.until), default=None))
 
     def review_infos(self) -> list[p.ReviewInfo]:
         return [r.info() for r in self.reviews.values()]
@@ -229,8 +263,9 @@ class ReviewView:
 
 
 class Projection:
-    def __init__(self, review_on=None) -> None:
+    def __init__(self, review_on=None, recovery_on: bool = False) -> None:
         self.sessions: dict[str, SessionView] = {}
+        self.recovery_on = recovery_on  # failed runs wait for the recovery actor (SessionView.recovering)
         self.last_seq = 0  # the highest logged seq applied (own events apply before they have one)
         # review_on(session, worker) -> bool: whether reviews apply to an assignment (the review config decides)
         self.review_on = review_on or (lambda s, w: False)
@@ -251,7 +286,7 @@ class Projection:
             s = SessionView(id=sid, task=ev.task, target=ev.target, created_ts=stamp.ts,
                             rehearse=ev.rehearse, scenario=ev.scenario, limits=dict(ev.limits),
                             base_commit=ev.base_commit, planner=ev.planner,
-                            planned=ev.planner is None)
+                            planned=ev.planner is None, recovery_on=self.recovery_on)
             s.workers = {a.name: WorkerView(spec=a) for a in ev.assignments}
             if s.planned:
                 self._mark_reviewed(s)
@@ -286,6 +321,9 @@ class Projection:
             case p.SessionNote(data=data) if data and "branch" in data:  # logs before session.merged
                 s.branch = str(data["branch"])
                 return
+            case p.RecoveryDetected() | p.RecoveryAction():
+                _apply_recovery(s, stamp, ev)
+                return
             case p.ReviewRequested() | p.ReviewRun() | p.ReviewVerdict() | p.DecisionMade() | p.ReviewWarning() \
                     | p.ReviewSkipped() | p.SessionQuestion() | p.SessionAnswered():
                 _apply_review(s, stamp, ev)
@@ -305,6 +343,8 @@ class Projection:
                 w.exit_code = w.signal = w.pid = None
                 w.reason = None
                 w.failure = None
+                w.recovery, w.stalled, w.produced_output, w.last_error = None, False, False, ""
+                w.resumed = ev.resume
                 w.branch, w.worktree = ev.branch or w.branch, ev.worktree or w.worktree
             return
         if stamp.gen != w.gen:
@@ -330,12 +370,47 @@ class Projection:
                 s.ask = (text, w.spec.name, "agent", None)
             case p.WorkerFailure():
                 w.failure = ev
+            case p.WorkerLimit(limit="stall"):
+                w.stalled = True
             case p.AgentSession(agent_session_id=asid):
                 w.agent_session_id = asid
             case p.AgentUsage(input_tokens=tin, output_tokens=tout, cost_usd=cost):
                 w.usage[stamp.gen] = (tin, tout, cost)
+                if tin or tout:
+                    w.produced_output, w.quota_since = True, None
             case p.AgentResult(text=text):
                 w.result_text = text
+                if ev.ok or text:  # an empty failed result (a CLI told to stop) is not output
+                    w.produced_output, w.quota_since = True, None
+            case p.AgentError(message=message):
+                w.last_error = message
+
+
+def _apply_recovery(s: SessionView, stamp: p.Stamp, ev: p.Ev) -> None:
+    """The recovery actor's detections and actions (see actors/recovering.py for the policy)."""
+    name = stamp.worker or ""
+    key = (name, stamp.gen)
+    match ev:
+        case p.RecoveryDetected(code=code, message=message):
+            s.recoveries[key] = p.RecoveryInfo(worker=name, gen=stamp.gen, code=code, message=message, ts=stamp.ts)
+        case p.RecoveryAction() as act:
+            old = s.recoveries.get(key) or p.RecoveryInfo(worker=name, gen=stamp.gen, code=act.code, ts=stamp.ts)
+            s.recoveries[key] = msgspec.structs.replace(
+                old, action=act.action, delay_s=act.delay_s, attempt=act.attempt, until=act.until,
+                reset_at=act.reset_at if act.reset_at is not None else old.reset_at, reason=act.reason,
+                takeover=act.takeover)
+            w = s.workers.get(name)
+            if w is None or stamp.gen != w.gen:
+                return
+            w.recovery = act
+            if act.action == "relaunch":
+                w.relaunch_ts.append(stamp.ts)
+            if act.action == "park":
+                w.quota_since = w.quota_since if w.quota_since is not None else stamp.ts
+            elif act.action != "resume_after_quota":
+                w.quota_since = None
+            if act.action == "escalate" and s.escalate is None:
+                s.escalate = act.reason or f"{name}: {act.code}"
 
 
 def _apply_review(s: SessionView, stamp: p.Stamp, ev: p.Ev) -> None:

@@ -73,6 +73,7 @@ class Ports:
     workers: Supervisor   # the worker actors' runtime supervisor
     review_ep: str | None = None  # the review actor's mailbox (``orchctl review`` is forwarded there)
     hosts: object | None = None   # actors.hostlink.HostLink when agent hosts may connect (host_link_endpoint)
+    recovery_ep: str | None = None  # the recovery actor's mailbox (an injected fault is forwarded there)
 
 
 class SessionSupervisor(Conduct):
@@ -80,7 +81,7 @@ class SessionSupervisor(Conduct):
         self.ctx, self.cfg, self.log_path, self.ports = ctx, cfg, log_path, ports
         self.rehearsals = rehearsals  # actors.rehearsal.sessions.Rehearsals or None
         from actors.review import review_on
-        self.proj = Projection(review_on(cfg))
+        self.proj = Projection(review_on(cfg), recovery_on=ports.recovery_ep is not None)
         self.log_error: str | None = None
         self._calls: dict[str, tuple[Call, object]] = {}   # requests answered when git is done
         self._launches: dict[tuple[str, str], d.Launch] = {}  # waiting for their worktree
@@ -209,6 +210,12 @@ class SessionSupervisor(Conduct):
                 if isinstance(item, Call):
                     self._control.reply(item, p.Ok())
                 raise RuntimeError("injected fault")
+            case Call(body=p.InjectFault(actor="recovery")) if self._faults(item):
+                if self.ports.recovery_ep is None:
+                    self._control.reply(item, _bad_state("the recovery actor is not running"))
+                else:
+                    self.ports.out.send_nowait(self.ports.recovery_ep, wire.pack(p.Crash()))
+                    self._control.reply(item, p.Ok())
             case Call(body=p.InjectFault(actor="journal")) if self._faults(item):
                 self.ports.out.send_nowait(self.ports.journal_ep, wire.pack(p.Crash()))
                 self._control.reply(item, p.Ok())
@@ -268,12 +275,14 @@ class SessionSupervisor(Conduct):
             case Call(body=p.Submit() as req):
                 self._control_guarded(item, self._submit, item, req)
             case Call(body=p.Status() | p.Pause() | p.Resume() | p.Stop() | p.Clean() | p.Review() | p.Answer()
-                      | p.Reviews()) if s is None:
+                      | p.Reviews() | p.Recoveries()) if s is None:
                 self._control.reply(item, p.Error(code=p.ErrorCode.NOT_FOUND, detail=f"no session {item.body.session!r}"))
             case Call(body=p.Status()):
                 self._control.reply(item, p.StatusReply(sessions=[s.info()], log_error=self.log_error))
             case Call(body=p.Reviews()):
                 self._control.reply(item, p.ReviewsReply(reviews=s.review_infos()))
+            case Call(body=p.Recoveries()):
+                self._control.reply(item, p.RecoveriesReply(recoveries=list(s.recoveries.values())))
             case Call():
                 reply = self._guarded(s, self._command, s, item)
                 if reply is not None:

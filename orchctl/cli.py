@@ -245,6 +245,19 @@ def cmd_hosts(args) -> int:
     return EXIT_OK
 
 
+def cmd_recoveries(args) -> int:
+    """``orchctl recoveries SESSION [--json]``.  Wire: ``Recoveries{session}`` → ``RecoveriesReply{recoveries}``."""
+    from orchctl import render
+    reply = _client(args).call(p.Recoveries(session=args.session))
+    if (code := _reply_or_exit(args, reply)) is not None:
+        return code
+    if args.json:
+        _print_json({"recoveries": reply.recoveries})
+    else:
+        print(render.recoveries(reply.recoveries))
+    return EXIT_OK
+
+
 def _simple(req_type):
     def run(args) -> int:
         if req_type is p.Answer:
@@ -471,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("reviews", help="a session's reviews, verdicts and decisions")
     s.add_argument("session")
     s.set_defaults(func=cmd_reviews)
+    s = command("recoveries", help="a session's failed runs and what recovery did (relaunch, park, escalate)")
+    s.add_argument("session")
+    s.set_defaults(func=cmd_recoveries)
 
     s = command("hosts", help="the agent hosts connected to the daemon: slots, CLIs, last heartbeat")
     s.set_defaults(func=cmd_hosts)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-SESSION_COMMANDS = ("status", "pause", "resume", "stop", "clean", "watch", "logs", "review", "answer")
+SESSION_COMMANDS = ("status", "pause", "resume", "stop", "clean", "watch", "logs", "review", "answer", "reviews",
+                    "recoveries")
 AGENTS = "claude codex gemini command"
 DIR_OPTIONS = ("--target", "--runtime-dir")
 FILE_OPTIONS = ("--plan",)

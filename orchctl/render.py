@@ -119,7 +119,10 @@ def session(s: p.SessionInfo, now: float | None = None) -> str:
         head += f"  ({clean(s.reason)})"
     if s.branch:
         head += f"  branch {clean(s.branch)}"
-    if s.waiting_for:
+    if s.waiting_for == "quota":
+        head += (f"\nwaiting for a usage limit to reset at {_when(s.quota_reset_at)}; resumes by itself at "
+                 f"{_when(s.quota_resume_at)} (orchctl recoveries {clean(s.id)})")
+    elif s.waiting_for:
         head += f"\nwaiting for an {clean(s.waiting_for)}: {clean(s.question or '')}\n" \
                 f"  answer with: orchctl answer {clean(s.id)} \"TEXT\""
     lines = [head]
@@ -164,6 +167,26 @@ def reviews(rs: list[p.ReviewInfo]) -> str:
 
 
 
+def recoveries(rs: list[p.RecoveryInfo]) -> str:
+    """``orchctl recoveries``: one line per failed run (detected code, action), the take-over command below."""
+    if not rs:
+        return "no failures"
+    rows = []
+    for r in rs:
+        detail = r.reason or r.message
+        if r.action == "park" and r.until:
+            detail = f"until {_when(r.until)}; {detail}"
+        elif r.action == "relaunch":
+            detail = f"after {r.delay_s:g}s; {detail}"
+        rows.append([_when(r.ts)[11:], clean(r.worker), f"g{r.gen}", clean(r.code), clean(r.action or "deciding"),
+                     r.attempt or "", short(detail, 100)])
+    out = table(rows, ["TIME", "WORKER", "GEN", "CODE", "ACTION", "ATTEMPT", "DETAIL"])
+    for r in rs:
+        if r.takeover:
+            out += f"\ntake over {clean(r.worker)} by hand: {clean(r.takeover)}"
+    return out
+
+
 def sessions(ss: list[p.SessionInfo], now: float | None = None) -> str:
     if not ss:
         return "no sessions"
@@ -195,6 +218,19 @@ def _tool_input(value: object) -> str:
                 v = value[key]
                 return short(" ".join(map(str, v)) if isinstance(v, list) else v)
     return short(value)
+
+
+def _recovery_action(e: dict) -> str:
+    action = e.get("action")
+    out = f"recovery: {action}"
+    if action == "relaunch":
+        out += f" #{e.get('attempt')} after {e.get('delay_s')}s" + (" (resume)" if e.get("resume") else " (fresh)")
+    elif action == "park" and e.get("until"):
+        out += f" until {_when(e.get('until'))}"
+    out += f" — {e.get('reason')}" if e.get("reason") else ""
+    if e.get("takeover"):
+        out += f"; take over: {e['takeover']}"
+    return out
 
 
 def _assignments(specs: object) -> str:
@@ -322,6 +358,8 @@ _SUMMARIES = {
                                  + (f"; needs a restart: {', '.join(map(str, e['needs_restart']))}"
                                     if e.get("needs_restart") else ""),
     "daemon.reload_failed": lambda e: f"config reload failed, old config kept: {e.get('error')}",
+    "recovery.detected": lambda e: f"detected {e.get('code')}: {e.get('message')}",
+    "recovery.action": _recovery_action,
 }
 
 

@@ -121,6 +121,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
 
     from actors.notifier import NotifierPorts
     from actors.rehearsal.sessions import Rehearsals
+    from actors.recovery import RECOVERY_FOLLOWS, RecoveryActor
     from actors.review import REVIEW_FOLLOWS, ReviewActor
     from actors.supervisor import Ports, SessionSupervisor
     from orchd import bus, proc, protocol as p, wire
@@ -167,7 +168,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
             zap.stop()
         ctx.destroy(linger=0)
         raise
-    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False)]
+    followers = [Follower(SUPERVISOR, SUPERVISOR_FOLLOWS), Follower(REVIEW, REVIEW_FOLLOWS, log_health=False),
+                 Follower(RECOVERY, RECOVERY_FOLLOWS, log_health=False)]
     notifier = NotifierPorts(ctx, cfg, log_path, NOTIFY, JOURNAL, last_seq) if cfg.notify.channels() else None
     if notifier is not None:
         followers.append(Follower(NOTIFY, NOTIFY_FOLLOWS, log_health=False))
@@ -187,7 +189,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
 
     workers = Supervisor("workers", max_restarts=10**6, period_s=1.0, on_exit=worker_ended)
     ports = Ports(inbox=Mailbox(ctx, SUPERVISOR), out=out, inbox_ep=SUPERVISOR, journal_ep=JOURNAL, workers=workers,
-                  review_ep=REVIEW)
+                  review_ep=REVIEW, recovery_ep=RECOVERY)
     host_link = None
     if cfg.host_link_endpoint:  # agent hosts (orchd host) may connect: see actors/hostlink.py
         from actors.hostlink import HostLink
@@ -198,6 +200,12 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
 
     def start_review(restarts: int):
         return ReviewActor(cfg, log_path, review_inbox, review_out, JOURNAL, SUPERVISOR).run(restarts)
+    # the recovery actor's too: a restarted one rebuilds from the log (its decisions and quota waits are there)
+    recovery_inbox = Mailbox(ctx, RECOVERY)
+    recovery_out = Outbox(ctx, hwm=1000, linger_s=cfg.stop_grace_s)
+
+    def start_recovery(restarts: int):
+        return RecoveryActor(cfg, log_path, recovery_inbox, recovery_out, JOURNAL).run(restarts)
     sup_ready = asyncio.Event()
 
     def start_supervisor(restarts: int):
@@ -217,6 +225,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         root.start_child(ChildSpec("journal", start_journal, shutdown_s=5.0))
         root.start_child(ChildSpec("supervisor", start_supervisor, shutdown_s=cfg.stop_grace_s + 10))
         root.start_child(ChildSpec("review", start_review, shutdown_s=5.0))
+        root.start_child(ChildSpec("recovery", start_recovery, shutdown_s=5.0))
         if host_link is not None:
             root.start_child(ChildSpec("hostlink", host_link.run, shutdown_s=2.0))
         if notifier is not None:
@@ -274,6 +283,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         if http is not None:
             await http.shutdown()
         await root.stop_child("review")
+        await root.stop_child("recovery")
         await root.stop_child("supervisor")
         await workers.shutdown(concurrent=True)
         await root.stop_child("notifier")  # deliveries in flight are abandoned
@@ -286,6 +296,8 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
         ports.inbox.close()
         review_inbox.close()
         review_out.close()
+        recovery_inbox.close()
+        recovery_out.close()
         out.close()
         rehearsals.close()
         if notifier is not None:
@@ -353,6 +365,7 @@ async def _reload(cfg: config.Config, reload_config, notifier, announce, status)
 JOURNAL = "inproc://journal"
 SUPERVISOR = "inproc://supervisor"
 REVIEW = "inproc://review"
+RECOVERY = "inproc://recovery"
 NOTIFY = "inproc://notify"
 
 

@@ -90,6 +90,18 @@ class ReviewConfig(BaseModel):
     command: list[str] | None = None                # the ``command`` reviewer's argv (prompt in $ORCHD_PROMPT)
 
 
+class RecoveryConfig(BaseModel):
+    """``[recovery]``: how failed agent runs are relaunched, parked or escalated (actors/recovering.py)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    max_relaunches: int = Field(3, ge=0)        # relaunches per assignment within window_s ([limits] one wins when set)
+    window_s: float = Field(600.0, gt=0)        # the window the relaunches are counted in
+    backoff_base_s: float = Field(2.0, ge=0)    # first backoff of a transient failure; doubles per relaunch
+    jitter: float = Field(0.5, ge=0, le=1)      # a backoff is drawn from [(1 - jitter) * b, b]
+    quota_margin_s: float = Field(30.0, ge=0)   # a parked assignment resumes this long after the reset
+    max_quota_wait_s: float = Field(21600.0, ge=0)  # a longer wait for a usage limit escalates instead
+
+
 class Role(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -107,7 +119,7 @@ def _default_roles() -> list[Role]:
     ]
 
 
-NotifyOn = Literal["question", "escalated", "failed", "budget", "done"]
+NotifyOn = Literal["question", "escalated", "failed", "budget", "done", "quota"]
 NOTIFY_ON_ALL: tuple[str, ...] = get_args(NotifyOn)
 
 
@@ -187,6 +199,7 @@ class Config(BaseModel):
     agents: dict[AgentName, AgentConfig] = Field(default_factory=dict)
     roles: list[Role] = Field(default_factory=_default_roles)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
     # Memory of the events PUB (see orchd/journal.py): each subscriber's queue holds at most
     # pub_queue_bytes // pub_inline_max_bytes frames (and at most pub_hwm); an event whose frame is
     # over pub_inline_max_bytes is logged but not published, so subscribers see a seq gap and Replay it.

@@ -1,7 +1,7 @@
 """Which committed events the journal forwards to which follower (pure).
 
-A follower is a mailbox (the session supervisor today; review and
-recovery actors later) that gets ``Committed`` batches of the kinds it
+A follower is a mailbox (the session supervisor, the review and
+recovery actors, the notifier) that gets ``Committed`` batches of the kinds it
 asked for, and ``LogHealth`` when the log fails and recovers.  It never
 depends on the droppable PUB pipe.
 """
@@ -24,7 +24,7 @@ class Follows:
 
 
 SUPERVISOR_FOLLOWS = Follows(
-    prefixes=("worker.", "review."),
+    prefixes=("worker.", "review.", "recovery."),
     kinds=frozenset({"agent.session", "agent.usage", "agent.result", "agent.error", "decision.made"}),
     exclude=frozenset({"worker.launching", "review.run"}),  # the supervisor emits them and applies them itself
 )

@@ -74,6 +74,11 @@ recoveries = Counter("orchd_recoveries_total", "Recognised agent failures, by wh
                      ["agent", "code", "action"], registry=REGISTRY)
 relaunches = Counter("orchd_relaunches_total", "Assignment runs relaunched (a recovered failure, a daemon restart)",
                      ["agent"], registry=REGISTRY)
+recovery_detected = Counter("orchd_recovery_detected_total", "Failed assignment runs the recovery actor read, "
+                            "by agent and code", ["agent", "code"], registry=REGISTRY)
+recovery_actions = Counter("orchd_recovery_actions_total", "What the recovery actor did about failed runs "
+                           "(relaunch, park, resume_after_quota, escalate, fail)", ["action"], registry=REGISTRY)
+RECOVERY_ACTIONS = frozenset({"relaunch", "park", "resume_after_quota", "escalate", "fail"})
 limits_hit = Counter("orchd_limits_total", "Limits reached by workers", ["limit"], registry=REGISTRY)
 escalations = Counter("orchd_escalations_total", "Sessions that ended escalated", registry=REGISTRY)
 bad_messages = Counter("orchd_bad_messages_total", "Messages refused by a socket: control requests and actor "
@@ -147,7 +152,7 @@ _init_series()
 
 METRIC_KINDS = frozenset({b"agent.usage", b"worker.failure", b"worker.launching", b"worker.exited",
                           b"worker.limit", b"session.state", b"review.verdict", b"decision.made",
-                          b"notify.sent", b"notify.failed"})
+                          b"notify.sent", b"notify.failed", b"recovery.detected", b"recovery.action"})
 """Kinds whose fields the metrics need: the journal passes their JSON to ``observe_batch``."""
 
 
@@ -212,6 +217,10 @@ def _observe(ev: _Fields) -> None:
         case "worker.failure":
             action = ev.action if ev.action in ("relaunch", "escalate") else "other"
             recoveries.labels(agent, bounded("code", ev.code), action).inc()
+        case "recovery.detected":
+            recovery_detected.labels(agent, bounded("code", ev.code)).inc()
+        case "recovery.action":
+            recovery_actions.labels(ev.action if ev.action in RECOVERY_ACTIONS else "other").inc()
         case "worker.launching" if ev.gen > 0:
             relaunches.labels(agent).inc()
         case "worker.limit":

@@ -12,6 +12,9 @@ question    ``session.question`` (a review's concerns,  ``orchctl answer S "..."
 escalated   ``session.state`` → ``escalated``           ``orchctl status S``
 failed      ``session.state`` → ``failed``              ``orchctl status S``
 budget      ``worker.limit`` ``tokens`` / ``cost``      ``orchctl status S``
+quota       ``recovery.action`` ``park`` (a usage       ``orchctl status S`` (it resumes
+            limit; the run resumes by itself after      by itself; ``orchctl stop S``
+            its reset)                                  gives up)
 done        ``session.state`` → ``done``                ``orchctl status S``
 resolved    ``session.answered``; ``session.state`` →   ``orchctl status S``
             ``running`` (resumed) or ``stopped`` while
@@ -24,7 +27,7 @@ open, the ``worker.limit`` of each stopped worker) and for every retry of
 its delivery, so a receiver can drop duplicates.  Keys:
 ``<session>/question/<seq of the event that opened it>``,
 ``<session>/escalated``, ``<session>/failed``, ``<session>/done``,
-``<session>/budget/<tokens|cost>``, and ``<opener's key>/resolved``.  The
+``<session>/budget/<tokens|cost>``, ``<session>/quota/<worker>/<gen>``, and ``<opener's key>/resolved``.  The
 tracker remembers the keys it has produced (the last ``remember``) and
 produces each once.
 
@@ -55,9 +58,10 @@ import msgspec
 from orchd import protocol as p
 from orchd.follow import Follows
 
-Situation = Literal["question", "escalated", "failed", "budget", "done", "resolved"]
+Situation = Literal["question", "escalated", "failed", "budget", "done", "resolved", "quota"]
 
-FOLLOWS = Follows(kinds=frozenset({"session.state", "session.question", "session.answered", "worker.limit"}))
+FOLLOWS = Follows(kinds=frozenset({"session.state", "session.question", "session.answered", "worker.limit",
+                                   "recovery.action"}))
 """The committed events the notifier needs."""
 BUDGET_LIMITS = frozenset({"tokens", "cost"})  # worker.limit values that mean "budget exhausted"
 REASON_CHARS = 1000
@@ -90,6 +94,7 @@ _SAYS: dict[str, str] = {
     "escalated": "was escalated and needs you",
     "failed": "failed",
     "budget": "ran out of budget",
+    "quota": "is waiting for a usage limit to reset",
     "done": "is done",
     "resolved": "moved on",
 }
@@ -143,6 +148,9 @@ class Tracker:
                 return self._resolved(stamp, "answered")
             case p.WorkerLimit(limit=limit, detail=detail) if limit in BUDGET_LIMITS:
                 return self._new(make("budget", f"{sid}/budget/{limit}", stamp, detail or f"{limit} budget exhausted",
+                                      stamp.worker))
+            case p.RecoveryAction(action="park", reason=reason):
+                return self._new(make("quota", f"{sid}/quota/{stamp.worker}/{stamp.gen}", stamp, reason,
                                       stamp.worker))
             case p.SessionStateChanged(state="running"):
                 return self._resolved(stamp, "resumed")

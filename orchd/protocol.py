@@ -179,7 +179,7 @@ class InjectFault(Req, tag="inject_fault"):
     Reply: ``Ok``.
     """
 
-    actor: Literal["journal", "supervisor"]
+    actor: Literal["journal", "supervisor", "recovery"]
     fault: Literal["crash", "wedge"] = "crash"
     """``crash``: raise; ``wedge``: stop handling messages (the loop goes on), as a deadlock would."""
 
@@ -188,8 +188,15 @@ class Hosts(Req, tag="hosts"):
     """``orchctl hosts`` → supervisor: the agent hosts connected now (``HostsReply``)."""
 
 
+class Recoveries(Req, tag="recoveries"):
+    """Every failure the recovery actor detected in ``session`` and what it did. Reply: ``RecoveriesReply``."""
+
+    session: str
+
+
 ControlRequest = Union[
-    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault, Reviews, Hosts
+    Ping, Submit, Status, Pause, Resume, Stop, Review, Answer, Clean, Replay, Sync, InjectFault, Reviews,
+    Recoveries, Hosts,
 ]
 
 
@@ -278,8 +285,10 @@ class SessionInfo(Wire):
     input_tokens: int = 0            # over all its workers
     output_tokens: int = 0
     cost_usd: float | None = None    # None when no agent reported a cost
-    waiting_for: str | None = None  # "answer": paused until ``orchctl answer``
+    waiting_for: str | None = None  # "answer": paused until ``orchctl answer``; "quota": parked until a reset
     question: str | None = None     # what the human is asked
+    quota_reset_at: float | None = None  # unix seconds: the usage limit a parked assignment waits for resets
+    quota_resume_at: float | None = None  # unix seconds: the parked assignment resumes (reset + margin)
 
 
 class StatusReply(Rep, tag="status"):
@@ -347,7 +356,29 @@ class HostsReply(Rep, tag="hosts"):
     link: str | None = None         # the host-link endpoint (None: agent hosts are off)
 
 
-ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply, ReviewsReply, HostsReply]
+class RecoveryInfo(Wire):
+    """One failure of one run and what was done about it (``orchctl recoveries``)."""
+
+    worker: str
+    gen: int
+    code: str
+    message: str = ""
+    ts: float = 0.0             # unix seconds: detected
+    action: str | None = None   # relaunch | park | resume_after_quota | escalate | fail (None: not decided yet)
+    delay_s: float = 0.0
+    attempt: int = 0
+    until: float | None = None
+    reset_at: float | None = None
+    reason: str = ""
+    takeover: str | None = None
+
+
+class RecoveriesReply(Rep, tag="recoveries"):
+    recoveries: list[RecoveryInfo]
+
+
+ControlReply = Union[Error, Ok, Pong, SubmitReply, StatusReply, ReplayReply, ReviewsReply, HostsReply,
+                     RecoveriesReply]
 
 
 class Reply(Wire):
@@ -585,6 +616,7 @@ class AssignmentSpec(Wire):
     profile: str | None = None
     run_kind: RunKind = "assignment"
     rerun: bool = False  # a ``command`` program may be started again from scratch after a daemon restart
+    retry: bool = False  # a ``command`` program is idempotent: the recovery actor may relaunch it after a failure
 
 
 class SessionSubmitted(Ev, tag="session.submitted"):
@@ -749,6 +781,39 @@ class SessionAnswered(Ev, tag="session.answered"):
     worker: str | None = None
 
 
+# --- recovery events (emitted by the recovery actor, actors/recovery.py; stamped with the failed run's gen)
+
+class RecoveryDetected(Ev, tag="recovery.detected"):
+    """A failed assignment run, as the recovery actor read it."""
+
+    code: str               # the catalogue's code (worker.failure), "stalled", or "failed" when unrecognised
+    message: str = ""       # the matched message
+    source: str = ""        # the line it came from (the agent's last error line, or the exit reason)
+    catalogue_action: str = ""  # what the catalogue proposed (relaunch | escalate | park)
+
+
+class RecoveryAction(Ev, tag="recovery.action"):
+    """What the recovery actor does about a failed run (the supervisor carries relaunches out).
+
+    ``action``: relaunch (after ``delay_s``) | park (until ``until``: a usage limit resets at
+    ``reset_at``) | resume_after_quota | escalate (the session escalates) | fail (the assignment stays
+    failed).  ``takeover``: how a human carries on by hand once the run is stopped for good.
+    """
+
+    action: str
+    code: str = ""
+    reason: str = ""
+    delay_s: float = 0.0
+    attempt: int = 0          # relaunches of this assignment in the window, this one included
+    until: float | None = None    # unix seconds: the relaunch is due
+    reset_at: float | None = None  # unix seconds: the usage limit resets
+    resume: bool = False      # relaunch in the agent's own session
+    env: dict[str, str] = {}  # the fix's environment
+    fix: Fix | None = None
+    summary: str | None = None    # a fresh start: what the earlier run did
+    takeover: str | None = None
+
+
 # --- daemon events
 
 class DaemonStarted(Ev, tag="daemon.started"):
@@ -809,6 +874,7 @@ Event = Union[
     DaemonStarted, DaemonStopping, DaemonReloaded, DaemonReloadFailed,
     WorkerQuestion, ReviewRequested, ReviewRun, ReviewVerdict, DecisionMade, ReviewWarning, ReviewSkipped,
     NotifySent, NotifyFailed, SessionQuestion, SessionAnswered,
+    RecoveryDetected, RecoveryAction,
 ]
 
 SESSION_TERMINAL = frozenset({"done", "failed", "stopped", "escalated"})
@@ -987,6 +1053,13 @@ class ReviewTick(Msg, tag="review_tick"):
 
 
 ReviewInbox = Union[Committed, LogHealth, ReviewNow, SnapshotReady, ReviewTick, Crash]
+
+
+class RecoveryTick(Msg, tag="recovery_tick"):
+    """The recovery actor to itself: a timer (a quota wait) is due."""
+
+
+RecoveryInbox = Union[Committed, LogHealth, RecoveryTick, Crash, BarrierReached]
 
 
 class Probe(Msg, tag="probe"):

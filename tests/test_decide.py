@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors import decide as d
+from actors import recovering, recovery
 from actors.sessions import Projection
 from orchd import protocol as p
 from orchd.config import Limits
@@ -86,6 +87,11 @@ def test_a_recoverable_failure_is_relaunched_with_its_fix_within_the_cap():
     _worker(proj, "a", p.WorkerFailure(code="rate_limited", message="429", action="relaunch",
                                        remedy=p.Fix(backoff_s=120.0, env={"X": "1"})))
     _worker(proj, "a", p.WorkerExited(state="failed", exit_code=1))
+    s.recovery_on = True  # the daemon: the recovery actor decides (actors/recovering.py), decide() carries it out
+    assert d.decide(s, Limits(backoff_cap_s=30.0), NOW) == []  # waits for the recovery actor's decision
+    act = recovery._action(recovering.decide(recovery.failed_run(s, s.workers["a"]),
+                                             recovering.Policy(backoff_cap_s=30.0), NOW, 0.5))
+    _worker(proj, "a", act)
     [cmd] = d.decide(s, Limits(backoff_cap_s=30.0), NOW)
     assert cmd == d.Launch("a", resume=True, reason="rate_limited: 429", delay_s=30.0, env={"X": "1"})
 

@@ -46,9 +46,9 @@ def test_the_config_reference_names_every_key():
     reference = text[text.index("## Config reference"):text.index("## Troubleshooting")]
     budgets = text[text.index("## Budgets"):text.index("### A recommended config")]
     for key in Config.model_fields:
-        if key in ("limits", "agents", "roles", "notify", "review"):
+        if key in ("limits", "agents", "roles", "notify", "review", "recovery"):
             key = {"limits": "[limits]", "agents": "[agents.<name>]", "roles": "[[roles]]", "notify": "[notify]",
-                   "review": "[review]"}[key]
+                   "review": "[review]", "recovery": "[recovery]"}[key]
         assert f"`{key}`" in reference, key
     for key in Limits.model_fields:
         assert f"`{key}`" in budgets and f"`{key}`" in reference, key

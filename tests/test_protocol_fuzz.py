@@ -557,7 +557,8 @@ def test_every_request_type_fuzzed_against_a_daemon(daemon_factory, git_repo, tm
                 assert body.code in ERROR_CODES, body
                 outcomes.setdefault(kind, set()).add(body.code)
             else:
-                assert isinstance(body, (p.Ok, p.Pong, p.StatusReply, p.ReplayReply, p.ReviewsReply)), (kind, body)
+                assert isinstance(body, (p.Ok, p.Pong, p.StatusReply, p.ReplayReply, p.ReviewsReply,
+                                         p.RecoveriesReply)), (kind, body)
                 outcomes.setdefault(kind, set()).add(body.__struct_config__.tag)
 
         send()

@@ -60,4 +60,8 @@ def test_unfixable_failure_is_not_relaunched(daemon_factory, git_repo, tmp_path)
     events = watch_until_done(d, sid, timeout_s=300)
     assert [e["code"] for e in events if e["kind"] == "worker.failure"] == ["auth_invalid"]
     assert [e["gen"] for e in events if e["kind"] == "worker.launching"] == [0]
-    assert d.status(sid)["state"] == "failed"
+    # a rejected key escalates at once (issue 10: never retried), telling the human to log in
+    assert d.status(sid)["state"] == "escalated"
+    [act] = [e for e in events if e["kind"] == "recovery.action"]
+    assert act["action"] == "escalate" and act["reason"].startswith("log in to claude")
+    assert act["takeover"].startswith("cd ") and "claude" in act["takeover"]

@@ -75,6 +75,9 @@ SAMPLES: dict[str, dict] = {
     "session.answered": {"text": "sqlite"},
     "daemon.reloaded": {"applied": ["limits"], "needs_restart": ["control_endpoint"]},
     "daemon.reload_failed": {"error": "limits.stall_s: Input should be greater than 0, got -1"},
+    "recovery.detected": {"code": "rate_limited", "message": "API Error: 429", "source": "API Error: 429"},
+    "recovery.action": {"action": "escalate", "code": "auth_invalid", "reason": "log in to claude: 401",
+                        "takeover": "cd /repo && claude --resume abc"},
 }
 
 EXACT = {
@@ -97,6 +100,8 @@ EXACT = {
     "session.answered": "answered: sqlite",
     "notify.sent": "notified failed by webhook (key s-1/failed) after 3 attempts",
     "notify.failed": "could not notify done by command after 1 attempt(s): exit code 2",
+    "recovery.detected": "detected rate_limited: API Error: 429",
+    "recovery.action": "recovery: escalate — log in to claude: 401; take over: cd /repo && claude --resume abc",
 }
 
 

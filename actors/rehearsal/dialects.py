@@ -163,6 +163,27 @@ def error_body(dialect: str, status: int) -> dict[str, Any]:
     return {"error": {"code": status, "message": f"rehearsal error {status}", "status": "INVALID_ARGUMENT"}}
 
 
+def usage_limit_body(dialect: str, now: float, wait_s: float) -> dict[str, Any]:
+    """A usage limit (quota) that resets ``wait_s`` after ``now`` (unix seconds), in each vendor's shape.
+
+    Anthropic: a 429 ``rate_limit_error`` whose message is claude's ``Claude AI usage limit
+    reached|<unix seconds>``; OpenAI (codex): ``usage_limit_reached`` with ``resets_at`` and
+    ``resets_in_seconds``; Gemini: ``RESOURCE_EXHAUSTED`` quota with a ``RetryInfo`` delay.
+    """
+    reset = int(now + wait_s) + 1  # whole seconds, never before the wait is over
+    wait_s = reset - int(now)
+    if dialect == ANTHROPIC:
+        return {"type": "error", "error": {"type": "rate_limit_error",
+                                           "message": f"Claude AI usage limit reached|{reset}"}}
+    if dialect == OPENAI:
+        return {"error": {"type": "usage_limit_reached", "message": f"You've hit your usage limit. "
+                          f"Try again in {wait_s} seconds.", "resets_at": reset, "resets_in_seconds": wait_s}}
+    return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                      "message": f"Quota exceeded for quota metric 'Generate Content API requests per day'. "
+                                 f"Please retry in {wait_s}s.",
+                      "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{wait_s}s"}]}}
+
+
 # ---------------------------------------------------------------- tool calls per dialect
 
 def _abs(path: str, cwd: str | None) -> str:

@@ -266,6 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif "http_error" in reply:
             status = int(reply["http_error"])
             self._send_json(status, reply.get("body") or dialects.error_body(route, status))
+        elif "usage_limit" in reply:
+            self._send_json(429, dialects.usage_limit_body(route, time.time(), float(reply["usage_limit"])))
         else:
             self._send_reply(route, turn, reply)
 

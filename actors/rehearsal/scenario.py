@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-REPLY_KINDS = ("text", "tool", "http_error", "stall", "json")
+REPLY_KINDS = ("text", "tool", "http_error", "stall", "json", "usage_limit")
 TOOLS = ("write_file", "run")
 AGENT_KEYS = ("claude", "codex", "gemini", "*")
 
@@ -36,6 +36,7 @@ _COMPANIONS = {
     "http_error": frozenset({"body"}),
     "stall": frozenset(),
     "json": frozenset(),
+    "usage_limit": frozenset(),
 }
 _TOOL_KEYS = {"write_file": ("path", "content"), "run": ("command",)}
 
@@ -59,13 +60,14 @@ class Reply(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     body: dict[str, Any] | UnsetType = UNSET
     stall: bool | UnsetType = UNSET
     json: Any | UnsetType = UNSET   # a structured answer (a reviewer's verdict): sent as the CLI expects it
+    usage_limit: Annotated[float, Meta(ge=0, le=30 * 86400)] | UnsetType = UNSET  # seconds until the limit resets
     match: str | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         # ValueError here becomes a msgspec.ValidationError carrying this reply's path
         present = {f for f in self.__struct_fields__ if getattr(self, f) is not UNSET} - {"match"}
         # text is a kind of its own, or the text block before a tool call
-        kinds = [k for k in ("tool", "http_error", "stall", "json") if k in present]
+        kinds = [k for k in ("tool", "http_error", "stall", "json", "usage_limit") if k in present]
         if not kinds and "text" in present:
             kinds = ["text"]
         if not kinds:
