@@ -558,7 +558,7 @@ def test_every_request_type_fuzzed_against_a_daemon(daemon_factory, git_repo, tm
                 outcomes.setdefault(kind, set()).add(body.code)
             else:
                 assert isinstance(body, (p.Ok, p.Pong, p.StatusReply, p.ReplayReply, p.ReviewsReply,
-                                         p.RecoveriesReply)), (kind, body)
+                                         p.RecoveriesReply, p.HostsReply)), (kind, body)
                 outcomes.setdefault(kind, set()).add(body.__struct_config__.tag)
 
         send()
