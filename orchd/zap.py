@@ -12,21 +12,31 @@ switched on, never do.  A refused key gives one warning line naming its
 fingerprint and why (``unknown``, ``revoked``, or ``store_unreadable``)
 and counts ``orchd_auth_refused_total{reason}``.
 
-Decide-only logic is ``decide``: a pure function of the store's entries.
+A revocation also ends the connections the key already has: ``Zap`` looks
+at the store every ``REVOKE_CHECK_S``; when a key that was active is not any
+more, every CURVE endpoint is unbound and bound again
+(``bus.drop_curve_clients``).  Authorized clients reconnect by themselves
+(``watch`` reads any events it missed from the log); the revoked one meets
+ZAP again and is refused.
+
+Decide-only logic is ``decide`` and ``newly_revoked``: pure functions of the
+store's entries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import zmq
 import zmq.asyncio
 
-from orchd import keys, log, metrics
+from orchd import bus, keys, log, metrics
 
 _log = log.get("orchd.zap")
 
 DOMAIN = "orchd"
+REVOKE_CHECK_S = 0.5
 
 
 def decide(entry: keys.AuthorizedClient | None) -> tuple[bool, str]:
@@ -36,6 +46,15 @@ def decide(entry: keys.AuthorizedClient | None) -> tuple[bool, str]:
     if entry.revoked_ts is not None:
         return False, "revoked"
     return True, "ok"
+
+
+def active_keys(clients: list[keys.AuthorizedClient]) -> frozenset[str]:
+    return frozenset(c.public_key for c in clients if c.revoked_ts is None)
+
+
+def newly_revoked(before: frozenset[str], now: frozenset[str]) -> frozenset[str]:
+    """Keys that were let in before and are not now (revoked or removed from the store)."""
+    return before - now
 
 
 class _Provider:
@@ -74,6 +93,33 @@ class Zap:
     def start(self) -> None:
         self._auth.start()
         self._auth.configure_curve_callback(DOMAIN, credentials_provider=_Provider(self.store))
+        self._watcher = asyncio.ensure_future(self._watch_revocations())
 
     def stop(self) -> None:
+        self._watcher.cancel()
         self._auth.stop()
+
+    def _active(self) -> frozenset[str] | None:
+        try:
+            return active_keys(self.store.clients())
+        except (OSError, keys.KeyFileError):
+            return None  # unreadable: every handshake is refused meanwhile (and logged there)
+
+    async def _watch_revocations(self) -> None:
+        active = self._active() or frozenset()
+        while True:
+            await asyncio.sleep(REVOKE_CHECK_S)
+            now = self._active()
+            if now is None:
+                continue
+            gone = newly_revoked(active, now)
+            active = now
+            if gone:
+                try:
+                    endpoints = bus.drop_curve_clients()
+                except zmq.ZMQError as exc:
+                    _log.error("curve_rebind_failed", error=str(exc),
+                               hint="the remote endpoints are down until orchd restarts")
+                    continue
+                _log.info("curve_clients_dropped", revoked=",".join(sorted(keys.fingerprint(k) for k in gone)),
+                          endpoints=endpoints, why="a revoked key loses the connections it has")
