@@ -10,7 +10,10 @@ Only sockets bound with ``orchd.bus.curve_server`` ask ZAP (their
 ``zap_domain`` is ``DOMAIN``); the ipc endpoints, bound before CURVE is
 switched on, never do.  A refused key gives one warning line naming its
 fingerprint and why (``unknown``, ``revoked``, or ``store_unreadable``)
-and counts ``orchd_auth_refused_total{reason}``.
+and counts ``orchd_auth_refused_total{reason}``.  A refused client that keeps
+reconnecting (libzmq retries every 100 ms) is counted every time but logged
+at most once per ``LOG_EVERY_S`` per key, with how many refusals the line
+stands for.
 
 A revocation also ends the connections the key already has: ``Zap`` looks
 at the store every ``REVOKE_CHECK_S``; when a key that was active is not any
@@ -37,6 +40,8 @@ _log = log.get("orchd.zap")
 
 DOMAIN = "orchd"
 REVOKE_CHECK_S = 0.5
+LOG_EVERY_S = 60.0
+LOG_KEYS_MAX = 1000  # keys remembered for the log's rate limit
 
 
 def decide(entry: keys.AuthorizedClient | None) -> tuple[bool, str]:
@@ -62,6 +67,20 @@ class _Provider:
 
     def __init__(self, store: keys.ClientStore) -> None:
         self.store = store
+        self._logged: dict[str, tuple[float, int]] = {}  # fingerprint -> (monotonic time logged, refusals since)
+
+    def _should_log(self, fp: str) -> int:
+        """How many refusals of ``fp`` a line logged now stands for (0: do not log yet)."""
+        import time
+        now = time.monotonic()
+        last, count = self._logged.get(fp, (None, 0))
+        if last is not None and now - last < LOG_EVERY_S:
+            self._logged[fp] = (last, count + 1)
+            return 0
+        if len(self._logged) >= LOG_KEYS_MAX:
+            self._logged.clear()
+        self._logged[fp] = (now, 0)
+        return count + 1
 
     def callback(self, domain: str, key: bytes) -> bool:
         fp = keys.fingerprint(key)
@@ -77,8 +96,9 @@ class _Provider:
             _log.info("auth_allowed", client=entry.name, fingerprint=fp)
         else:
             metrics.auth_refused.labels(reason).inc()
-            _log.warning("auth_refused", fingerprint=fp, reason=reason,
-                         client=entry.name if entry is not None else "-")
+            if refusals := self._should_log(fp):
+                _log.warning("auth_refused", fingerprint=fp, reason=reason,
+                             client=entry.name if entry is not None else "-", refusals=refusals)
         return allowed
 
 
