@@ -160,16 +160,26 @@ class Client:
     def _call(self, body: p.ControlRequest, timeout_s: float) -> p.ControlReply:
         sock = self._socket()
         rid = secrets.token_hex(6)
-        sock.send(wire.encode_request(body, rid))
+        # a DEALER with no peer blocks in send (a CURVE connection whose key was refused has none): wait
+        # for room within the same deadline
+        try:
+            if not sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+                raise zmq.Again()
+            sock.send(wire.encode_request(body, rid), zmq.NOBLOCK)
+        except zmq.Again:  # no peer to send to (or it went away between the poll and the send)
+            raise self._give_up(timeout_s) from None
         while True:
             if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-                late = self._late(timeout_s)
-                self.close()  # a late reply must not be read as the answer to the next call
-                self._checked = False
-                raise late
+                raise self._give_up(timeout_s)  # closes: a late reply must not answer the next call
             reply = wire.decode_reply(sock.recv())
             if reply.id == rid or reply.id == "":
                 return reply.body
+
+    def _give_up(self, timeout_s: float) -> Exception:
+        late = self._late(timeout_s)
+        self.close()
+        self._checked = False
+        return late
 
     def _late(self, timeout_s: float) -> Exception:
         """What a passed deadline means: the daemon is gone, or it is busy."""

@@ -16,8 +16,8 @@ at most once per ``LOG_EVERY_S`` per key, with how many refusals the line
 stands for.
 
 A revocation also ends the connections the key already has: ``Zap`` looks
-at the store every ``REVOKE_CHECK_S``; when a key that was active is not any
-more, every CURVE endpoint is unbound and bound again
+at the store every ``REVOKE_CHECK_S``; when a key it has let in is not
+active any more, every CURVE endpoint is unbound and bound again
 (``bus.drop_curve_clients``).  Authorized clients reconnect by themselves
 (``watch`` reads any events it missed from the log); the revoked one meets
 ZAP again and is refused.
@@ -57,9 +57,9 @@ def active_keys(clients: list[keys.AuthorizedClient]) -> frozenset[str]:
     return frozenset(c.public_key for c in clients if c.revoked_ts is None)
 
 
-def newly_revoked(before: frozenset[str], now: frozenset[str]) -> frozenset[str]:
-    """Keys that were let in before and are not now (revoked or removed from the store)."""
-    return before - now
+def newly_revoked(let_in: frozenset[str], active: frozenset[str]) -> frozenset[str]:
+    """Keys that were let in and are not active now (revoked or removed from the store)."""
+    return let_in - active
 
 
 class _Provider:
@@ -68,6 +68,7 @@ class _Provider:
     def __init__(self, store: keys.ClientStore) -> None:
         self.store = store
         self._logged: dict[str, tuple[float, int]] = {}  # fingerprint -> (monotonic time logged, refusals since)
+        self.let_in: set[str] = set()  # Z85 keys allowed since the last drop: who may hold a connection
 
     def _should_log(self, fp: str) -> int:
         """How many refusals of ``fp`` a line logged now stands for (0: do not log yet)."""
@@ -93,6 +94,7 @@ class _Provider:
             return False
         allowed, reason = decide(entry)
         if allowed:
+            self.let_in.add(entry.public_key)
             _log.info("auth_allowed", client=entry.name, fingerprint=fp)
         else:
             metrics.auth_refused.labels(reason).inc()
@@ -112,7 +114,8 @@ class Zap:
 
     def start(self) -> None:
         self._auth.start()
-        self._auth.configure_curve_callback(DOMAIN, credentials_provider=_Provider(self.store))
+        self._provider = _Provider(self.store)
+        self._auth.configure_curve_callback(DOMAIN, credentials_provider=self._provider)
         self._watcher = asyncio.ensure_future(self._watch_revocations())
 
     def stop(self) -> None:
@@ -126,14 +129,13 @@ class Zap:
             return None  # unreadable: every handshake is refused meanwhile (and logged there)
 
     async def _watch_revocations(self) -> None:
-        active = self._active() or frozenset()
         while True:
             await asyncio.sleep(REVOKE_CHECK_S)
             now = self._active()
             if now is None:
                 continue
-            gone = newly_revoked(active, now)
-            active = now
+            gone = newly_revoked(frozenset(self._provider.let_in), now)
+            self._provider.let_in -= gone
             if gone:
                 try:
                     endpoints = bus.drop_curve_clients()

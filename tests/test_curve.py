@@ -242,7 +242,12 @@ def test_unknown_and_revoked_keys_are_refused_logged_and_counted(daemon_factory,
             wait_for(lambda: "daemon.started" in w.stdout.readline(), 30, "the history over tcp")
         assert refused_count(metrics_port, "revoked") == 0
         assert orchd("keys", "revoke", "bob", "--state-dir", str(d.state_dir)).returncode == 0
-        assert watches["bob"].wait(30) == 3
+        try:
+            code = watches["bob"].wait(30)
+            assert code == 3, watches["bob"].stderr.read()
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the revoked watch goes on:\n" + "\n".join(
+                x for x in d.log().splitlines() if "auth" in x or "curve" in x or "zap" in x)) from None
         assert "refused this client's key" in watches["bob"].stderr.read()
         assert refused_count(metrics_port, "revoked") >= 1
         bob_fp = keys.fingerprint(bob.public)
@@ -344,3 +349,76 @@ def test_plaintext_tcp_is_refused_on_any_address_inside_a_network_namespace(netl
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, log_path.read_text()[-3000:]
+
+
+def test_a_restarted_supervisor_binds_its_curve_endpoint_again(daemon_factory, tmp_path):
+    from orchctl.client import Client
+    from orchd import protocol as p
+    d, server_key, port = remote_daemon(daemon_factory, tmp_path, extra="fault_injection = true\n")
+    laptop = Remote(tmp_path / "laptop", server_key, port)
+    authorize(d, "laptop", laptop.public)
+    assert laptop.ctl("status").returncode == 0
+    c = Client(f"ipc://{d.runtime_dir}/control")
+    try:
+        assert isinstance(c.call(p.InjectFault(actor="supervisor")), p.Ok)
+    finally:
+        c.close()
+    wait_for(lambda: '"actor_restarting"' in d.log(), 30, "the supervisor's restart")
+    wait_for(lambda: laptop.ctl("status", "--timeout", "2").returncode == 0, 30,
+             "the remote endpoint to serve again after the restart")
+    assert d.proc.poll() is None and '"orchd_escalation"' not in d.log()
+
+
+# ---------------------------------------------------------------- pure parts
+
+def test_zap_decisions_and_the_refusal_log_limit(tmp_path):
+    from orchd import zap
+    entry = keys.AuthorizedClient(name="a", public_key="k" * 40, added_ts=1.0)
+    assert zap.decide(None) == (False, "unknown")
+    assert zap.decide(entry) == (True, "ok")
+    assert zap.decide(keys.AuthorizedClient(name="a", public_key="k" * 40, added_ts=1.0, revoked_ts=2.0)) == \
+        (False, "revoked")
+    assert zap.newly_revoked(frozenset({"x", "y"}), frozenset({"y", "z"})) == {"x"}
+    assert zap.newly_revoked(frozenset({"x"}), frozenset({"x", "z"})) == frozenset()
+    provider = zap._Provider(keys.ClientStore(tmp_path))
+    assert provider._should_log("f1") == 1
+    assert [provider._should_log("f1") for _ in range(3)] == [0, 0, 0]  # within a minute: counted, not logged
+    assert provider._should_log("f2") == 1
+    # the store is read again when it changes; a malformed file refuses (never raises into the handler)
+    store = keys.ClientStore(tmp_path)
+    pub = zmq.curve_keypair()[0]
+    store.add("a", pub.decode(), now=1.0)
+    assert provider.callback("orchd", pub) is True
+    store.revoke("a", now=2.0)
+    assert provider.callback("orchd", pub) is False
+    (keys.curve_dir(tmp_path) / keys.CLIENTS_FILE).write_text("{not json")
+    assert provider.callback("orchd", pub) is False
+
+
+def test_profiles_resolve_flags_and_files(tmp_path, monkeypatch):
+    from orchctl import profiles
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert profiles.resolve(None, None, None, None, None) is None
+    with pytest.raises(profiles.ProfileError, match="need --endpoint"):
+        profiles.resolve(None, None, "k" * 40, None, None)
+    with pytest.raises(profiles.ProfileError, match="--server-key"):
+        profiles.resolve("tcp://h:1", None, None, None, None)
+    with pytest.raises(profiles.ProfileError, match="orchctl keys new"):
+        profiles.resolve("tcp://h:1", None, zmq.curve_keypair()[0].decode(), None, None)
+    with pytest.raises(profiles.ProfileError, match="tcp://HOST:PORT"):
+        profiles.resolve("ipc:///x", None, "k" * 40, None, None)
+    client = keys.new_client_keys()
+    server_public = zmq.curve_keypair()[0]
+    remote = profiles.resolve("tcp://h:7870", None, server_public.decode(), None, None)
+    assert (remote.control, remote.events) == ("tcp://h:7870", "tcp://h:7871")
+    assert remote.curve == keys.ClientCurve(client=client, server_public=server_public)
+    # a key file works as --server-key; a profile's unknown key is named
+    server_file = tmp_path / "server.key"
+    server_file.write_text(f'curve\n    public-key = "{server_public.decode()}"\n')
+    (tmp_path / "orchctl" / "config.toml").write_text(
+        f'[profiles.a]\nendpoint = "tcp://h:1"\nserver_key = "{server_file}"\n'
+        '[profiles.b]\nendpoint = "tcp://h:1"\nserverkey = "x"\n')
+    assert profiles.resolve(None, None, None, None, "a").curve.server_public == server_public
+    assert profiles.resolve("tcp://other:5", None, None, None, "a").control == "tcp://other:5"  # flags win
+    with pytest.raises(profiles.ProfileError, match="serverkey"):
+        profiles.resolve(None, None, None, None, "b")
