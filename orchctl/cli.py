@@ -3,7 +3,9 @@
 Exit codes: 0 ok; 1 the daemon answered with an error, or is running but
 did not answer within the deadline; 2 usage error; 3 the daemon is not
 there (said within 2 s).  The global options (``--json``,
-``--runtime-dir``, ``--timeout``, ``--version``) work before or after the
+``--runtime-dir``, ``--timeout``, ``--version``, and for a remote daemon
+``--endpoint``, ``--events-endpoint``, ``--server-key``, ``--client-key``,
+``--profile``: see orchctl/profiles.py) work before or after the
 subcommand.  Only the protocol, wire and paths modules are imported, so it
 starts fast; the plan and limit checks of ``submit`` import more, lazily.
 """
@@ -32,7 +34,31 @@ SLOW_TIMEOUT_S = 30.0  # submit and the session commands: the daemon may run git
 
 def _client(args):
     from orchctl.client import Client
+    remote = _remote(args)
+    if remote is not None:
+        return Client(remote.control, timeout_s=args.timeout or DEFAULT_TIMEOUT_S, curve=remote.curve)
     return Client(_control(args), timeout_s=args.timeout or DEFAULT_TIMEOUT_S)
+
+
+_REMOTE_UNSET = object()
+
+
+def _remote(args):
+    """The remote daemon the flags or ``--profile`` name (``orchctl.profiles.Remote``), or None: ipc."""
+    cached = getattr(args, "_remote", _REMOTE_UNSET)
+    if cached is not _REMOTE_UNSET:
+        return cached
+    if not any((args.endpoint, args.events_endpoint, args.server_key, args.client_key, args.profile)):
+        args._remote = None  # the local ipc sockets (nothing more to import)
+        return None
+    from orchctl import profiles
+    try:
+        remote = profiles.resolve(args.endpoint, args.events_endpoint, args.server_key, args.client_key,
+                                  args.profile)
+    except profiles.ProfileError as exc:
+        raise UsageError(str(exc)) from None
+    args._remote = remote
+    return remote
 
 
 def _slow_timeout(args) -> float:
@@ -44,6 +70,8 @@ def _control(args) -> str:
 
 
 def _events(args) -> str:
+    if (remote := _remote(args)) is not None:
+        return remote.events
     return os.environ.get("ORCHD_EVENTS_ENDPOINT") or paths.events_endpoint(_runtime(args))
 
 
@@ -361,6 +389,16 @@ def _global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help=f"how long to wait for the daemon's answer (default {DEFAULT_TIMEOUT_S:g}; "
                              f"{SLOW_TIMEOUT_S:g} for submit and the session commands)")
     parser.add_argument("--version", action="store_true", default=d(False), help="print the version and exit")
+    parser.add_argument("--endpoint", default=d(None), metavar="tcp://HOST:PORT",
+                        help="a remote daemon's control endpoint (CURVE; needs --server-key)")
+    parser.add_argument("--events-endpoint", default=d(None), metavar="tcp://HOST:PORT",
+                        help="the remote daemon's events endpoint (default: the --endpoint port + 1)")
+    parser.add_argument("--server-key", default=d(None), metavar="KEY",
+                        help="the remote daemon's public key (orchd keys show), or a file holding it")
+    parser.add_argument("--client-key", default=d(None), metavar="FILE",
+                        help="this client's secret key file (default: $XDG_CONFIG_HOME/orchctl/client.key_secret)")
+    parser.add_argument("--profile", default=d(None), metavar="NAME",
+                        help="a remote daemon named in $XDG_CONFIG_HOME/orchctl/config.toml [profiles.NAME]")
 
 
 def _count(text: str) -> int:
@@ -400,6 +438,30 @@ def cmd_web(args) -> int:
         _print_json({"url": info["url"], "token": token})
     else:
         print(f"{info['url']}#token={token}")
+
+
+def cmd_keys(args) -> int:
+    """``orchctl keys new [--file PATH] [--force] [--json]``: a client key pair (no daemon, no wire message).
+
+    The secret file (0600, default ``$XDG_CONFIG_HOME/orchctl/client.key_secret``)
+    stays here; the printed public key is what the daemon's operator authorizes
+    with ``orchd keys add NAME PUBLIC_KEY``.
+    """
+    from orchd import keys
+    path = Path(args.file).expanduser() if args.file else keys.default_client_key_path()
+    try:
+        pair = keys.new_client_keys(path, force=args.force)
+    except (keys.KeyFileError, OSError) as exc:
+        print(f"orchctl: keys new: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        _print_json({"public_key": pair.public.decode(), "fingerprint": keys.fingerprint(pair.public),
+                     "secret_file": str(path)})
+    else:
+        print(pair.public.decode())
+        print(f"orchctl: secret key in {path} (fingerprint {keys.fingerprint(pair.public)}); "
+              f"authorize it on the daemon's machine: orchd keys add NAME '{pair.public.decode()}'", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_completion(args) -> int:
@@ -514,6 +576,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("web", help="the web dashboard's URL and token")
     s.set_defaults(func=cmd_web)
+    s = command("keys", help="this client's CURVE key pair for a remote daemon: keys new")
+    keys_sub = s.add_subparsers(dest="keys_cmd", metavar="new", required=True)
+    new = keys_sub.add_parser("new", help="create a client key pair and print its public key")
+    new.add_argument("--file", metavar="PATH", help="the secret key file (default: "
+                     "$XDG_CONFIG_HOME/orchctl/client.key_secret)")
+    new.add_argument("--force", action="store_true", help="replace an existing pair")
+    _global_options(new, defaults=False)
+    s.set_defaults(func=cmd_keys)
     s = command("completion", help="print a shell completion script: source <(orchctl completion bash)")
     s.add_argument("shell", nargs="?", choices=("bash", "zsh", "fish"))
     s.add_argument("--list-sessions", action="store_true", help=argparse.SUPPRESS)  # what the scripts call

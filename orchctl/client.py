@@ -10,6 +10,12 @@ denied" (also ``Unreachable``, exit 3); an accepted connect means the daemon
 is there, and a deadline that passes is ``Busy`` (exit 1).
 A ``tcp://`` endpoint cannot be probed that way: a short ``Ping`` comes
 first, and no answer in time is ``Unreachable``.
+
+A remote daemon (``curve``: orchctl.profiles) is reached over CURVE: the
+DEALER and the SUB of ``watch`` (``secure``) carry this client's key pair
+and the server's public key.  A socket monitor tells a refused key
+(``HANDSHAKE_FAILED_AUTH``: the daemon's ZAP handler said no) from a daemon
+that is not there, so the message says which.
 """
 
 from __future__ import annotations
@@ -84,8 +90,11 @@ def probe_ipc(endpoint: str) -> str | None:
 
 
 class Client:
-    def __init__(self, control: str, timeout_s: float = 10.0, connect_timeout_s: float = 1.0) -> None:
+    def __init__(self, control: str, timeout_s: float = 10.0, connect_timeout_s: float = 1.0,
+                 curve=None) -> None:
         self.control = control
+        self.curve = curve  # orchd.keys.ClientCurve, or None (ipc, or plaintext tcp that no daemon serves)
+        self._monitor: zmq.Socket | None = None
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._checked = False
@@ -126,24 +135,63 @@ class Client:
         if self.sock is None:
             self.sock = self.ctx.socket(zmq.DEALER)
             self.sock.linger = 0
+            if self.curve is not None:
+                self.secure(self.sock)
+                self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             self.sock.connect(self.control)
         return self.sock
+
+    def secure(self, sock: zmq.Socket) -> None:
+        """Make ``sock`` (before it connects) a CURVE client of the remote daemon; nothing for ipc."""
+        if self.curve is not None:
+            from orchd import bus
+            bus.curve_client(sock, self.curve.client, self.curve.server_public)
+
+    def _key_refused(self) -> bool:
+        """Whether the daemon's ZAP handler refused our key on this socket."""
+        if self._monitor is None:
+            return False
+        from zmq.utils.monitor import recv_monitor_message
+        while self._monitor.poll(0, zmq.POLLIN):
+            if recv_monitor_message(self._monitor)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return True
+        return False
 
     def _call(self, body: p.ControlRequest, timeout_s: float) -> p.ControlReply:
         sock = self._socket()
         rid = secrets.token_hex(6)
-        sock.send(wire.encode_request(body, rid))
+        # a DEALER with no peer blocks in send (a CURVE connection whose key was refused has none): wait
+        # for room within the same deadline
+        try:
+            if not sock.poll(int(timeout_s * 1000), zmq.POLLOUT):
+                raise zmq.Again()
+            sock.send(wire.encode_request(body, rid), zmq.NOBLOCK)
+        except zmq.Again:  # no peer to send to (or it went away between the poll and the send)
+            raise self._give_up(timeout_s) from None
         while True:
             if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-                self.close()  # a late reply must not be read as the answer to the next call
-                self._checked = False
-                raise self._late(timeout_s)
+                raise self._give_up(timeout_s)  # closes: a late reply must not answer the next call
             reply = wire.decode_reply(sock.recv())
             if reply.id == rid or reply.id == "":
                 return reply.body
 
+    def _give_up(self, timeout_s: float) -> Exception:
+        late = self._late(timeout_s)
+        self.close()
+        self._checked = False
+        return late
+
     def _late(self, timeout_s: float) -> Exception:
         """What a passed deadline means: the daemon is gone, or it is busy."""
+        if self.curve is not None:
+            from orchd.keys import fingerprint
+            public = self.curve.client.public
+            if self._key_refused():
+                return Unreachable(f"orchd at {self.control} refused this client's key (fingerprint "
+                                   f"{fingerprint(public)}): its operator must authorize it with "
+                                   f"orchd keys add NAME '{public.decode()}'")
+            return Unreachable(f"orchd did not answer at {self.control} within {timeout_s:g} s: it is not "
+                               "running or not reachable, or --server-key is not its key")
         if not self.control.startswith("ipc://"):
             return self._unreachable("not running")
         if (why := probe_ipc(self.control)) is not None:
@@ -151,6 +199,10 @@ class Client:
         return Busy(f"orchd at {self.control} did not answer within {timeout_s:g} s (it is running but busy)")
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None

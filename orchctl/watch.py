@@ -210,6 +210,7 @@ def _stream(client: Client, events_ep: str, session: str | None, since: int, pri
     sub.rcvhwm = 0
     sub.setsockopt(zmq.SUBSCRIBE, wire.topic(session) + b" " if session else b"")
     sub.setsockopt(zmq.SUBSCRIBE, wire.SYNC_TOPIC)
+    client.secure(sub)  # a remote daemon: CURVE, like the control socket
     sub.connect(events_ep)
     try:
         early: list[bytes] = []

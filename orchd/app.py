@@ -452,6 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     webp.add_argument("--state-dir", type=Path, help="where the bridge's token is kept (the daemon's state dir)")
     webp.add_argument("--runtime-dir", type=Path, help="the daemon's runtime dir (its sockets)")
     webp.add_argument("--http", metavar="HOST:PORT", help="address to listen on (default: http_listen)")
+    webp.add_argument("--endpoint", metavar="tcp://HOST:PORT", help="a remote daemon's control endpoint (CURVE)")
+    webp.add_argument("--events-endpoint", metavar="tcp://HOST:PORT",
+                      help="the remote daemon's events endpoint (default: the --endpoint port + 1)")
+    webp.add_argument("--server-key", metavar="KEY", help="the remote daemon's public key, or a file holding it")
+    webp.add_argument("--client-key", metavar="FILE", help="this client's secret key file "
+                      "(default: $XDG_CONFIG_HOME/orchctl/client.key_secret)")
+    webp.add_argument("--profile", metavar="NAME", help="a remote daemon named in orchctl's config.toml")
     webp.set_defaults(func=cmd_web)
     doctor = sub.add_parser("doctor", help="check the agent CLIs (and rehearse them)")
     doctor.add_argument("--config", type=Path)
@@ -567,12 +574,19 @@ def cmd_web(args) -> int:
     if listen is None:
         print("orchd: web: the HTTP address is 'off': give --http HOST:PORT", file=sys.stderr)
         return 2
+    from orchctl import profiles
+    try:
+        remote = profiles.resolve(args.endpoint, args.events_endpoint, args.server_key, args.client_key,
+                                  args.profile)
+    except profiles.ProfileError as exc:
+        print(f"orchd: web: {exc}", file=sys.stderr)
+        return 2
     log.setup(cfg.log_level, cfg.log_format)
     old_umask = os.umask(0o077)  # the token file and web.json are owner-only
     try:
         prepare_state_dir(cfg.state_dir)
         from orchd.web import serve_standalone
-        return asyncio.run(serve_standalone(cfg, *listen))
+        return asyncio.run(serve_standalone(cfg, *listen, remote=remote))
     finally:
         os.umask(old_umask)
 

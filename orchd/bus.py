@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -102,6 +103,31 @@ def bind_curve(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys) -> 
         curve_server(sock, keys)
         for ep in endpoints:
             _bind(sock, ep)
+            _curve_listeners.append((weakref.ref(sock), ep, sock.last_endpoint.decode()))
+
+
+# (socket, endpoint as configured, endpoint as bound): what drop_curve_clients unbinds and binds again
+_curve_listeners: list[tuple[weakref.ref, str, str]] = []
+
+
+def drop_curve_clients() -> int:
+    """Close every connection accepted on a CURVE endpoint, and listen again at once.
+
+    libzmq has no call to drop one peer, but unbinding an endpoint ends the
+    connections accepted through it.  The clients reconnect by themselves and
+    meet the ZAP handler again: that is how a revoked key loses a connection
+    it already had.  Returns how many endpoints were bound again.
+    """
+    live = []
+    for ref, endpoint, bound in _curve_listeners:
+        sock = ref()
+        if sock is None or sock.closed:
+            continue
+        sock.unbind(bound)
+        _bind(sock, endpoint)
+        live.append((ref, endpoint, sock.last_endpoint.decode()))
+    _curve_listeners[:] = live
+    return len(live)
 
 
 def _bind_remote(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys | None) -> None:

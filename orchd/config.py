@@ -225,14 +225,16 @@ def check_endpoint(endpoint: str, runtime_dir: Path) -> None:
     """Accept only an ``ipc://`` socket file directly in the runtime dir.
 
     Plaintext tcp is refused everywhere, loopback included: any local user
-    could connect to it, and CURVE (the only safe tcp) is not implemented.
+    could connect to it.  tcp is served only with CURVE, on the separate
+    ``remote_*_endpoint`` keys (``check_remote_endpoint``).
     An abstract ``ipc://@name`` socket has no file permissions, so it is
     refused too; the runtime dir's 0700 mode is what keeps other users out.
     """
     fix = f"use the default (ipc:// sockets in the 0700 runtime dir {runtime_dir})"
     if endpoint.startswith("tcp://"):
-        raise ValueError(f"{endpoint}: plaintext tcp is refused (any local user could connect; "
-                         f"authenticated transport is not supported yet): {fix}")
+        raise ValueError(f"{endpoint}: plaintext tcp is refused (any local user could connect): {fix}; "
+                         "for clients on other machines set remote_control_endpoint and remote_events_endpoint "
+                         "(CURVE only, see 'orchd keys')")
     if not endpoint.startswith("ipc://"):
         raise ValueError(f"{endpoint}: unsupported endpoint: {fix}")
     path = endpoint[len("ipc://"):]

@@ -121,8 +121,9 @@ class Bridge:
     """The HTTP server: routes, security headers, auth; ``run`` serves until cancelled."""
 
     def __init__(self, ctx, control: str, events: str, state_dir: Path, runtime_dir: Path | None,
-                 host: str, port: int) -> None:
+                 host: str, port: int, curve=None) -> None:
         self.ctx = ctx
+        self.curve = curve  # orchd.keys.ClientCurve: a remote daemon's tcp endpoints, over CURVE
         self.control, self.events = control, events
         self.state_dir, self.runtime_dir = state_dir, runtime_dir
         self.host, self.port = host, port
@@ -136,8 +137,8 @@ class Bridge:
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         token = load_token(self.state_dir)
-        self.link = ControlLink(self.ctx, self.control)
-        self.hub = Hub(self.ctx, self.events, self.link)
+        self.link = ControlLink(self.ctx, self.control, curve=self.curve)
+        self.hub = Hub(self.ctx, self.events, self.link, curve=self.curve)
         readers = [asyncio.ensure_future(self.link.run()), asyncio.ensure_future(self.hub.run())]
         runner = None
         try:
@@ -391,11 +392,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers.update(SECURITY_HEADERS)
 
 
-async def serve_standalone(cfg, host: str, port: int) -> int:
-    """``orchd web``: the bridge in its own process, until SIGTERM/SIGINT."""
+async def serve_standalone(cfg, host: str, port: int, remote=None) -> int:
+    """``orchd web``: the bridge in its own process, until SIGTERM/SIGINT.
+
+    ``remote`` (``orchctl.profiles.Remote``): a daemon on another machine,
+    reached over CURVE at its tcp endpoints; no ``web.json`` is written then
+    (the local runtime dir belongs to a local daemon, if any): the URL and the
+    token file are in the ``http_listening`` log line.
+    """
     import signal
     ctx = bus.context()
-    bridge = Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, host, port)
+    if remote is None:
+        bridge = Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, host, port)
+    else:
+        bridge = Bridge(ctx, remote.control, remote.events, cfg.state_dir, None, host, port, curve=remote.curve)
 
     async def until_stopped() -> None:
         retry_s = 1.0

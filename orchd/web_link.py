@@ -54,8 +54,8 @@ def event_item(js: bytes) -> Item:
 class ControlLink:
     """A DEALER to the control socket; ``call`` may be awaited by many tasks at once."""
 
-    def __init__(self, ctx, endpoint: str) -> None:
-        self.sock = bus.control_dealer(ctx, endpoint)
+    def __init__(self, ctx, endpoint: str, curve=None) -> None:
+        self.sock = bus.control_dealer(ctx, endpoint, curve=curve)  # curve: orchd.keys.ClientCurve (remote)
         self._pending: dict[str, asyncio.Future] = {}
 
     async def run(self) -> None:
@@ -126,8 +126,8 @@ class SseClient:
 class Hub:
     """The events SUB: tracks the last seq seen and hands every event to the SSE clients."""
 
-    def __init__(self, ctx, endpoint: str, link: ControlLink) -> None:
-        self.sub = bus.events_sub(ctx, endpoint, SUB_HWM)
+    def __init__(self, ctx, endpoint: str, link: ControlLink, curve=None) -> None:
+        self.sub = bus.events_sub(ctx, endpoint, SUB_HWM, curve=curve)
         self.link = link
         self.clients: set[SseClient] = set()
         self.last_seen = 0

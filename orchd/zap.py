@@ -10,23 +10,38 @@ Only sockets bound with ``orchd.bus.curve_server`` ask ZAP (their
 ``zap_domain`` is ``DOMAIN``); the ipc endpoints, bound before CURVE is
 switched on, never do.  A refused key gives one warning line naming its
 fingerprint and why (``unknown``, ``revoked``, or ``store_unreadable``)
-and counts ``orchd_auth_refused_total{reason}``.
+and counts ``orchd_auth_refused_total{reason}``.  A refused client that keeps
+reconnecting (libzmq retries every 100 ms) is counted every time but logged
+at most once per ``LOG_EVERY_S`` per key, with how many refusals the line
+stands for.
 
-Decide-only logic is ``decide``: a pure function of the store's entries.
+A revocation also ends the connections the key already has: ``Zap`` looks
+at the store every ``REVOKE_CHECK_S``; when a key it has let in is not
+active any more, every CURVE endpoint is unbound and bound again
+(``bus.drop_curve_clients``).  Authorized clients reconnect by themselves
+(``watch`` reads any events it missed from the log); the revoked one meets
+ZAP again and is refused.
+
+Decide-only logic is ``decide`` and ``newly_revoked``: pure functions of the
+store's entries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import zmq
 import zmq.asyncio
 
-from orchd import keys, log, metrics
+from orchd import bus, keys, log, metrics
 
 _log = log.get("orchd.zap")
 
 DOMAIN = "orchd"
+REVOKE_CHECK_S = 0.5
+LOG_EVERY_S = 60.0
+LOG_KEYS_MAX = 1000  # keys remembered for the log's rate limit
 
 
 def decide(entry: keys.AuthorizedClient | None) -> tuple[bool, str]:
@@ -38,11 +53,35 @@ def decide(entry: keys.AuthorizedClient | None) -> tuple[bool, str]:
     return True, "ok"
 
 
+def active_keys(clients: list[keys.AuthorizedClient]) -> frozenset[str]:
+    return frozenset(c.public_key for c in clients if c.revoked_ts is None)
+
+
+def newly_revoked(let_in: frozenset[str], active: frozenset[str]) -> frozenset[str]:
+    """Keys that were let in and are not active now (revoked or removed from the store)."""
+    return let_in - active
+
+
 class _Provider:
     """pyzmq's credentials-provider interface: ``callback(domain, z85_key) -> bool``."""
 
     def __init__(self, store: keys.ClientStore) -> None:
         self.store = store
+        self._logged: dict[str, tuple[float, int]] = {}  # fingerprint -> (monotonic time logged, refusals since)
+        self.let_in: set[str] = set()  # Z85 keys allowed since the last drop: who may hold a connection
+
+    def _should_log(self, fp: str) -> int:
+        """How many refusals of ``fp`` a line logged now stands for (0: do not log yet)."""
+        import time
+        now = time.monotonic()
+        last, count = self._logged.get(fp, (None, 0))
+        if last is not None and now - last < LOG_EVERY_S:
+            self._logged[fp] = (last, count + 1)
+            return 0
+        if len(self._logged) >= LOG_KEYS_MAX:
+            self._logged.clear()
+        self._logged[fp] = (now, 0)
+        return count + 1
 
     def callback(self, domain: str, key: bytes) -> bool:
         fp = keys.fingerprint(key)
@@ -55,11 +94,13 @@ class _Provider:
             return False
         allowed, reason = decide(entry)
         if allowed:
+            self.let_in.add(entry.public_key)
             _log.info("auth_allowed", client=entry.name, fingerprint=fp)
         else:
             metrics.auth_refused.labels(reason).inc()
-            _log.warning("auth_refused", fingerprint=fp, reason=reason,
-                         client=entry.name if entry is not None else "-")
+            if refusals := self._should_log(fp):
+                _log.warning("auth_refused", fingerprint=fp, reason=reason,
+                             client=entry.name if entry is not None else "-", refusals=refusals)
         return allowed
 
 
@@ -73,7 +114,34 @@ class Zap:
 
     def start(self) -> None:
         self._auth.start()
-        self._auth.configure_curve_callback(DOMAIN, credentials_provider=_Provider(self.store))
+        self._provider = _Provider(self.store)
+        self._auth.configure_curve_callback(DOMAIN, credentials_provider=self._provider)
+        self._watcher = asyncio.ensure_future(self._watch_revocations())
 
     def stop(self) -> None:
+        self._watcher.cancel()
         self._auth.stop()
+
+    def _active(self) -> frozenset[str] | None:
+        try:
+            return active_keys(self.store.clients())
+        except (OSError, keys.KeyFileError):
+            return None  # unreadable: every handshake is refused meanwhile (and logged there)
+
+    async def _watch_revocations(self) -> None:
+        while True:
+            await asyncio.sleep(REVOKE_CHECK_S)
+            now = self._active()
+            if now is None:
+                continue
+            gone = newly_revoked(frozenset(self._provider.let_in), now)
+            self._provider.let_in -= gone
+            if gone:
+                try:
+                    endpoints = bus.drop_curve_clients()
+                except zmq.ZMQError as exc:
+                    _log.error("curve_rebind_failed", error=str(exc),
+                               hint="the remote endpoints are down until orchd restarts")
+                    continue
+                _log.info("curve_clients_dropped", revoked=",".join(sorted(keys.fingerprint(k) for k in gone)),
+                          endpoints=endpoints, why="a revoked key loses the connections it has")
