@@ -17,11 +17,11 @@ from pathlib import Path
 import msgspec
 
 from actors import decide as d
-from actors import launch, submit, workspace
+from actors import launch, preflight, submit, workspace
 from actors.agents import ADAPTERS
 from actors.doctor import find_binary
 from actors.sessions import SessionView, WorkerView
-from actors.worker import Worker, mailbox_endpoint
+from actors.worker import Worker, WorkerSpec, mailbox_endpoint
 from orchd import metrics
 from orchd import protocol as p
 from orchd.actor import ChildSpec
@@ -170,9 +170,25 @@ class Conduct:
         spec, ev = launch.recipe(cfg, d.effective_limits(cfg.limits, s.limits), s, w, cmd, found, AGENTS,
                                  start_paused=s.state == "paused" and w.run_kind != "reviewer")
         self.emit(s, ev, w, gen=gen)
+        if self._preflight_blocks(s, w, spec):
+            return
         worker = Worker(self.ctx, spec, self.ports.journal_ep)
         self.ports.workers.start_child(ChildSpec(name=f"{s.id}/{a.name}/{gen}", start=worker.run,
                                                  restart=Restart.TEMPORARY, shutdown_s=cfg.stop_grace_s + 5))
+
+    def _preflight_blocks(self, s: SessionView, w: WorkerView, spec: WorkerSpec) -> bool:
+        """Record what preflight found; a blocking finding fails the run before it starts."""
+        findings = preflight.before_launch(spec, s.rehearse)
+        if findings:
+            self.emit(s, p.WorkerPreflight(findings=findings), w)
+        stop = preflight.blocking(findings)
+        if stop is None:
+            return False
+        message = preflight.failure_message(stop)
+        self.emit(s, p.WorkerFailure(code=stop.code, message=message, action="escalate"), w)
+        self.emit(s, p.WorkerExited(state="failed", reason=message), w)
+        self._advance(s)
+        return True
 
     def _find(self, agent: str) -> str | None:
         return find_binary(agent, self.cfg.agent(agent).binary)
