@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from actors import preflight
+from actors.doctor import _table as doctor_table
 from actors.preflight import Facts, check
 from tests.agentbin import AGENT_BIN, agent_env_path, require_agent
 from tests.helpers import watch_until_done
@@ -154,3 +155,31 @@ def test_daemon_records_what_the_launch_fixed(daemon_factory, git_repo, tmp_path
     assert trust["fixed"] is True and trust["fix"] == "--skip-trust in the launch"
     assert any(e["kind"] == "worker.started" and e.get("worker") == "solo" for e in events)
     assert d.status(sid)["state"] == "done"
+
+
+def test_doctor_reports_what_preflight_would_fix_and_what_would_stop_a_launch(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "OPENAI_", "CODEX_",
+                                                                      "GEMINI_", "GOOGLE_", "ORCHD_"))}
+    env |= {"HOME": str(home), "PATH": agent_env_path(), "GEMINI_API_KEY": "k",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run([sys.executable, "-m", "orchd.app", "doctor", "--json"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=300)
+    full = json.loads(res.stdout)
+    rep = full["agents"]
+    assert codes(msgspec_findings(rep["claude"]["preflight"]))["no_credentials"] == (False, True)
+    gemini = codes(msgspec_findings(rep["gemini"]["preflight"]))
+    assert gemini == {"folder_trust": (True, False)}  # a key is set: nothing blocks, the trust fix is recorded
+    human = doctor_table(full)  # what `orchd doctor` prints for the same report
+    assert "preflight: no_credentials (BLOCKS the launch)" in human
+    assert "preflight: folder_trust (fixed by the launch)" in human
+
+
+def msgspec_findings(rows: list[dict]):
+    from orchd.protocol import PreflightFinding
+    return [PreflightFinding(**r) for r in rows]
