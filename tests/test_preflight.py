@@ -183,3 +183,10 @@ def test_doctor_reports_what_preflight_would_fix_and_what_would_stop_a_launch(tm
 def msgspec_findings(rows: list[dict]):
     from orchd.protocol import PreflightFinding
     return [PreflightFinding(**r) for r in rows]
+
+
+def test_a_cloud_provider_switch_counts_as_credentials(tmp_path):
+    """claude on Bedrock or Vertex has no Anthropic key: the cloud SDK's chain logs in."""
+    from actors.doctor import find_credentials
+    assert find_credentials("claude", {"CLAUDE_CODE_USE_BEDROCK": "1"}, tmp_path) == "env CLAUDE_CODE_USE_BEDROCK"
+    assert find_credentials("claude", {"CLAUDE_CODE_USE_VERTEX": "0"}, tmp_path) is None
