@@ -248,7 +248,8 @@ def _failure(ev: dict) -> str:
 
 def _preflight(ev: dict) -> str:
     parts = []
-    for f in ev.get("findings") or []:
+    findings = ev.get("findings")
+    for f in findings if isinstance(findings, list) else []:
         if not isinstance(f, dict):
             continue
         fix = f.get("fix")
