@@ -17,11 +17,11 @@ from pathlib import Path
 import msgspec
 
 from actors import decide as d
-from actors import launch, submit, workspace
+from actors import launch, preflight, submit, workspace
 from actors.agents import ADAPTERS
 from actors.doctor import find_binary
 from actors.sessions import SessionView, WorkerView
-from actors.worker import Worker, mailbox_endpoint
+from actors.worker import Worker, WorkerSpec, mailbox_endpoint
 from orchd import metrics
 from orchd import protocol as p
 from orchd.actor import ChildSpec
@@ -176,6 +176,9 @@ class Conduct:
         if host is not None:
             ev = msgspec.structs.replace(ev, host=host)
         self.emit(s, ev, w, gen=gen)
+        # a run placed on an agent host is checked there (the host's doctor and its CLIs), not here
+        if host is None and self._preflight_blocks(s, w, spec):
+            return
         if host is not None:
             from actors.hostlink import RemoteWorker
             worker = RemoteWorker(self.ctx, spec, self.ports.journal_ep, self.ports.inbox_ep, self.ports.hosts, host,
@@ -192,6 +195,20 @@ class Conduct:
             return None
         local_busy = len(self.ports.workers.running()) - link.remote_count()
         return link.place(w.spec.agent, w.run_kind == "assignment" and branch is not None, local_busy)
+
+    def _preflight_blocks(self, s: SessionView, w: WorkerView, spec: WorkerSpec) -> bool:
+        """Record what preflight found; a blocking finding fails the run before it starts."""
+        findings = preflight.before_launch(spec, s.rehearse)
+        if findings:
+            self.emit(s, p.WorkerPreflight(findings=findings), w)
+        stop = preflight.blocking(findings)
+        if stop is None:
+            return False
+        message = preflight.failure_message(stop)
+        self.emit(s, p.WorkerFailure(code=stop.code, message=message, action="escalate"), w)
+        self.emit(s, p.WorkerExited(state="failed", reason=message), w)
+        self._advance(s)
+        return True
 
     def _host_lost(self, s: SessionView, msg: p.HostLost) -> None:
         """A run's agent host went silent: relaunch the assignment (placed anew; resumed if its CLI can)."""

@@ -9,6 +9,10 @@ looks for credentials without reading their values into the report (only
 *where* they were found), and, for claude, whether the ``workspace``
 profile's bubblewrap sandbox can start (``bwrap`` and ``socat`` on PATH).
 
+``preflight_agent`` runs the launch preflight (actors.preflight) for a
+real run in the current directory under the agent's configured profile:
+what a launch would fix by itself, and what would stop it.
+
 ``rehearse_agent`` runs the REAL CLI once, exactly as a worker would
 (the adapter's ``build_launch`` with profile ``workspace``), against the
 built-in scripted model server on 127.0.0.1 with a fake key, in a throwaway
@@ -37,6 +41,7 @@ from typing import Any
 
 import msgspec
 
+from actors import preflight
 from actors.agents import RunSpec, get_adapter
 from actors.agents.rehearsal import prepare_rehearsal
 from orchd import config as orchd_config
@@ -131,7 +136,9 @@ def cli_version(name: str, binary: str) -> tuple[str | None, str | None]:
 # ---------------------------------------------------------------- credentials
 
 _CRED_ENV = {
-    "claude": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"),
+    # Bedrock and Vertex take their credentials from the cloud SDK's own chain
+    "claude": ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
+               "CLAUDE_CODE_USE_VERTEX"),
     "codex": ("OPENAI_API_KEY", "CODEX_API_KEY"),
     "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_GCA"),
 }
@@ -212,6 +219,28 @@ def check_agent(name: str, binary: str | None = None) -> AgentCheck:
     return AgentCheck(name=name, found=True, path=path, version=version, tested_version=tested,
                       tested=version is not None and version == tested,
                       credentials=source is not None, credentials_source=source, problems=problems)
+
+
+# ---------------------------------------------------------------- preflight
+
+def preflight_agent(name: str, path: str | None, profile: str, allow_unconfined: bool,
+                    state_dir: str) -> list[dict[str, Any]]:
+    """What the launch preflight would find for a real run of ``name`` in the
+    current directory under ``profile`` (see actors.preflight)."""
+    adapter = get_adapter(name)
+    cwd = os.getcwd()
+    launch = adapter.build_launch(RunSpec(prompt="doctor", cwd=cwd, profile=profile, binary=path,
+                                          allow_unconfined=allow_unconfined))
+    env = dict(os.environ) | launch.env
+    facts = preflight.gather(agent=name, binary=path, tested_version=adapter.tested_version, rehearsal=False,
+                             profile=profile, allow_unconfined=allow_unconfined, cwd=cwd, state_dir=state_dir,
+                             argv=launch.argv, env=env, launch_env=launch.env)
+    return [msgspec.to_builtins(f) for f in preflight.check(facts)]
+
+
+def _finding_line(f: dict[str, Any]) -> str:
+    tag = "fixed by the launch" if f["fixed"] else ("BLOCKS the launch" if f["blocking"] else "warning")
+    return f"  preflight: {f['code']} ({tag}): {f['message']}" + (f"; fix: {f['fix']}" if f.get("fix") else "")
 
 
 # ---------------------------------------------------------------- rehearse
@@ -319,6 +348,7 @@ def _table(report: dict[str, Any]) -> str:
     for name, a in report["agents"].items():
         lines += [f"{name}: {a['path'] or 'not found'}"]
         lines += [f"  problem: {p}" for p in a["problems"]]
+        lines += [_finding_line(f) for f in a.get("preflight") or []]
         r = a["rehearsal"]
         if r is not None and not r["ok"]:
             lines += [f"  rehearsal: {line}" for line in (r["error"] or "").splitlines()]
@@ -345,6 +375,9 @@ def main(args: Any) -> int:
             rehearsal = rehearse_agent(name, check.path)
         entry = msgspec.to_builtins(check)
         entry["rehearsal"] = None if rehearsal is None else msgspec.to_builtins(rehearsal)
+        acfg = cfg.agent(name)
+        entry["preflight"] = preflight_agent(name, check.path, acfg.profile, cfg.allow_unconfined,
+                                             str(cfg.state_dir))
         report["agents"][name] = entry
         if not check.found or (getattr(args, "rehearse", False) and not (rehearsal and rehearsal.ok)):
             report["ok"] = False

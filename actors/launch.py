@@ -137,7 +137,9 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
                   config_dir=(str(Path(found.home) / ".codex") if found.home and a.agent == "codex" else None),
                   tmpdir=str(tmpdir), allow_unconfined=cfg.allow_unconfined, argv=a.argv, env=a.env,
                   output_schema=found.output_schema if reviewer else None,
-                  output_schema_file=found.output_schema_file if reviewer else None)
+                  output_schema_file=found.output_schema_file if reviewer else None,
+                  # a relaunch after bad_flag (Fix.fallback) uses the adapter's fallback launch
+                  fallback=bool(getattr(cmd, "fallback", False)))
     spec = WorkerSpec(session=s.id, name=a.name, agent=a.agent, gen=gen, run=run,
                       wall_time_s=min(limits.wall_time_s, cfg.review.deadline_s) if reviewer else limits.wall_time_s,
                       stall_s=min(limits.stall_s, cfg.review.deadline_s) if reviewer else limits.stall_s,

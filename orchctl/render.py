@@ -282,6 +282,18 @@ def _failure(ev: dict) -> str:
     return out + (f" fix {short(fix, 60)}" if fix else "")
 
 
+def _preflight(ev: dict) -> str:
+    parts = []
+    findings = ev.get("findings")
+    for f in findings if isinstance(findings, list) else []:
+        if not isinstance(f, dict):
+            continue
+        fix = f.get("fix")
+        tag = "fixed" if f.get("fixed") else ("BLOCKING" if f.get("blocking") else "warning")
+        parts.append(f"{f.get('code')} ({tag}{': ' + str(fix) if fix else ''})")
+    return "preflight: " + ("; ".join(parts) or "nothing found")
+
+
 def _launching(ev: dict) -> str:
     out = "resume" if ev.get("resume") else "fresh start"
     if ev.get("branch"):
@@ -328,6 +340,7 @@ _SUMMARIES = {
     "worker.limit": lambda e: f"limit {e.get('limit')} reached" + (f": {e['detail']}" if e.get("detail") else ""),
     "worker.failure": _failure,
     "worker.launching": _launching,
+    "worker.preflight": _preflight,
     "session.submitted": _submitted,
     "session.planned": lambda e: f"plan ({e.get('source')}): {_assignments(e.get('assignments'))}"
                                  + (f" — {e['note']}" if e.get("note") else ""),

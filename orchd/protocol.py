@@ -600,6 +600,28 @@ class WorkerFailure(Ev, tag="worker.failure"):
         return Fix.from_legacy(self.fix) if self.fix else None
 
 
+class PreflightFinding(Wire):
+    """One thing preflight found about a launch (see actors.preflight).
+
+    ``fixed``: the launch already carries the fix (``fix`` says what it did);
+    otherwise ``fix`` is what a human must do.  ``blocking``: the run cannot
+    work, so it is not started; a non-blocking finding is a warning."""
+
+    code: str
+    message: str
+    fixed: bool = False
+    fix: str | None = None
+    blocking: bool = False
+
+
+class WorkerPreflight(Ev, tag="worker.preflight"):
+    """What preflight found before launching generation ``gen`` (emitted by the
+    supervisor, only when it found something).  A blocking finding is followed
+    by a ``worker.failure`` (action escalate) and the run is never started."""
+
+    findings: list[PreflightFinding]
+
+
 # --- session events (emitted by the supervisor)
 
 class AssignmentSpec(Wire):
@@ -868,7 +890,7 @@ Event = Union[
     AgentError, AgentResult, AgentUnknown, AgentOutput,
     WorkerStarted, WorkerExited, WorkerStateChanged, WorkerLog, WorkerBadLine,
     WorkerMilestone, WorkerBlocker, WorkerReviewRequest, WorkerDone,
-    WorkerLimit, WorkerFailure, WorkerLaunching, WorkerCommitted,
+    WorkerLimit, WorkerFailure, WorkerLaunching, WorkerCommitted, WorkerPreflight,
     SessionSubmitted, SessionPlanned, SessionStateChanged, SessionNote,
     SessionStopRequested, SessionMerged, SessionWarning,
     DaemonStarted, DaemonStopping, DaemonReloaded, DaemonReloadFailed,

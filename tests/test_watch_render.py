@@ -47,6 +47,9 @@ SAMPLES: dict[str, dict] = {
     "worker.committed": {"branch": "orchd/s-1.impl", "commit": "0123456789abcdef", "made": True,
                          "left_out": [".env", "node_modules/"], "left_out_more": 0},
     "worker.limit": {"limit": "wall_time", "detail": "over 600 s"},
+    "worker.preflight": {"findings": [{"code": "root_yolo", "message": "claude refuses skip-permissions as root",
+                                       "fixed": True, "fix": "IS_SANDBOX=1"},
+                                      {"code": "untested_version", "message": "claude 2.2.0 is not 2.1.197"}]},
     "worker.failure": {"code": "rate_limit", "message": "429", "action": "relaunch", "remedy": {"backoff_s": 30}},
     "worker.launching": {"resume": True, "branch": "orchd/s-1/impl", "delay_s": 2.0, "reason": "daemon restart"},
     "session.submitted": {"task": "fix it", "target": "/repo", "assignments": [SPEC]},
@@ -81,6 +84,7 @@ SAMPLES: dict[str, dict] = {
 }
 
 EXACT = {
+    "worker.preflight": "preflight: root_yolo (fixed: IS_SANDBOX=1); untested_version (warning)",
     "agent.usage": "tokens in=350 out=32 cost=$0.0123",
     "agent.tool_result": "failed permission denied",
     "agent.tool_call": "Bash ls -la",
