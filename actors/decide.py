@@ -43,6 +43,7 @@ class Launch:
     env: dict[str, str] = field(default_factory=dict)
     answer: tuple[str, str] | None = None  # (question, answer): resumed after ``orchctl answer``
     summary: str | None = None  # a fresh start after a resume failed: what the earlier run did
+    fallback: bool = False  # a refused flag: the adapter's fallback launch (``Fix.fallback``, ``RunSpec.fallback``)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ def _relaunches(s: SessionView) -> list[Launch]:
         if w.state != "failed" or w.preparing or r is None or r.action not in ("relaunch", "resume_after_quota"):
             continue
         out.append(Launch(worker=w.spec.name, resume=r.resume, reason=r.reason,
-                          delay_s=r.delay_s if r.action == "relaunch" else 0.0, env=dict(r.env), summary=r.summary))
+                          delay_s=r.delay_s if r.action == "relaunch" else 0.0, env=dict(r.env), summary=r.summary,
+                          fallback=bool(r.fix is not None and r.fix.fallback)))
     return out
 
 

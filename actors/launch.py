@@ -139,7 +139,7 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
                   output_schema=found.output_schema if reviewer else None,
                   output_schema_file=found.output_schema_file if reviewer else None,
                   # a relaunch after bad_flag (Fix.fallback) uses the adapter's fallback launch
-                  fallback=bool(getattr(cmd, "fallback", False)))
+                  fallback=cmd.fallback)
     spec = WorkerSpec(session=s.id, name=a.name, agent=a.agent, gen=gen, run=run,
                       wall_time_s=min(limits.wall_time_s, cfg.review.deadline_s) if reviewer else limits.wall_time_s,
                       stall_s=min(limits.stall_s, cfg.review.deadline_s) if reviewer else limits.stall_s,
