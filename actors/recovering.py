@@ -11,7 +11,9 @@ Rules, in order:
 * **usage limit** (code ``usage_limit``, catalogue action ``park``, or a
   rate limit whose message says a usage limit or quota ran out): the reset
   time is read from the message (``actors.quota``); the assignment is
-  parked until the reset plus ``quota_margin_s`` and then resumed.  Quota
+  parked until the reset plus ``quota_margin_s`` and then resumed (a clock
+  time printed to the minute that names the minute just begun means now,
+  not the same time tomorrow).  Quota
   waits do not count against the relaunch bound; a wait that would last past
   ``max_quota_wait_s`` (counted from the first park of this episode)
   escalates.  No reset time in the message: it is retried like a rate limit
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from actors import quota
 from orchd import protocol as p
@@ -54,6 +56,7 @@ LOGIN = frozenset({"not_logged_in", "auth_invalid"})
 PENDING = frozenset({"relaunch", "park", "resume_after_quota"})
 """Actions after which the assignment is not finished: the supervisor relaunches it (now or later)."""
 SUMMARY_CHARS = 2000
+CLOCK_SLACK_S = 120.0  # a reset printed to the minute may name the minute that has just begun
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def decide(f: Failed, policy: Policy, now: float, draw: float) -> Decision:
     message = f.failure.message if f.failure is not None else (f.reason or "the run failed")
     catalogue = "relaunch" if f.stalled else (f.failure.action if f.failure is not None else "fail")
     what = f"{code}: {message}"[:300]
-    if code == "usage_limit" or catalogue == "park" or (code == "rate_limited" and quota.is_usage_limit(message)):
+    if code == "usage_limit" or catalogue == "park" or (code in TRANSIENT and quota.is_usage_limit(message)):
         parked = _park(f, policy, code, message, now)
         if parked is not None:
             return parked
@@ -144,11 +147,17 @@ def decide(f: Failed, policy: Policy, now: float, draw: float) -> Decision:
 
 
 def _park(f: Failed, policy: Policy, code: str, message: str, now: float) -> Decision | None:
-    reset = quota.reset_at(message, datetime.fromtimestamp(now).astimezone())
-    if reset is None or reset.timestamp() <= now:
+    local_now = datetime.fromtimestamp(now).astimezone()
+    reset = quota.reset_at(message, local_now)
+    if reset is None:
         return None
+    early = quota.reset_at(message, local_now - timedelta(seconds=CLOCK_SLACK_S))
+    if early is not None and reset.timestamp() - early.timestamp() > 3600 and early.timestamp() >= now - CLOCK_SLACK_S:
+        reset = early  # a clock time of this very minute (codex prints minutes), not the same time tomorrow
     reset_ts = reset.timestamp()
-    until = reset_ts + policy.quota_margin_s
+    if reset_ts < now - CLOCK_SLACK_S:
+        return None  # a reset long past: nothing to wait for, retried like a rate limit
+    until = max(reset_ts, now) + policy.quota_margin_s
     since = f.quota_since if f.quota_since is not None else now
     when = reset.isoformat(timespec="seconds")
     if until - since > policy.max_quota_wait_s:

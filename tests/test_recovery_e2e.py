@@ -170,3 +170,13 @@ def test_a_command_is_relaunched_only_when_its_assignment_says_retry(daemon_fact
     assert rec["again"]["action"] == "relaunch"
     assert rec["once"]["action"] == "fail" and "retry = true" in rec["once"]["reason"]
     assert s["state"] == "failed"
+
+
+def test_codex_usage_limit_parks_and_resumes(daemon_factory, git_repo, tmp_path):
+    """codex prints the reset to the minute ("Try again at 12:29 AM."): the minute just begun means now."""
+    d = daemon_factory(config="[recovery]\nquota_margin_s = 1\n", env={"PATH": agent_env_path()})
+    sid = _submit(d, tmp_path, git_repo, [{"usage_limit": 3}, *FINISH], "codex")
+    events = watch_until_done(d, sid, timeout_s=240)
+    actions = [a["action"] for a in _kinds(events, "recovery.action")]
+    assert actions[:2] == ["park", "resume_after_quota"], (actions, _kinds(events, "recovery.detected"))
+    assert d.status(sid)["state"] == "done"

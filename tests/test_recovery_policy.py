@@ -137,6 +137,15 @@ def test_a_usage_limit_with_a_reset_time_parks_until_reset_plus_margin():
     assert NOW < clock.reset_at <= NOW + 2 * 3600
 
 
+def test_a_reset_printed_to_the_minute_that_has_just_begun_means_now():
+    start = datetime.fromtimestamp(NOW).astimezone().replace(second=0, microsecond=0)
+    now = start.timestamp() + 20  # 20 s into the minute codex prints
+    said = f"{start.hour % 12 or 12}:{start.minute:02d} {'PM' if start.hour >= 12 else 'AM'}"
+    got = recovering.decide(_f("crashed", message=f"You\u2019ve hit your usage limit. Try again at {said}.",
+                               agent="codex"), POLICY, now, 0.0)
+    assert (got.action, got.reset_at, got.until) == ("park", start.timestamp(), now + 30.0)
+
+
 def test_a_quota_wait_past_its_ceiling_escalates():
     msg = "You've hit your usage limit. Try again in 2 days"
     got = recovering.decide(_f("usage_limit", "park", msg), POLICY, NOW, 0.0)

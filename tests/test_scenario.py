@@ -70,7 +70,7 @@ def test_every_scenario_in_the_docs_is_valid() -> None:
 def test_the_agent_keys_are_the_dialects_agents() -> None:
     assert set(AGENT_KEYS) == set(dialects.AGENT_OF.values()) | {"*"}
     assert {f.encode_name for f in msgspec.structs.fields(Agents)} == set(AGENT_KEYS)
-    assert REPLY_KINDS == ("text", "tool", "http_error", "stall", "json")
+    assert REPLY_KINDS == ("text", "tool", "http_error", "stall", "json", "usage_limit")
 
 
 BAD: list[tuple[Any, str]] = [
@@ -104,8 +104,10 @@ BAD: list[tuple[Any, str]] = [
     ({"agents": {"*": [{"tool": "write_file", "path": "", "content": ""}]}},
      "agents.*[0].path: expected str of length >= 1"),
     # no kind, two kinds, keys of another kind
-    ({"agents": {"*": [{}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall, json"),
-    ({"agents": {"*": [{"match": "x"}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall, json"),
+    ({"agents": {"*": [{}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall, json, usage_limit"),
+    ({"agents": {"*": [{"match": "x"}]}}, "agents.*[0]: a reply needs one of text, tool, http_error, stall, json, usage_limit"),
+    ({"agents": {"*": [{"usage_limit": -1}]}}, "agents.*[0].usage_limit: expected float >= 0.0"),
+    ({"agents": {"*": [{"usage_limit": 5, "body": {}}]}}, "agents.*[0]: body not allowed with usage_limit"),
     ({"agents": {"*": [{"tool": "run", "command": "x", "http_error": 500}]}},
      "agents.*[0]: a reply has one kind, got tool and http_error"),
     ({"agents": {"*": [{"text": "x", "stall": True}]}}, "agents.*[0]: text not allowed with stall"),
