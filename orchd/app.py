@@ -576,7 +576,7 @@ def link_server_keys(cfg: config.Config):
 def cmd_host(args) -> int:
     """``orchd host``: an agent host (exit 2 for bad arguments or unusable keys)."""
     from orchd import bus, keys
-    from orchd.host import AgentHost, default_name
+    from actors.hosting import AgentHost, default_name
     try:
         cfg = config.load(None, {"state_dir": args.state_dir})
         if args.slots < 0:

@@ -42,7 +42,7 @@ from orchd import bus, log, metrics, wire
 from orchd import protocol as p
 from orchd.actor import Mailbox, Outbox, Waker, sync_view
 
-_log = log.get("orchd.host")
+_log = log.get("actors.hosting")
 
 _spec_dec = msgspec.msgpack.Decoder(WorkerSpec)
 RECONNECT_BEATS = 3  # heartbeats without a word from the supervisor before a new socket
