@@ -208,7 +208,9 @@ class HostLink:
         for key in sorted(running - host.placed):
             self.send(name, p.LinkDrop(key=key, reason="not running here"))
         for key in sorted(host.placed):
-            self.proxies[key].hello(key in running)
+            proxy = self.proxies.get(key)  # (None: placed, its stand-in not started yet)
+            if proxy is not None:
+                proxy.hello(key in running)
 
     def _item(self, host: _Host, msg: p.HostEvents | p.HostResult | p.HostEnded) -> None:
         proxy = self.proxies.get(msg.key)

@@ -567,7 +567,11 @@ def cmd_web(args) -> int:
 
 def link_server_keys(cfg: config.Config):
     """The daemon's CURVE server pair for a tcp host link (``orchd keys init``), None on ipc."""
-    if not (cfg.host_link_endpoint or "").startswith("tcp://"):
+    endpoint = cfg.host_link_endpoint or ""
+    if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
+        raise StartupError(f"host_link_endpoint {endpoint}: agent hosts connect over tcp:// (with CURVE) "
+                           "or ipc:// only")
+    if not endpoint.startswith("tcp://"):
         return None
     from orchd import keys
     return keys.load_server_keys(cfg.state_dir)

@@ -90,3 +90,14 @@ def test_stop_pause_resume_reach_a_run_on_a_host(daemon_factory, git_repo, tmp_p
         wait_for(lambda: hosts(d)[0]["busy"] == 0, 30, "the host's slot to be free")
     finally:
         stop_host(host)
+
+
+def test_a_bad_host_link_endpoint_stops_the_start_with_one_line(daemon_factory, tmp_path):
+    for endpoint, words in (("udp://1.2.3.4:5", "tcp:// (with CURVE) or ipc://"),
+                            ("tcp://127.0.0.1:5999", "orchd keys init")):
+        d = daemon_factory(f'host_link_endpoint = "{endpoint}"\n', start=False)
+        res = subprocess.run([sys.executable, "-m", "orchd.app", "run", "--state-dir", str(d.state_dir),
+                              "--runtime-dir", str(d.runtime_dir), "--config", str(d.config)],
+                             capture_output=True, text=True, timeout=60, env=d.env)
+        assert res.returncode == 1 and words in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
