@@ -172,7 +172,7 @@ class Conduct:
         if cmd.summary and not spec.run.resume_id:  # a fresh start after a resume failed: what came before
             spec = msgspec.structs.replace(spec, run=msgspec.structs.replace(
                 spec.run, prompt=f"{spec.run.prompt}\n\n{cmd.summary}"))
-        host = self._place(w, branch)
+        host = self._place(s, w, branch, gen)
         if host is not None:
             ev = msgspec.structs.replace(ev, host=host)
         self.emit(s, ev, w, gen=gen)
@@ -188,13 +188,14 @@ class Conduct:
         self.ports.workers.start_child(ChildSpec(name=f"{s.id}/{a.name}/{gen}", start=worker.run,
                                                  restart=Restart.TEMPORARY, shutdown_s=cfg.stop_grace_s + 5))
 
-    def _place(self, w: WorkerView, branch: str | None) -> str | None:
+    def _place(self, s: SessionView, w: WorkerView, branch: str | None, gen: int) -> str | None:
         """The agent host this run goes to, or None (here): ``actors.placement`` decides."""
         link = getattr(self.ports, "hosts", None)
         if link is None:
             return None
         local_busy = len(self.ports.workers.running()) - link.remote_count()
-        return link.place(w.spec.agent, w.run_kind == "assignment" and branch is not None, local_busy)
+        return link.place(w.spec.agent, w.run_kind == "assignment" and branch is not None, local_busy,
+                          f"{s.id}/{w.spec.name}/{gen}")
 
     def _preflight_blocks(self, s: SessionView, w: WorkerView, spec: WorkerSpec) -> bool:
         """Record what preflight found; a blocking finding fails the run before it starts."""
@@ -211,7 +212,8 @@ class Conduct:
         return True
 
     def _host_lost(self, s: SessionView, msg: p.HostLost) -> None:
-        """A run's agent host went silent: relaunch the assignment (placed anew; resumed if its CLI can)."""
+        """A run's agent host went silent: relaunch the assignment, placed anew, from its branch as the
+        daemon has it (what the lost run did is lost with it)."""
         w = s.workers.get(msg.worker)
         if w is None or w.gen != msg.gen or w.state in p.WORKER_TERMINAL:
             return
@@ -221,7 +223,8 @@ class Conduct:
             self._advance(s)
             return
         metrics.relaunches.labels(w.spec.agent).inc()
-        self._launch(s, w, d.Launch(worker=w.spec.name, resume=True, reason=msg.reason))
+        # fresh: the agent's own session (what a resume would continue) is kept on the lost host's disk
+        self._launch(s, w, d.Launch(worker=w.spec.name, resume=False, reason=msg.reason))
 
     def _find(self, agent: str) -> str | None:
         return find_binary(agent, self.cfg.agent(agent).binary)

@@ -38,7 +38,7 @@ from actors import hostlink_git, placement
 from actors.worker import WORKER_OUTBOX_HWM, WorkerSpec, mailbox_endpoint
 from orchd import bus, log, metrics, wire
 from orchd import protocol as p
-from orchd.actor import Mailbox, Outbox, sync_view
+from orchd.actor import Mailbox, Outbox, Waker, sync_view
 from orchd.config import Config
 
 _log = log.get("actors.hostlink")
@@ -75,14 +75,19 @@ class HostLink:
 
     # ------------------------------------------------------------ the supervisor's side
 
-    def place(self, agent: str, movable: bool, local_busy: int) -> str | None:
+    def place(self, agent: str, movable: bool, local_busy: int, key: str) -> str | None:
+        """Where run ``key`` goes (None: here); a host's slot is taken at once, so runs placed in
+        one turn of the loop do not all see the same free slot."""
         pc = self.cfg.placement
         hosts = [placement.HostSlots(name=h.name, slots=h.slots, busy=len(h.placed), clis=frozenset(h.clis))
                  for h in self.hosts.values()]
-        return placement.place(agent, movable, local_busy, pc.local_slots, pc.agents.get(agent, "any"), hosts)
+        name = placement.place(agent, movable, local_busy, pc.local_slots, pc.agents.get(agent, "any"), hosts)
+        if name is not None:
+            self.hosts[name].placed.add(key)
+        return name
 
     def remote_count(self) -> int:
-        return len(self.proxies)
+        return sum(len(h.placed) for h in self.hosts.values())
 
     def hosts_info(self, now_wall: float) -> list[dict]:
         return [{"name": h.name, "slots": h.slots, "busy": len(h.placed), "clis": dict(h.clis),
@@ -120,6 +125,7 @@ class HostLink:
         sock = bus.host_link_router(self.ctx, cfg.host_link_endpoint, cfg.max_frame_bytes,
                                     cfg.placement.heartbeat_s, self.server_keys)
         self._raw = sync_view(sock)
+        waker = Waker(self._raw)
         _log.info("host_link_listening", endpoint=cfg.host_link_endpoint, curve=self.server_keys is not None)
         beat_s = cfg.placement.heartbeat_s
         next_beat = time.monotonic()
@@ -129,14 +135,18 @@ class HostLink:
                 if now >= next_beat:
                     self._beat(now)
                     next_beat = now + beat_s
-                if await sock.poll(timeout=max(1, int((next_beat - now) * 1000)), flags=zmq.POLLIN):
+                if await waker.wait(max(0.001, next_beat - now)):
                     for _ in range(1000):
                         try:
                             frames = self._raw.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
                         self._receive(frames, time.monotonic())
+                # let the stand-ins hand on what was just delivered: the wait above does not yield
+                # while the socket stays readable, and a steady stream would keep them waiting
+                await asyncio.sleep(0)
         finally:
+            waker.close()
             self._raw = None
             sock.close(linger=0)
 
@@ -198,7 +208,9 @@ class HostLink:
         for key in sorted(running - host.placed):
             self.send(name, p.LinkDrop(key=key, reason="not running here"))
         for key in sorted(host.placed):
-            self.proxies[key].hello(key in running)
+            proxy = self.proxies.get(key)  # (None: placed, its stand-in not started yet)
+            if proxy is not None:
+                proxy.hello(key in running)
 
     def _item(self, host: _Host, msg: p.HostEvents | p.HostResult | p.HostEnded) -> None:
         proxy = self.proxies.get(msg.key)
@@ -275,8 +287,10 @@ class RemoteWorker:
                         self._tell(raw)
                     recv = None
                 if get in done:
-                    item, get = get.result(), None
-                    if await self._handle(item, out):
+                    items, get = [get.result()], None
+                    while not self._items.empty():  # all that came meanwhile: one loop turn, not one each
+                        items.append(self._items.get_nowait())
+                    if await self._handle_all(items, out):
                         return
         finally:
             for t in (recv, get):
@@ -298,15 +312,35 @@ class RemoteWorker:
             self._stop = msg
         self.link.send(self.host, p.LinkTell(key=self.key, msg=msg))
 
+    async def _handle_all(self, items: list, out: Outbox) -> bool:
+        """Items in order; consecutive events go to the journal as one ``Append``."""
+        frames: list[bytes] = []
+        for item in items:
+            if type(item) is p.HostEvents:
+                frames.extend(self._checked(item.frames))
+                continue
+            if frames:
+                await out.send(self.journal, wire.pack(p.Append(frames=frames)))
+                frames = []
+            if await self._handle(item, out):
+                return True
+        if frames:
+            await out.send(self.journal, wire.pack(p.Append(frames=frames)))
+        return False
+
+    def _checked(self, frames: list[bytes]) -> list[bytes]:
+        ok = [f for f in frames if self._own(f)]
+        if len(ok) < len(frames):
+            metrics.bad_messages.labels("host_link", "foreign_event").inc(len(frames) - len(ok))
+            _log.warning("host_foreign_events", host=self.host, worker=self.spec.name, refused=len(frames) - len(ok))
+        return ok
+
     async def _handle(self, item, out: Outbox) -> bool:
         """One thing from the host (or its loss), in order; True when this generation is over here."""
         spec = self.spec
         match item:
             case p.HostEvents(frames=frames):
-                ok = [f for f in frames if self._own(f)]
-                if len(ok) < len(frames):
-                    metrics.bad_messages.labels("host_link", "foreign_event").inc(len(frames) - len(ok))
-                    _log.warning("host_foreign_events", host=self.host, worker=spec.name, refused=len(frames) - len(ok))
+                ok = self._checked(frames)
                 if ok:
                     await out.send(self.journal, wire.pack(p.Append(frames=ok)))
             case p.HostResult(data=data, last=last, head=head, wrapped=wrapped):

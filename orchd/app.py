@@ -593,7 +593,11 @@ def cmd_web(args) -> int:
 
 def link_server_keys(cfg: config.Config):
     """The daemon's CURVE server pair for a tcp host link (``orchd keys init``), None on ipc."""
-    if not (cfg.host_link_endpoint or "").startswith("tcp://"):
+    endpoint = cfg.host_link_endpoint or ""
+    if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
+        raise StartupError(f"host_link_endpoint {endpoint}: agent hosts connect over tcp:// (with CURVE) "
+                           "or ipc:// only")
+    if not endpoint.startswith("tcp://"):
         return None
     from orchd import keys
     return keys.load_server_keys(cfg.state_dir)
@@ -602,7 +606,7 @@ def link_server_keys(cfg: config.Config):
 def cmd_host(args) -> int:
     """``orchd host``: an agent host (exit 2 for bad arguments or unusable keys)."""
     from orchd import bus, keys
-    from orchd.host import AgentHost, default_name
+    from actors.hosting import AgentHost, default_name
     try:
         cfg = config.load(None, {"state_dir": args.state_dir})
         if args.slots < 0:

@@ -62,3 +62,42 @@ def test_session_runs_on_two_hosts_over_ipc(daemon_factory, git_repo, tmp_path, 
     finally:
         for p_ in procs:
             stop_host(p_)
+
+
+def test_stop_pause_resume_reach_a_run_on_a_host(daemon_factory, git_repo, tmp_path, short_tmp):
+    link = f"ipc://{short_tmp}/link"
+    d = daemon_factory(f'host_link_endpoint = "{link}"\n[placement]\nheartbeat_s = 0.2\n'
+                       '[placement.agents]\ncommand = "hosts"\n')
+    host = start_host("h1", link, tmp_path / "h1", log=open(tmp_path / "h1.log", "ab"))
+    try:
+        wait_for(lambda: len(hosts(d)) == 1, 30, "the host")
+        pidfile = tmp_path / "pid"
+        plan = write_plan(tmp_path / "plan.json", [
+            {"name": "long", "agent": "command", "argv": fake("line:working", f"bg:{pidfile}", "hang")}])
+        sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the agent to start on the host")
+        assert hosts(d)[0]["busy"] == 1 and hosts(d)[0]["running"] == [f"{sid}/long/0"]
+        d.ctl("pause", sid)
+        wait_for(lambda: d.status(sid)["workers"][0]["state"] == "paused", 30, "the run to pause")
+        d.ctl("resume", sid)
+        wait_for(lambda: d.status(sid)["workers"][0]["state"] == "running", 30, "the run to resume")
+        d.ctl("stop", sid)
+        status = d.wait_session(sid, timeout_s=60)
+        assert status["state"] == "stopped" and status["workers"][0]["state"] == "stopped"
+        bg = int(pidfile.read_text())
+        wait_for(lambda: not os.path.exists(f"/proc/{bg}") or open(f"/proc/{bg}/stat").read().split()[2] == "Z",
+                 30, "the agent's process group to be gone on the host")
+        wait_for(lambda: hosts(d)[0]["busy"] == 0, 30, "the host's slot to be free")
+    finally:
+        stop_host(host)
+
+
+def test_a_bad_host_link_endpoint_stops_the_start_with_one_line(daemon_factory, tmp_path):
+    for endpoint, words in (("udp://1.2.3.4:5", "tcp:// (with CURVE) or ipc://"),
+                            ("tcp://127.0.0.1:5999", "orchd keys init")):
+        d = daemon_factory(f'host_link_endpoint = "{endpoint}"\n', start=False)
+        res = subprocess.run([sys.executable, "-m", "orchd.app", "run", "--state-dir", str(d.state_dir),
+                              "--runtime-dir", str(d.runtime_dir), "--config", str(d.config)],
+                             capture_output=True, text=True, timeout=60, env=d.env)
+        assert res.returncode == 1 and words in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -115,7 +115,7 @@ def cluster(netns, tmp_path, short_tmp):
 
 def keys_cmd(*args) -> dict:
     cmd, state, *rest = args
-    res = subprocess.run([sys.executable, "-m", "orchd.app", "keys", cmd, "--state-dir", str(state), "--json", "--", *rest],
+    res = subprocess.run([sys.executable, "-m", "orchd.app", "keys", cmd, "--state-dir", str(state), "--json", *(["--", *rest] if rest else [])],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
@@ -217,6 +217,8 @@ def test_short_cut_loses_and_duplicates_nothing(cluster, netns, git_repo, tmp_pa
     events = watch_until_done(d, sid, timeout_s=90)
     assert events[-1]["state"] == "done", events[-5:]
     assert set(_placed(events)) == {("a", 0), ("b", 0)}, "nothing was relaunched"
+    # the cut was long enough for h1 to give its connection up and resend on a new one
+    assert '"action": "reconnecting"' in (tmp_path / "h1.log").read_text()
     _check_no_loss_or_dup(events, sid, 200)
     assert git(git_repo, "show", f"orchd/{sid}:a.txt").strip() == "from a"
 

@@ -331,7 +331,7 @@ def test_the_strategies_reach_every_request_type_valid_and_invalid():
     seen: dict[str, set[str]] = {}
 
     # derandomized: a claim about the strategy, so the same examples every run (no flakiness)
-    @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(request_frames())
     def collect(kind_frame):
         kind, frame = kind_frame

@@ -40,9 +40,9 @@ from actors.launch import agent_env
 from actors.worker import Worker, WorkerSpec, mailbox_endpoint
 from orchd import bus, log, metrics, wire
 from orchd import protocol as p
-from orchd.actor import Mailbox, Outbox, sync_view
+from orchd.actor import Mailbox, Outbox, Waker, sync_view
 
-_log = log.get("orchd.host")
+_log = log.get("actors.hosting")
 
 _spec_dec = msgspec.msgpack.Decoder(WorkerSpec)
 RECONNECT_BEATS = 3  # heartbeats without a word from the supervisor before a new socket
@@ -109,9 +109,12 @@ class AgentHost:
                 if now - max(heard_at, self._opened_at) > self._reconnect_after_s():
                     self._reconnects += 1
                     _log.warning("supervisor_silent", silent_s=round(silent_s, 1), action="reconnecting")
+                    self._waker.close()
                     sock.close(linger=0)
                     sock = self._open()
-                if await sock.poll(timeout=max(1, int(min(next_beat - now, 0.25) * 1000)), flags=zmq.POLLIN):
+                self._flush()
+                wait_s = 0.01 if self._backlog else min(next_beat - now, 0.25)
+                if await self._waker.wait(max(0.001, wait_s)):
                     heard_at, stopped_agents, self._reconnects = time.monotonic(), False, 0
                     for _ in range(1000):
                         try:
@@ -119,6 +122,7 @@ class AgentHost:
                         except zmq.Again:
                             break
                         self._receive(raw)
+                    await asyncio.sleep(0)  # the runs' tasks go on while acknowledgements stream in
         finally:
             if probe is not None:
                 await asyncio.wait({probe})
@@ -126,6 +130,7 @@ class AgentHost:
             tasks = [r.task for r in self.runs.values() if r.task is not None]
             if tasks:
                 await asyncio.wait(tasks, timeout=self.stop_grace_s + 5)
+            self._waker.close()
             sock.close(linger=0)
             self.out.close()
             self.ctx.term()
@@ -142,6 +147,8 @@ class AgentHost:
     def _open(self):
         sock = bus.host_link_dealer(self.ctx, self.connect, self.name, self.heartbeat_s, self.curve)
         self._raw = sync_view(sock)
+        self._backlog: deque[p.Msg] = deque()  # a new connection: everything unacknowledged is resent below
+        self._waker = Waker(self._raw)
         self._opened_at = time.monotonic()
         self._send(self._hello())
         for run in self.runs.values():
@@ -155,10 +162,22 @@ class AgentHost:
                            running=sorted(k for k, r in self.runs.items() if not r.dropped))
 
     def _send(self, msg: p.Msg) -> None:
+        """Send now, or after what waits before it (the link's queue was full); in order."""
+        if self._backlog:
+            self._backlog.append(msg)
+            return
         try:
             self._raw.send(wire.pack(msg), zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            pass  # kept in ``unacked`` when it matters: resent after the next reconnect
+            self._backlog.append(msg)
+
+    def _flush(self) -> None:
+        while self._backlog:
+            try:
+                self._raw.send(wire.pack(self._backlog[0]), zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._backlog.popleft()
 
     def _receive(self, raw: bytes) -> None:
         try:
@@ -274,19 +293,21 @@ class AgentHost:
                 raws = await pull.recv_batch(timeout_s=0.5)
                 if not raws and wtask.done():
                     break
+                batch: list[bytes] = []  # what the worker appended meanwhile goes as one message
                 for raw in raws:
                     try:
                         msg = wire.journal_inbox.decode(raw)
                     except msgspec.DecodeError:
                         continue
-                    if type(msg) is not p.Append:
+                    if type(msg) is not p.Append or exited:
                         continue
                     frames = msg.frames
                     cut = next((i for i, f in enumerate(frames) if f.split(b" ", 2)[1] == b"worker.exited"), None)
                     if cut is not None:
                         frames, exited = frames[:cut], frames[cut:]
-                    if frames:
-                        self._queue(run, lambda seq, frames=frames: p.HostEvents(key=key, seq=seq, frames=frames))
+                    batch.extend(frames)
+                if batch:
+                    self._queue(run, lambda seq, frames=batch: p.HostEvents(key=key, seq=seq, frames=frames))
             await asyncio.wait({wtask})
             if not run.dropped:
                 await self._send_result(run, spec, wc)
