@@ -408,8 +408,13 @@ def ensure_hub(target: Path, root: Path, session: str) -> Path:
         shutil.rmtree(hub)
     hub.parent.mkdir(parents=True, exist_ok=True)
     _git(hub.parent, "init", "--quiet", "--bare", "--template=", str(hub))
-    _borrow(hub, _objects_dir(target))
-    _copy_shallow(target, hub)
+    # the target's object dir and shallow file in one command; the hub's are known (bare, ours)
+    objects, shallow = _git(target, "rev-parse", "--path-format=absolute", "--git-path", "objects",
+                            "--git-path", "shallow").splitlines()
+    (hub / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (hub / "objects" / "info" / "alternates").write_text(objects + "\n")  # as _borrow
+    if Path(shallow).is_file():  # as _copy_shallow
+        shutil.copyfile(shallow, hub / "shallow")
     (hub / HUB_READY).write_text("")
     return hub
 

@@ -21,11 +21,13 @@ and, each repeat:
   - **merge_s**: the last ``worker.exited`` -> ``session.merged``;
   - **chain_s**: ``session.submitted`` -> ``session.merged``, and its ratio
     to ``chain x 1 s + raw_worktree_s`` (the issue's target: <= 1.5);
-  - **chain_disk_mb**: the session's worktree directory after the merge (du);
+  - **chain_disk_mb**: the session's worktree directory after the merge, before
+    ``orchctl clean`` (du);
 
 * a **parallel plan** of ``--parallel`` such assignments side by side:
   **disk_per_assignment_mb** is the session's worktree directory (du, real
-  blocks), sampled while all of them run, divided by their number;
+  blocks) after the merge, before ``orchctl clean``, divided by their number
+  (every clone is still there then);
   **parallel_first_launch_s** / **parallel_last_launch_s** and
   **parallel_merge_s** as above.
 
@@ -71,8 +73,7 @@ def raw_worktree(repo: Path, dest: Path) -> float:
     return took
 
 
-def run_plan(ctx: zmq.Context, d: Daemon, repo: Path, assignments: list[dict],
-             sample_disk_when_running: int = 0) -> dict:
+def run_plan(ctx: zmq.Context, d: Daemon, repo: Path, assignments: list[dict]) -> dict:
     """Submit a plan, follow its events to ``session.merged`` (or an end), return the receipt times."""
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)  # the subscription reaches the PUB first
@@ -85,8 +86,7 @@ def run_plan(ctx: zmq.Context, d: Daemon, repo: Path, assignments: list[dict],
     session = json.loads(res.stdout)["session"]
     sdir = d.tmp / "state" / "worktrees" / session
     topic = session.encode()
-    t: dict = {"started": {}, "exited": {}, "disk_mb": None}
-    running: set[str] = set()
+    t: dict = {"started": {}, "exited": {}}
     deadline = time.monotonic() + 600
     try:
         while "merged" not in t and time.monotonic() < deadline:
@@ -103,12 +103,8 @@ def run_plan(ctx: zmq.Context, d: Daemon, repo: Path, assignments: list[dict],
                 t["submitted"] = now
             elif kind == b"worker.started":
                 t["started"][worker] = now
-                running.add(worker)
-                if sample_disk_when_running and len(running) == sample_disk_when_running:
-                    t["disk_mb"] = du_mb(sdir)
             elif kind == b"worker.exited":
                 t["exited"][worker] = now
-                running.discard(worker)
                 if ev.get("state") != "done":
                     raise SystemExit(f"{worker} ended {ev.get('state')}: {ev.get('reason')}")
             elif kind == b"session.merged":
@@ -170,9 +166,9 @@ def main() -> int:
                 row["tiny_ratio"] = row["chain_s"] / critical
             else:
                 row["chain_vs_target"] = row["chain_s"] / (critical + row["raw_worktree_s"])
-                t = run_plan(ctx, d, repo, sleepers(args.parallel, False), args.parallel)
+                t = run_plan(ctx, d, repo, sleepers(args.parallel, False))
                 first = min(t["started"].values())
-                row.update(disk_per_assignment_mb=(t["disk_mb"] or 0.0) / args.parallel,
+                row.update(disk_per_assignment_mb=t["after_mb"] / args.parallel,
                            parallel_first_launch_s=first - t["submitted"],
                            parallel_last_launch_s=max(t["started"].values()) - t["submitted"],
                            parallel_merge_s=t["merged"] - max(t["exited"].values()))
