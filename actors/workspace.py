@@ -39,12 +39,20 @@ DIRTY_MAX = 20
 
 
 def _commit(trees: list[Tree], exclude: list[str]) -> list[p.CommitMade]:
-    out = []
-    for name, tree, message in trees:
-        c = worktrees.commit_assignment(Path(tree), message, exclude)
-        out.append(p.CommitMade(worker=name, branch=c.branch, commit=c.commit, made=c.made,
-                                left_out=c.left_out, left_out_more=c.left_out_more))
-    return out
+    """Commit each clone; several at once (separate repositories: their scans overlap), results in order."""
+    def one(tree: Tree) -> p.CommitMade:
+        name, path, message = tree
+        c = worktrees.commit_assignment(Path(path), message, exclude)
+        return p.CommitMade(worker=name, branch=c.branch, commit=c.commit, made=c.made,
+                            left_out=c.left_out, left_out_more=c.left_out_more)
+    if len(trees) < 2:
+        return [one(t) for t in trees]
+    with ThreadPoolExecutor(min(len(trees), COMMIT_THREADS), thread_name_prefix="orchd-commit") as pool:
+        return list(pool.map(one, trees))  # the first failure is raised, as one at a time would
+
+
+COMMIT_THREADS = 4
+"""Clones committed at the same time by one job (each is one ``git status`` when nothing changed)."""
 
 
 def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, deps: list[Tree],

@@ -627,8 +627,10 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
     being moved to ``base``, so an agent's earlier commits are never thrown
     away.
     """
-    top = _toplevel(target)
     branch = branch_name(session, assignment)
+    # the target was checked when the session's hub was made from it; later clones need only the hub
+    hub_made = _hub_ready(hub_path(root, session))
+    top = Path(os.path.abspath(target)) if hub_made else _toplevel(target)
     with _exclusive(top):
         hub = ensure_hub(top, root, session)
         sdir = _session_dir(root, session)
