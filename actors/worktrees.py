@@ -708,11 +708,14 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     shutil.rmtree(gone)
     _new_clone(tmp, hub, branch)
     _git(tmp, "read-tree", start)  # an index of start's tree, no stat data yet
-    # hashes every file once and records its stat data (exit 1 = some differ: reset fixes those)
-    r = _run(tmp, "update-index", "-q", "--refresh")
-    if r.returncode not in (0, 1):
+    # hashes every file once and records its stat data; exit 1: some differ or are missing
+    r = _run(tmp, "update-index", "--refresh")
+    if r.returncode == 1:
+        _git(tmp, "reset", "--hard", "--quiet", start)  # rewrites those; also sets the (unborn) branch
+    elif r.returncode == 0:
+        _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already
+    else:
         raise _fail(tmp, ("update-index", "--refresh"), r)
-    _git(tmp, "reset", "--hard", "--quiet", start)  # also sets the (unborn) branch to start
     _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq")  # untracked, ignored, nested repositories: gone
 
 
