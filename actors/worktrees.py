@@ -11,8 +11,7 @@ config, hooks, gc) reaches the target or another assignment::
                                     holds every orchd/<session>.<assignment> and orchd/<session>
     <root>/<session>/<assignment>   a clone: its own .git, alternates -> _branches.git's objects;
                                     branch orchd/<session>.<assignment>
-    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session> (the result)
-    <root>/<session>/_base-<label>  worktree of _branches.git, detached, only while merged_base runs
+    <root>/<session>/_merge         worktree of _branches.git on orchd/<session> (the result), not checked out
 
 Objects flow one way at a time and only by orchd's hand: a clone borrows
 (never writes) the branch repository's objects, which borrows the target's;
@@ -26,7 +25,7 @@ registration, and its index, HEAD, config and other refs are never written.
 
 This module makes the branch repository and the clones, commits what an
 agent left (minus ``commit_exclude``) and cleans a session up; merging the
-branches (``_merge``, ``_base-*``) is ``actors.merging``, built on the
+branches (in ``_branches.git``, without a checkout) is ``actors.merging``, built on the
 plumbing here: running git, name checks, the worktree list and the
 per-repository lock.
 
@@ -47,7 +46,10 @@ user already.
 Every function may be called again after a daemon crash: a clone left by
 an earlier attempt is reused as it is (a half-made one never sits at its
 final path: it is made under ``_new-<assignment>`` and renamed), and
-``_merge``/``_base-*`` are replaced.
+``_merge`` is replaced.  An assignment that waited for exactly one other may
+take over that one's checkout (``create_worktree(inherit=...)``); the
+clone it came from is then gone, and ``commit_assignment`` of it answers
+with its branch in the hub.
 """
 
 from __future__ import annotations
@@ -509,6 +511,9 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     Paths matching ``exclude`` (gitignore-like, default ``DEFAULT_EXCLUDE``)
     are unstaged and left out, even when the target's ``.gitignore`` does not
     name them; files the agent committed itself stay as it committed them.
+    A clone that is gone (taken over by the next assignment) answers with its
+    branch in the hub (``made`` False); one that left nothing to commit
+    costs one ``git status``.
     """
     wt = Path(os.path.abspath(worktree))
     hub = wt.parent / HUB_DIR
