@@ -2,34 +2,45 @@
 
 Theory of operation
 -------------------
-Merges happen in orchd's own space, never in the target: each runs in a
-scratch worktree of the session's branch repository (``_branches.git``,
-see ``actors.worktrees``), on a detached HEAD::
+Merges happen in orchd's own space, never in the target, and without a
+checkout: each is computed in the session's branch repository
+(``_branches.git``, see ``actors.worktrees``) by ``git merge-tree
+--write-tree`` (git >= 2.38), which writes the merged tree into the object
+store and lists the conflicting paths, then ``git commit-tree`` makes the
+merge commit.  No file is written outside the object store, so a merge
+costs what changed, not the size of the repository::
 
     <root>/<session>/_branches.git  every orchd/<session>.<assignment>, and orchd/<session>
-    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session> (the result)
-    <root>/<session>/_base-<label>  detached, only while merged_base runs
+    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session>, not checked out
 
-``merge_session`` starts ``_merge`` at the session's base commit and merges
-each assignment's branch in order (fast-forward when possible).  It is
-all-or-nothing for refs: ``orchd/<session>`` moves, to exactly that HEAD,
-only when every merge succeeded, and ``_merge`` is then left on it.  Then,
-and only then, the target gets its one write: the target fetches
-``orchd/<session>`` (the ref and the objects it needs) from the branch
-repository.  A conflict aborts the merge and removes ``_merge``; what it
-leaves behind is every branch, ``orchd/<session>`` included (in the target
-too), exactly where it was, and a ``MergeResult`` naming the assignment and
-the conflicting files.  ``merged_base`` merges the commits an assignment
-waited for in ``_base-<label>`` and removes that worktree whether or not it
-succeeds, so it creates no branch; a conflict raises ``MergeConflict``.
+``merge_session`` starts at the session's base commit and merges each
+assignment's branch in order: a branch already contained is skipped, one
+that contains the result so far is fast-forwarded to, any other gets a
+merge commit (first parent the result so far).  When one branch contains
+the base and every other branch, the result is that branch (one git
+command).  It is all-or-nothing for refs: ``orchd/<session>`` moves, to
+exactly the result, only when every merge succeeded; ``_merge`` is then
+registered on it (``--no-checkout``: ``git -C _merge checkout .`` fills
+it for a look).  Then, and only then, the target gets its one write: the
+target fetches ``orchd/<session>`` (the ref and the objects it needs) from
+the branch repository.  A conflict leaves every branch, ``orchd/<session>``
+included (in the target too), exactly where it was, no ``_merge``, and a
+``MergeResult`` naming the assignment and the conflicting files.
+``merged_base`` merges the commits an assignment waited for the same way
+and creates no branch; a conflict raises ``MergeConflict``.  The merge
+trees a conflict wrote are unreferenced objects of the branch repository
+(``git gc`` there drops them).
 
-Both may be called again after a daemon crash: a ``_merge`` or ``_base-*``
-left by an earlier attempt is replaced.  Both take the repository's turn
-(``_exclusive``) and run git through the plumbing of ``actors.worktrees``.
+Both may be called again after a daemon crash: a ``_merge`` (or an old
+``_base-*`` scratch worktree) left by an earlier attempt is replaced.  Both
+take the repository's turn (``_exclusive``) and run git through the
+plumbing of ``actors.worktrees``.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +49,7 @@ from actors.worktrees import (
     MergeConflict,
     _check_assignment,
     _commit,
+    _SHA,
     _exclusive,
     _fail,
     _git,
@@ -76,9 +88,13 @@ def _branch_head(repo: Path, branch: str) -> str:
 
 def _discard(repo: Path, path: Path) -> None:
     """Remove our scratch worktree at ``path`` if registered (ours: -f -f)."""
+    if not path.exists() and not (repo / "worktrees").is_dir():
+        return  # the hub (bare, ours) has no worktree registered and nothing is there: no git command
     wt = _worktree_at(repo, path)
     if wt is not None:
         _git(repo, "worktree", "remove", "--force", "--force", str(wt.path))
+    elif path.is_dir():  # an older version's _base-* or _merge whose registration is gone
+        shutil.rmtree(path)
 
 
 def _refuse_checked_out(repo: Path, branch: str) -> None:
@@ -87,21 +103,60 @@ def _refuse_checked_out(repo: Path, branch: str) -> None:
             raise GitError(f"{branch} is checked out at {wt.path}; orchd will not move it")
 
 
-def _merge(worktree: Path, commit: str, message: str) -> None:
-    """Merge ``commit`` into HEAD (fast-forward when possible).
+def _is_ancestor(repo: Path, older: str, newer: str) -> bool:
+    r = _run(repo, "merge-base", "--is-ancestor", older, newer)
+    if r.returncode not in (0, 1):
+        raise _fail(repo, ("merge-base", "--is-ancestor", older, newer), r)
+    return r.returncode == 0
 
-    Raises ``MergeConflict`` after aborting, so the worktree is clean again.
+
+def _tip(repo: Path, commits: list[str]) -> str | None:
+    """The one commit of ``commits`` that contains all the others, if there is one (one git command)."""
+    distinct = list(dict.fromkeys(commits))
+    if len(distinct) == 1:
+        return distinct[0]
+    out = _git(repo, "merge-base", "--independent", *distinct).split()
+    return out[0] if len(out) == 1 else None
+
+
+def _merge(repo: Path, head: str, commit: str, message: str) -> str:
+    """``commit`` merged into ``head``, computed in ``repo`` without a checkout; the resulting commit.
+
+    Already contained: ``head``; ``head`` contained in ``commit``: ``commit``
+    (a fast-forward); else a new merge commit of the merged tree.  Raises
+    ``MergeConflict`` listing the conflicting paths (nothing is moved).
     """
-    args = ("merge", "--ff", "--no-edit", "--no-verify-signatures", "-m", message, commit)
-    r = _run(worktree, *args)
-    if r.returncode == 0:
-        return
-    raw = _git(worktree, "diff", "--name-only", "--diff-filter=U", "-z")
-    files = sorted({f for f in raw.split("\0") if f})
-    if not files:
-        raise _fail(worktree, args, r)
-    _git(worktree, "merge", "--abort")
-    raise MergeConflict(files)
+    if _is_ancestor(repo, commit, head):
+        return head
+    if _is_ancestor(repo, head, commit):
+        return commit
+    args = ("merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", head, commit)
+    r = _run(repo, *args)
+    fields = r.stdout.split("\0")
+    tree = fields[0]
+    if r.returncode not in (0, 1) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", tree):
+        raise _fail(repo, args, r)
+    if r.returncode == 1:
+        files = sorted({f for f in fields[1:] if f})
+        if not files:
+            raise _fail(repo, args, r)
+        raise MergeConflict(files)
+    return _git(repo, "commit-tree", tree, "-p", head, "-p", commit, "-m", message)
+
+
+def _merge_all(repo: Path, start: str, heads: list[tuple[str, str]], message) -> str:
+    """``start`` with each ``(name, commit)`` merged in order; ``MergeConflict`` gets ``.assignment``."""
+    tip = _tip(repo, [start, *(sha for _, sha in heads)])
+    if tip is not None:
+        return tip
+    current = start
+    for name, sha in heads:
+        try:
+            current = _merge(repo, current, sha, message(name, sha))
+        except MergeConflict as e:
+            e.assignment = name
+            raise
+    return current
 
 
 # ---------------------------------------------------------------- public API
@@ -109,10 +164,10 @@ def _merge(worktree: Path, commit: str, message: str) -> None:
 def merged_base(target: Path, root: Path, session: str, label: str, commits: list[str]) -> str:
     """A commit that merges ``commits``, to start an assignment that waited for them.
 
-    One distinct commit is returned as is; if one commit contains another
-    the result is a fast-forward, not a new commit.  The merging happens in
-    a detached scratch worktree ``_base-<label>`` that is removed afterwards,
-    so no branch is created.  Raises ``MergeConflict`` on a conflict.
+    One distinct commit is returned as is; if one commit contains the others
+    the result is that commit (a fast-forward), not a new commit.  Computed
+    in the branch repository without a checkout, so no branch and no
+    worktree is created.  Raises ``MergeConflict`` on a conflict.
     """
     top = _toplevel(target)
     with _exclusive(top):
@@ -123,59 +178,61 @@ def merged_base(target: Path, root: Path, session: str, label: str, commits: lis
             raise ValueError("merged_base needs at least one commit")
         if len(shas) == 1:
             return shas[0]
-        path = _session_dir(root, session) / f"_base-{label}"
-        _discard(hub, path)  # left behind by a daemon that died mid-merge
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _git(hub, "worktree", "add", "--detach", str(path), shas[0])
-        try:
-            for sha in shas[1:]:
-                _merge(path, sha, f"orchd: base of {label}: merge {sha[:12]}")
-            return _git(path, "rev-parse", "HEAD")
-        finally:
-            _discard(hub, path)
+        _discard(hub, _session_dir(root, session) / f"_base-{label}")  # an older version's, left by a crash
+        return _merge_all(hub, shas[0], [(sha, sha) for sha in shas[1:]],
+                          lambda _, sha: f"orchd: base of {label}: merge {sha[:12]}")
 
 
 def merge_session(target: Path, root: Path, session: str, assignments: list[str],
                   base: str) -> MergeResult:
     """Set ``orchd/<session>`` to ``base`` plus each assignment's branch, merged in order.
 
-    Works in ``<root>/<session>/_merge`` and leaves that worktree on the
-    session branch when it succeeds.  On a conflict the merge is aborted,
-    the scratch worktree removed and every branch, ``orchd/<session>``
-    included, is left where it was.  Raises ``GitError`` if the session
-    branch is checked out elsewhere (e.g. in the user's own checkout).
+    Registers ``<root>/<session>/_merge`` on the session branch (not checked
+    out) when it succeeds.  On a conflict every branch, ``orchd/<session>``
+    included, is left where it was and there is no ``_merge``.  Raises
+    ``GitError`` if the session branch is checked out elsewhere (e.g. in the
+    user's own checkout).
     """
     top = _toplevel(target)
     with _exclusive(top):
         branch = session_branch(session)
         hub = ensure_hub(top, root, session)
-        start = _commit(hub, base)
-        heads = [(a, _branch_head(hub, branch_name(session, a))) for a in assignments]
+        # a full hash is checked by the merge itself (merge-base fails on anything but a commit)
+        start = base if _SHA.fullmatch(base) and base.strip("0") else _commit(hub, base)
+        heads = _branch_heads(hub, session, assignments)
         path = _session_dir(root, session) / MERGE_DIR
         _discard(hub, path)  # the previous attempt's, on the session branch or detached
-        _refuse_checked_out(top, branch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _git(hub, "worktree", "add", "--detach", str(path), start)
         try:
-            for name, sha in heads:
-                try:
-                    _merge(path, sha, f"Merge branch '{branch_name(session, name)}' into {branch}")
-                except MergeConflict as e:
-                    _discard(hub, path)
-                    return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
-                                       assignment=name)
-            _git(path, "checkout", "--quiet", "-B", branch)
-            head = _git(path, "rev-parse", "HEAD")
-            # Only now does the target's session branch move: to exactly this
-            # HEAD.  ``fetch`` refuses to move a branch checked out in the
-            # target's own checkout, not one in its linked worktrees, hence
-            # the check just before.
-            _refuse_checked_out(top, branch)
+            head = _merge_all(hub, start, heads,
+                              lambda name, _: f"Merge branch '{branch_name(session, name)}' into {branch}")
+        except MergeConflict as e:
+            return MergeResult(ok=False, commit=None, conflicts=e.files, branch=branch,
+                               assignment=getattr(e, "assignment", None))
+        # Only now does any session branch move: to exactly this commit.
+        # ``fetch`` refuses to move a branch checked out in the target's own
+        # checkout, not one in its linked worktrees, hence the check first.
+        _refuse_checked_out(top, branch)
+        _git(hub, "update-ref", f"refs/heads/{branch}", head)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _git(hub, "worktree", "add", "--quiet", "--no-checkout", str(path), branch)
+        try:
             _land(top, hub, branch, head)
         except BaseException:
             _discard(hub, path)
             raise
         return MergeResult(ok=True, commit=head, conflicts=[], branch=branch)
+
+
+def _branch_heads(hub: Path, session: str, assignments: list[str]) -> list[tuple[str, str]]:
+    """Each assignment's branch head in the hub, in order (one git command for all)."""
+    names = {branch_name(session, a): a for a in assignments}
+    out = _git(hub, "for-each-ref", "--format=%(objectname) %(refname:lstrip=2)",
+               f"refs/heads/{session_branch(session)}.*")
+    found = {ref: sha for sha, _, ref in (line.partition(" ") for line in out.splitlines())}
+    for b in names:
+        if b not in found:
+            raise GitError(f"there is no branch {b} in {hub}")
+    return [(a, found[b]) for b, a in names.items()]
 
 
 def _land(top: Path, hub: Path, branch: str, head: str) -> None:

@@ -39,23 +39,39 @@ DIRTY_MAX = 20
 
 
 def _commit(trees: list[Tree], exclude: list[str]) -> list[p.CommitMade]:
-    out = []
-    for name, tree, message in trees:
-        c = worktrees.commit_assignment(Path(tree), message, exclude)
-        out.append(p.CommitMade(worker=name, branch=c.branch, commit=c.commit, made=c.made,
-                                left_out=c.left_out, left_out_more=c.left_out_more))
-    return out
+    """Commit each clone; several at once (separate repositories: their scans overlap), results in order."""
+    def one(tree: Tree) -> p.CommitMade:
+        name, path, message = tree
+        c = worktrees.commit_assignment(Path(path), message, exclude)
+        return p.CommitMade(worker=name, branch=c.branch, commit=c.commit, made=c.made,
+                            left_out=c.left_out, left_out_more=c.left_out_more)
+    if len(trees) < 2:
+        return [one(t) for t in trees]
+    with ThreadPoolExecutor(min(len(trees), COMMIT_THREADS), thread_name_prefix="orchd-commit") as pool:
+        return list(pool.map(one, trees))  # the first failure is raised, as one at a time would
+
+
+COMMIT_THREADS = 4
+"""Clones committed at the same time by one job (each is one ``git status`` when nothing changed)."""
 
 
 def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, deps: list[Tree],
             exclude: list[str], worker: str, gen: int) -> p.WorktreeReady:
-    """Commit what the assignments before left, base a clone on their merge, create it."""
+    """Commit what the assignments before left, base a clone on their merge, create it.
+
+    After exactly one assignment, the clone starts from that one's commit
+    and may take over its checkout (``create_worktree(inherit=...)``).
+    """
     commits: list[p.CommitMade] = []
     try:
         commits = _commit(deps, exclude)
-        heads = [c.commit for c in commits]
-        base = merging.merged_base(Path(target), Path(root), s_id, label, heads) if heads else base_commit
-        cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base)
+        heads = list(dict.fromkeys(c.commit for c in commits))
+        if len(heads) > 1:
+            base = merging.merged_base(Path(target), Path(root), s_id, label, heads)
+        else:
+            base = heads[0] if heads else base_commit
+        inherit = Path(deps[0][1]) if len(deps) == 1 and heads else None
+        cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base, inherit=inherit)
     except worktrees.GitError as exc:
         return p.WorktreeReady(session=s_id, worker=worker, gen=gen, error=f"worktree: {exc}", commits=commits)
     return p.WorktreeReady(session=s_id, worker=worker, gen=gen, cwd=str(cwd), branch=branch, commits=commits)

@@ -11,8 +11,7 @@ config, hooks, gc) reaches the target or another assignment::
                                     holds every orchd/<session>.<assignment> and orchd/<session>
     <root>/<session>/<assignment>   a clone: its own .git, alternates -> _branches.git's objects;
                                     branch orchd/<session>.<assignment>
-    <root>/<session>/_merge         worktree of _branches.git, branch orchd/<session> (the result)
-    <root>/<session>/_base-<label>  worktree of _branches.git, detached, only while merged_base runs
+    <root>/<session>/_merge         worktree of _branches.git on orchd/<session> (the result), not checked out
 
 Objects flow one way at a time and only by orchd's hand: a clone borrows
 (never writes) the branch repository's objects, which borrows the target's;
@@ -26,7 +25,7 @@ registration, and its index, HEAD, config and other refs are never written.
 
 This module makes the branch repository and the clones, commits what an
 agent left (minus ``commit_exclude``) and cleans a session up; merging the
-branches (``_merge``, ``_base-*``) is ``actors.merging``, built on the
+branches (in ``_branches.git``, without a checkout) is ``actors.merging``, built on the
 plumbing here: running git, name checks, the worktree list and the
 per-repository lock.
 
@@ -47,7 +46,10 @@ user already.
 Every function may be called again after a daemon crash: a clone left by
 an earlier attempt is reused as it is (a half-made one never sits at its
 final path: it is made under ``_new-<assignment>`` and renamed), and
-``_merge``/``_base-*`` are replaced.
+``_merge`` is replaced.  An assignment that waited for exactly one other may
+take over that one's checkout (``create_worktree(inherit=...)``); the
+clone it came from is then gone, and ``commit_assignment`` of it answers
+with its branch in the hub.
 """
 
 from __future__ import annotations
@@ -199,12 +201,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     argv = ["git", "-C", str(cwd), *_CONFIG, *args]
     try:
         return subprocess.run(
             argv, check=False, capture_output=True, stdin=subprocess.DEVNULL,
-            env=_env(), timeout=TIMEOUT_S, encoding="utf-8", errors="surrogateescape",
+            env={**_env(), **(env or {})}, timeout=TIMEOUT_S, encoding="utf-8", errors="surrogateescape",
         )
     except subprocess.TimeoutExpired as e:
         raise GitError(f"git {' '.join(args)} in {cwd}: no answer after {TIMEOUT_S:g}s") from e
@@ -215,9 +217,9 @@ def _fail(cwd: Path, args: tuple[str, ...], r: subprocess.CompletedProcess[str])
     return GitError(f"git {' '.join(args)} in {cwd} exited {r.returncode}: {detail}")
 
 
-def _git(cwd: Path, *args: str) -> str:
+def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run git, return stdout without the trailing newline, raise on failure."""
-    r = _run(cwd, *args)
+    r = _run(cwd, *args, env=env)
     if r.returncode != 0:
         raise _fail(cwd, args, r)
     return r.stdout.rstrip("\n")
@@ -251,18 +253,24 @@ def _toplevel(target: Path) -> Path:
     A subdirectory of some repository is refused on purpose: worktrees and
     merges would cover the whole enclosing repository, which is rarely what
     the user meant when naming a directory that is not a repository itself.
+    One git command when all is well; the reasons are worked out only when not.
     """
     target = Path(os.path.abspath(target))
     if not target.is_dir():
         raise NotARepo(f"{target} is not a git repository (no such directory)")
-    r = _run(target, "rev-parse", "--is-inside-work-tree")
-    if r.returncode != 0:
-        if "not a git repository" in r.stderr:
-            raise NotARepo(f"{target} is not a git repository")
-        raise _fail(target, ("rev-parse",), r)
-    if r.stdout.strip() != "true":
-        raise NotARepo(f"{target} is not a git repository (not a work tree)")
-    top = _git(target, "rev-parse", "--show-toplevel")
+    r = _run(target, "rev-parse", "--is-inside-work-tree", "--show-toplevel")
+    lines = r.stdout.splitlines()
+    if r.returncode == 0 and len(lines) == 2 and lines[0] == "true":
+        top = lines[1]
+    else:
+        r = _run(target, "rev-parse", "--is-inside-work-tree")
+        if r.returncode != 0:
+            if "not a git repository" in r.stderr:
+                raise NotARepo(f"{target} is not a git repository")
+            raise _fail(target, ("rev-parse",), r)
+        if r.stdout.strip() != "true":
+            raise NotARepo(f"{target} is not a git repository (not a work tree)")
+        top = _git(target, "rev-parse", "--show-toplevel")
     if os.path.realpath(top) != os.path.realpath(target):
         raise NotARepo(f"{target} is not a git repository (it is inside the repository {top})")
     return target
@@ -396,15 +404,35 @@ def ensure_hub(target: Path, root: Path, session: str) -> Path:
     before it is fetched into the target.
     """
     hub = hub_path(root, session)
-    if _is_repo(hub, bare=True):
+    if _hub_ready(hub):
         return hub
     if hub.exists():  # a daemon killed half-way through ``init``
         shutil.rmtree(hub)
     hub.parent.mkdir(parents=True, exist_ok=True)
     _git(hub.parent, "init", "--quiet", "--bare", "--template=", str(hub))
-    _borrow(hub, _objects_dir(target))
-    _copy_shallow(target, hub)
+    # the target's object dir and shallow file in one command; the hub's are known (bare, ours)
+    objects, shallow = _git(target, "rev-parse", "--path-format=absolute", "--git-path", "objects",
+                            "--git-path", "shallow").splitlines()
+    (hub / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (hub / "objects" / "info" / "alternates").write_text(objects + "\n")  # as _borrow
+    if Path(shallow).is_file():  # as _copy_shallow
+        shutil.copyfile(shallow, hub / "shallow")
+    (hub / HUB_READY).write_text("")
     return hub
+
+
+HUB_READY = "orchd-ready"
+"""Written into the branch repository last: its presence says ``ensure_hub`` finished (no git call)."""
+
+
+def _hub_ready(hub: Path) -> bool:
+    """The branch repository is whole: marked so, or (made before the mark existed) a bare repository."""
+    if (hub / HUB_READY).is_file():
+        return True
+    if _is_repo(hub, bare=True):
+        (hub / HUB_READY).write_text("")
+        return True
+    return False
 
 
 def _copy_shallow(source: Path, repo: Path) -> None:
@@ -483,18 +511,34 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     Paths matching ``exclude`` (gitignore-like, default ``DEFAULT_EXCLUDE``)
     are unstaged and left out, even when the target's ``.gitignore`` does not
     name them; files the agent committed itself stay as it committed them.
+    A clone that is gone (taken over by the next assignment) answers with its
+    branch in the hub (``made`` False); one that left nothing to commit
+    costs one ``git status``.
     """
     wt = Path(os.path.abspath(worktree))
-    r = _run(wt, "symbolic-ref", "--quiet", "HEAD")
-    if r.returncode != 0:
+    hub = wt.parent / HUB_DIR
+    if not wt.exists() and (handed := _handed_over(wt, hub)) is not None:
+        return handed
+    # One scan says where HEAD is and whether anything changed at all: an
+    # assignment that left nothing to commit costs one git command here.
+    raw = _git(wt, *_UNTRACKED_CACHE, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal")
+    head_line = next((e for e in raw.split("\0") if e.startswith("# branch.head ")), "")
+    on = head_line.removeprefix("# branch.head ")
+    if not on or on == "(detached)":
         raise GitError(f"{wt} has a detached HEAD: its work would be on no branch")
-    on = r.stdout.strip().removeprefix("refs/heads/")
     try:
         own = branch_name(wt.parent.name, wt.name)  # the <root>/<session>/<assignment> layout
     except BadName:
         own = on
     if on != own and _branch_exists(wt, own):  # else not one of ours: any branch will do
         raise GitError(f"{wt} is on branch {on}, not on {own}: the agent switched branches")
+    if not any(e and not e.startswith("# ") for e in raw.split("\0")):
+        oid = next((e for e in raw.split("\0") if e.startswith("# branch.oid ")), "")
+        head = oid.removeprefix("# branch.oid ")
+        if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head):  # not "(initial)"
+            if own == on and _hub_ready(hub) and _loose_ref(hub, own) != head:
+                _publish(wt, hub, own)
+            return Commit(branch=on, commit=head, made=False, left_out=[])
     raw = _git(wt, "diff", "--name-only", "--diff-filter=U", "-z")
     unmerged = sorted({f for f in raw.split("\0") if f})
     if unmerged:
@@ -502,7 +546,7 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     specs = exclude_pathspecs(DEFAULT_EXCLUDE if exclude is None else exclude)
     if specs:
         _git(wt, "reset", "--quiet", "--", *specs)  # what the agent staged of them: out again
-    _git(wt, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs))
+    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs))
     left = _left_out(wt, specs)
     r = _run(wt, "diff", "--cached", "--quiet", "--no-ext-diff")
     made = r.returncode == 1
@@ -511,11 +555,45 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     elif r.returncode != 0:
         raise _fail(wt, ("diff", "--cached", "--quiet"), r)
     head = _git(wt, "rev-parse", "--verify", "HEAD^{commit}")
-    hub = wt.parent / HUB_DIR
-    if own == on and _is_repo(hub, bare=True):
+    if own == on and _hub_ready(hub):
         _publish(wt, hub, own)
     return Commit(branch=on, commit=head, made=made, left_out=left[:LEFT_OUT_MAX],
                   left_out_more=max(0, len(left) - LEFT_OUT_MAX))
+
+
+_UNTRACKED_CACHE = ("-c", "core.untrackedCache=true")
+"""For scans of a clone: git keeps which directories hold untracked files in the index, so a
+later scan of a big tree reads only the directories whose mtime changed."""
+
+
+def _loose_ref(repo: Path, branch: str) -> str | None:
+    """``refs/heads/<branch>`` of orchd's own repository read as a file (None: not a loose ref)."""
+    try:
+        return (repo / "refs" / "heads" / branch).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _handed_over(wt: Path, hub: Path) -> Commit | None:
+    """A clone that is gone (its checkout was handed on, see ``create_worktree``): its branch in the hub.
+
+    Everything orchd took from it was published when it was committed, so
+    the hub's branch is the assignment's work.  None when there is no such
+    branch either (the caller then fails on the missing directory as before).
+    """
+    try:
+        own = branch_name(wt.parent.name, wt.name)
+    except BadName:
+        return None
+    if not _hub_ready(hub):
+        return None
+    head = _loose_ref(hub, own)
+    if head is None:
+        r = _run(hub, "rev-parse", "--verify", "--quiet", f"refs/heads/{own}^{{commit}}")
+        if r.returncode != 0:
+            return None
+        head = r.stdout.strip()
+    return Commit(branch=own, commit=head, made=False, left_out=[])
 
 
 def commit_all(worktree: Path, message: str, exclude: list[str] | None = None) -> str:
@@ -526,7 +604,7 @@ def commit_all(worktree: Path, message: str, exclude: list[str] | None = None) -
 # ---------------------------------------------------------------- public API
 
 def create_worktree(target: Path, root: Path, session: str, assignment: str,
-                    base: str) -> tuple[Path, str]:
+                    base: str, inherit: Path | None = None) -> tuple[Path, str]:
     """Create the clone ``<root>/<session>/<assignment>`` on a new branch at ``base``.
 
     The clone is a repository of its own (its ``.git`` is a directory in
@@ -534,36 +612,135 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
     the target's, so nothing is copied and nothing the agent runs in it
     can write to the target or to another assignment's clone.
 
+    ``inherit``: the clone of the one assignment this one waited for, whose
+    work is committed and published and whose HEAD is ``base``.  When its
+    checkout is big (``INHERIT_MIN_INDEX_BYTES``) it is taken over instead
+    of checking ``base`` out again: its files move here, its ``.git`` (with
+    whatever that agent did to config, hooks or refs) is deleted and a new
+    one made, the index is rebuilt from ``base`` and every file compared
+    with it (``update-index --refresh`` hashes them; a stat cache the agent
+    wrote is not trusted), then ``reset --hard`` and ``clean -ffdx`` make the
+    files exactly ``base``'s: untracked, ignored and left-out files go.  The
+    result is the same tree a fresh checkout gives, at the cost of reading
+    the files instead of writing them, and one checkout on disk instead of
+    two.  The inherited clone's directory is gone afterwards
+    (``commit_assignment`` then answers from the hub's branch).
+
     Idempotent: a clone already there on its branch is returned as is (with
     whatever the agent left in it), and a branch that exists in the hub
     without a clone (after ``clean`` or a crash) gets one again *without*
     being moved to ``base``, so an agent's earlier commits are never thrown
     away.
     """
-    top = _toplevel(target)
     branch = branch_name(session, assignment)
+    # the target was checked when the session's hub was made from it; later clones need only the hub
+    hub_made = _hub_ready(hub_path(root, session))
+    top = Path(os.path.abspath(target)) if hub_made else _toplevel(target)
     with _exclusive(top):
         hub = ensure_hub(top, root, session)
-        path = _session_dir(root, session) / assignment
-        if _is_repo(path, bare=False):
-            return path, branch  # as the agent left it: its branch changes are commit_all's to judge
-        if path.exists():  # never deleted: it may hold an agent's work (say it removed its .git)
+        sdir = _session_dir(root, session)
+        path = sdir / assignment
+        if path.exists():
+            if _is_repo(path, bare=False):
+                return path, branch  # as the agent left it: its branch changes are commit_all's to judge
+            # never deleted: it may hold an agent's work (say it removed its .git)
             raise GitError(f"{path} exists but is not a clone made by orchd; move it away to start again")
-        if _branch_exists(hub, branch):
-            start = _git(hub, "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}")
-        else:
-            start = _commit(hub, base)
-            _git(hub, "update-ref", f"refs/heads/{branch}", start, "")  # "": only if it does not exist
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"_new-{assignment}"
+        start = _start_branch(hub, branch, base)
+        sdir.mkdir(parents=True, exist_ok=True)
+        tmp = sdir / f"_new-{assignment}"
         if tmp.exists():
             shutil.rmtree(tmp)
-        _git(path.parent, "init", "--quiet", f"--initial-branch={branch}", str(tmp))
-        _borrow(tmp, _objects_dir(hub))
-        _copy_shallow(hub, tmp)
-        _git(tmp, "checkout", "--quiet", "-B", branch, start)
+        if inherit is not None and _inheritable(Path(os.path.abspath(inherit)), sdir, start):
+            _take_over(Path(os.path.abspath(inherit)), tmp, hub, branch, start)
+        else:
+            _new_clone(tmp, hub, branch)
+            _git(tmp, "checkout", "--quiet", "-B", branch, start, env=_target_first(hub))
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
         return path, branch
+
+
+INHERIT_MIN_INDEX_BYTES = 64 * 1024
+"""A checkout is taken over (``create_worktree(inherit=...)``) only when its index is at least this
+big (about 800 files): below that a fresh checkout is as quick and takes fewer git commands."""
+
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _start_branch(hub: Path, branch: str, base: str) -> str:
+    """Create ``branch`` in the hub at ``base`` unless it exists; return the commit it is at."""
+    if _SHA.fullmatch(base) and base.strip("0"):  # the usual case (all zeros would delete): one command ("" = only if it does not exist yet)
+        if _run(hub, "update-ref", f"refs/heads/{branch}", base, "").returncode == 0:
+            return base
+    if _branch_exists(hub, branch):
+        return _git(hub, "rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}")
+    start = _commit(hub, base)
+    _git(hub, "update-ref", f"refs/heads/{branch}", start, "")
+    return start
+
+
+def _new_clone(tmp: Path, hub: Path, branch: str) -> None:
+    """``git init`` at ``tmp`` on ``branch``, borrowing the hub's objects (as ``_borrow``, no git call)."""
+    _git(tmp.parent, "init", "--quiet", f"--initial-branch={branch}", str(tmp))
+    info = tmp / ".git" / "objects" / "info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "alternates").write_text(f"{hub / 'objects'}\n")
+    if (hub / "shallow").is_file():  # a shallow target's boundary (see _copy_shallow)
+        shutil.copyfile(hub / "shallow", tmp / ".git" / "shallow")
+
+
+def _target_first(hub: Path) -> dict[str, str]:
+    """For one read-only command in a clone: look objects up in the target's store right after the clone's own.
+
+    A clone finds the base commit's objects through two alternates (the hub,
+    then the target); a checkout looks up every blob, and each miss in a store
+    of loose objects is a failed ``open``.  Alternates named in the
+    environment are searched before those in ``objects/info/alternates``, so
+    this saves one miss per object; nothing is written anywhere but the clone.
+    """
+    try:
+        lines = (hub / "objects" / "info" / "alternates").read_text().splitlines()
+    except OSError:
+        return {}
+    dirs = [line for line in lines if line.strip() and not line.startswith("#") and os.path.isabs(line)]
+    if not dirs or any(os.pathsep in d or d.startswith('"') for d in dirs):
+        return {}  # nothing to add, or a path the variable cannot carry as it is: the file's order then
+    return {"GIT_ALTERNATE_OBJECT_DIRECTORIES": os.pathsep.join(dirs)}
+
+
+def _inheritable(clone: Path, sdir: Path, start: str) -> bool:
+    """``clone`` is a big clone of this session, on ``start``: worth taking over."""
+    if clone.parent != sdir or clone.name.startswith("_"):
+        return False
+    try:
+        if (clone / ".git" / "index").stat().st_size < INHERIT_MIN_INDEX_BYTES:
+            return False
+    except OSError:
+        return False
+    if not _is_repo(clone, bare=False):
+        return False
+    r = _run(clone, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    return r.returncode == 0 and r.stdout.strip() == start
+
+
+def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> None:
+    """Move ``clone``'s files to ``tmp`` under a new ``.git`` on ``branch``, exactly ``start``'s tree."""
+    clone.rename(tmp)
+    gone = tmp.parent / f"_gone-{tmp.name}.git"
+    if gone.exists():
+        shutil.rmtree(gone)
+    (tmp / ".git").rename(gone)  # the agent's git dir never reaches the next assignment
+    shutil.rmtree(gone)
+    _new_clone(tmp, hub, branch)
+    _git(tmp, "read-tree", start, env=_target_first(hub))  # an index of start's tree, no stat data yet
+    # hashes every file once and records its stat data; exit 1: some differ or are missing
+    r = _run(tmp, "update-index", "--refresh")
+    if r.returncode == 1:
+        _git(tmp, "reset", "--hard", "--quiet", start, env=_target_first(hub))  # rewrites those, sets the branch
+    elif r.returncode == 0:
+        _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already
+    else:
+        raise _fail(tmp, ("update-index", "--refresh"), r)
+    _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq")  # untracked, ignored, nested repositories: gone
 
 
 def clean(target: Path, root: Path, session: str, message: str = "orchd: left uncommitted at clean",

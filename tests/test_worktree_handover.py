@@ -1,0 +1,169 @@
+"""Per-assignment cost: a chained assignment takes over its predecessor's checkout; merges need no checkout.
+
+Real git in temp dirs.  The repository has enough files for its index to pass
+``INHERIT_MIN_INDEX_BYTES`` (the size at which a take-over beats a fresh checkout).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from actors import merging, workspace
+from actors import worktrees as wt
+from tests import helpers
+
+S = "s-ho"
+FILES = 1200  # ~100 KB of index: above INHERIT_MIN_INDEX_BYTES
+
+
+@pytest.fixture(autouse=True)
+def no_user_git_config(tmp_path, monkeypatch):
+    empty = tmp_path / "empty-gitconfig"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+def git(cwd: Path, *args: str) -> str:
+    return helpers.git(cwd, *args).strip()
+
+
+def make_repo(path: Path, files: int) -> Path:
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    for i in range(files):
+        d = path / f"d{i % 20:02d}"
+        d.mkdir(exist_ok=True)
+        (d / f"f{i:04d}.txt").write_text(f"file {i}\n")
+    (path / ".gitignore").write_text("build/\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "many files")
+    return path
+
+
+@pytest.fixture
+def big(tmp_path) -> Path:
+    return make_repo(tmp_path / "big", FILES)
+
+
+def tree_of(path: Path) -> set[str]:
+    """Every file under ``path`` but ``.git``, relative."""
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        out |= {os.path.relpath(os.path.join(dirpath, f), path) for f in filenames}
+    return out
+
+
+def test_a_chained_assignment_takes_over_the_checkout_and_starts_exactly_at_its_commit(big, tmp_path):
+    root = tmp_path / "wt"
+    base = wt.head_commit(big)
+    a, _ = wt.create_worktree(big, root, S, "a", base)
+    # what the agent of a leaves: a change to commit, an ignored build dir, an excluded secret,
+    # an untracked nested repository, a hook and a config entry in its own .git,
+    # and a tracked file it hides from git (skip-worktree) after changing it
+    (a / "d00" / "f0000.txt").write_text("changed by a\n")
+    (a / "build").mkdir()
+    (a / "build" / "out.o").write_text("object\n")
+    (a / ".env").write_text("SECRET=1\n")
+    (a / ".git" / "hooks" / "post-checkout").write_text("#!/bin/sh\ntouch /nonexistent/hooked\n")
+    git(a, "config", "alias.st", "status")
+    head_a = wt.commit_assignment(a, "a").commit
+    git(a, "init", "-q", "nested")  # left after the commit (git add refuses an empty nested repository)
+    (a / "d01" / "f0001.txt").write_text("hidden change\n")
+    git(a, "update-index", "--skip-worktree", "d01/f0001.txt")
+    inode = os.stat(a / "d02" / "f0002.txt").st_ino
+
+    b, branch = wt.create_worktree(big, root, S, "b", head_a, inherit=a)
+
+    assert not a.exists()  # taken over, not copied
+    assert os.stat(b / "d02" / "f0002.txt").st_ino == inode  # the same file, not written again
+    assert git(b, "rev-parse", "HEAD") == head_a and git(b, "symbolic-ref", "--short", "HEAD") == branch
+    assert git(b, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    assert tree_of(b) == set(git(b, "ls-files").splitlines())  # exactly a's commit: no build/, .env, nested/
+    assert (b / "d00" / "f0000.txt").read_text() == "changed by a\n"
+    assert (b / "d01" / "f0001.txt").read_text() == "file 1\n"  # the hidden change did not slip through
+    assert git(b, "ls-files", "-v", "d01/f0001.txt").startswith("H ")  # no skip-worktree bit either
+    assert not (b / ".git" / "hooks" / "post-checkout").exists()
+    assert "alias" not in (b / ".git" / "config").read_text()
+    assert sorted(p.name for p in (root / S).iterdir()) == ["_branches.git", "b"]
+
+    # a's work is the hub's branch; asking to commit the clone that is gone answers from there
+    again = wt.commit_assignment(a, "a again")
+    assert (again.commit, again.made, again.branch) == (head_a, False, wt.branch_name(S, "a"))
+    (b / "new.txt").write_text("b\n")
+    head_b = wt.commit_all(b, "b")
+    res = merging.merge_session(big, root, S, ["a", "b"], base)
+    assert res.ok and res.commit == head_b  # b contains a: the result is b itself
+    assert git(big, "rev-parse", f"orchd/{S}") == head_b
+
+
+def test_the_prepare_job_hands_the_checkout_on_and_a_fan_out_still_starts_from_the_commit(big, tmp_path):
+    root = tmp_path / "wt"
+    base = wt.head_commit(big)
+    first = workspace.prepare(S, str(big), str(root), base, "a", [], [], "a", 1)
+    (Path(first.cwd) / "a.txt").write_text("a\n")
+
+    b = workspace.prepare(S, str(big), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
+    c = workspace.prepare(S, str(big), str(root), base, "c", [("a", first.cwd, "a's work")], [], "c", 1)
+
+    assert b.error is None and c.error is None
+    head_a = b.commits[0].commit
+    assert b.commits[0].made and not c.commits[0].made and c.commits[0].commit == head_a
+    assert not Path(first.cwd).exists()
+    for ready in (b, c):  # b took the checkout over, c got a fresh one: both at a's commit
+        assert git(Path(ready.cwd), "rev-parse", "HEAD") == head_a
+        assert (Path(ready.cwd) / "a.txt").read_text() == "a\n"
+
+
+def test_a_small_repository_gets_a_fresh_clone_and_keeps_the_one_before(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    a, _ = wt.create_worktree(small, root, S, "a", wt.head_commit(small))
+    (a / "a.txt").write_text("a\n")
+    head_a = wt.commit_all(a, "a")
+    b, _ = wt.create_worktree(small, root, S, "b", head_a, inherit=a)
+    assert a.is_dir() and (b / "a.txt").is_file() and git(b, "rev-parse", "HEAD") == head_a
+
+
+def test_no_take_over_from_a_clone_that_is_not_at_the_start(big, tmp_path):
+    root = tmp_path / "wt"
+    base = wt.head_commit(big)
+    a, _ = wt.create_worktree(big, root, S, "a", base)
+    (a / "a.txt").write_text("a\n")
+    wt.commit_all(a, "a")
+    b, _ = wt.create_worktree(big, root, S, "b", base, inherit=a)  # b starts from base, not a's commit
+    assert a.is_dir() and not (b / "a.txt").exists()
+
+
+def test_merges_write_no_files_and_list_conflicts_from_merge_tree(big, tmp_path):
+    root = tmp_path / "wt"
+    base = wt.head_commit(big)
+    a, _ = wt.create_worktree(big, root, S, "a", base)
+    b, _ = wt.create_worktree(big, root, S, "b", base)
+    c, _ = wt.create_worktree(big, root, S, "c", base)
+    (a / "d00" / "f0000.txt").write_text("by a\n")
+    (b / "d05" / "f0005.txt").write_text("by b\n")
+    (c / "d00" / "f0000.txt").write_text("by c\n")
+    (c / "d07" / "f0007.txt").write_text("by c\n")
+    heads = {n: wt.commit_all(p, n) for n, p in (("a", a), ("b", b), ("c", c))}
+
+    res = merging.merge_session(big, root, S, ["a", "b"], base)
+
+    assert res.ok
+    assert git(big, "rev-parse", f"{res.commit}^1", f"{res.commit}^2").split() == [heads["a"], heads["b"]]
+    assert git(big, "show", f"{res.commit}:d00/f0000.txt") == "by a"
+    assert git(big, "show", f"{res.commit}:d05/f0005.txt") == "by b"
+    merge_dir = root / S / merging.MERGE_DIR
+    assert [p.name for p in merge_dir.iterdir()] == [".git"]  # registered on the branch, nothing checked out
+    assert git(merge_dir, "symbolic-ref", "--short", "HEAD") == f"orchd/{S}"
+
+    conflict = merging.merge_session(big, root, S, ["a", "b", "c"], base)
+    assert (conflict.ok, conflict.conflicts, conflict.assignment) == (False, ["d00/f0000.txt"], "c")
+    assert git(big, "rev-parse", f"orchd/{S}") == res.commit  # nothing moved
+    with pytest.raises(wt.MergeConflict) as caught:
+        merging.merged_base(big, root, S, "d", [heads["a"], heads["c"]])
+    assert caught.value.files == ["d00/f0000.txt"]
