@@ -10,7 +10,8 @@ A SUB here (RCVHWM 0) stamps receipt.  Measured:
 
 * ``lost``: agent lines that never reached the SUB (must be 0);
 * ``p99_us``: line written -> event received, 99th percentile (first second dropped);
-* ``daemon_cpu_pct``: the daemon's user+sys CPU over the agents' run, % of one core;
+* ``daemon_cpu_pct``: the daemon's user+sys CPU from the first submit to the last session's
+  end (starting the agents included), % of one core;
 * ``rss_idle_mb``: the daemon's RSS before any session; ``rss_per_agent_kb``: its
   RSS at the end of the run minus before, per agent;
 * ``ping_p99_us``: control ``Ping`` round trips (one every 10 ms) while the agents
@@ -140,36 +141,20 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)
     rss0 = rss_kb(d.proc.pid)
-    ids = []
-    for s in range(sessions):
-        plan = d.tmp / f"scale{s}.json"
-        plan.write_text(json.dumps({"assignments": [
-            {"name": f"a{i}", "agent": "command", "argv": [sys.executable, SELF, "_agent", str(rate), str(seconds)]}
-            for i in range(per)]}))
-        res = d.ctl("submit", "--plan", str(plan), "--target", str(d.repo), "--json")
-        if res.returncode != 0:
-            raise SystemExit(f"submit failed: {res.stderr.decode()}")
-        ids.append(json.loads(res.stdout)["session"])
-    stop = threading.Event()
-    pings: list[float] = []
-    raw_pings: list[float] = []
-    control = f"ipc://{d.rt}/control"
-    threads = [threading.Thread(target=pinger, args=(ctx, control, stop, pings, False)),
-               threading.Thread(target=pinger, args=(ctx, echo_ep, stop, raw_pings, True))]
-    for t in threads:
-        t.start()
-    cpu0, t0 = d.cpu_s(), time.monotonic()
     lat: list[float] = []
     ended: set[bytes] = set()
+    want: set[bytes] = set()
     count = 0
-    rss_peak = rss0
-    last_rss = 0.0
-    want = {s.encode() for s in ids}
-    deadline = time.monotonic() + seconds * 3 + 60
-    try:
-        while len(ended) < len(want) and time.monotonic() < deadline:
-            if time.monotonic() - last_rss > 0.5:
-                rss_peak, last_rss = max(rss_peak, rss_kb(d.proc.pid)), time.monotonic()
+    done = threading.Event()
+    stop = threading.Event()
+
+    def read() -> None:
+        """The SUB, in a thread of its own from before the first submit: every frame is
+        stamped when it arrives, not when the script gets round to it (a submit takes
+        seconds on a loaded machine; frames waiting in the SUB's queue meanwhile were
+        counted as seconds of latency before)."""
+        nonlocal count
+        while not stop.is_set():
             if not sub.poll(200):
                 continue
             while True:
@@ -184,14 +169,47 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
                     count += 1
                     if ev["data"]["i"] >= rate:  # drop each agent's first second
                         lat.append((now - ev["data"]["t"]) / 1000)
-                elif kind == b"session.state" and session in want and json.loads(body)["state"] in (
+                elif kind == b"session.state" and json.loads(body)["state"] in (
                         "done", "failed", "stopped", "escalated"):
                     ended.add(session)
+                    if want and want <= ended:
+                        done.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    cpu0, t0 = d.cpu_s(), time.monotonic()  # from the first submit: starting the agents is part of the load
+    pings: list[float] = []
+    raw_pings: list[float] = []
+    control = f"ipc://{d.rt}/control"
+    threads = [threading.Thread(target=pinger, args=(ctx, control, stop, pings, False)),
+               threading.Thread(target=pinger, args=(ctx, echo_ep, stop, raw_pings, True))]
+    rss_peak = rss0
+    try:
+        ids = []
+        for s in range(sessions):
+            plan = d.tmp / f"scale{s}.json"
+            plan.write_text(json.dumps({"assignments": [
+                {"name": f"a{i}", "agent": "command",
+                 "argv": [sys.executable, SELF, "_agent", str(rate), str(seconds)]}
+                for i in range(per)]}))
+            res = d.ctl("submit", "--plan", str(plan), "--target", str(d.repo), "--json")
+            if res.returncode != 0:
+                raise SystemExit(f"submit failed: {res.stderr.decode()}")
+            ids.append(json.loads(res.stdout)["session"])
+        want.update(s.encode() for s in ids)
+        if want <= ended:
+            done.set()
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + seconds * 3 + 60
+        while not done.wait(0.5) and time.monotonic() < deadline:
+            rss_peak = max(rss_peak, rss_kb(d.proc.pid))
     finally:
         cpu, wall = d.cpu_s() - cpu0, time.monotonic() - t0
         stop.set()
-        for t in threads:
-            t.join()
+        for t in threads + [reader]:
+            if t.is_alive():
+                t.join()
         sub.close()
     expected = per * sessions * int(rate * seconds)
     return {"agents": per * sessions, "lost": expected - count, "p99_us": pct(lat, 0.99) if lat else float("nan"),
