@@ -10,15 +10,14 @@ own connection; WAL lets them read while the journal writes.
 **Disk per event.**  A commit writes every page it touched to the WAL (a page plus
 a 24-byte frame header), and with one event per commit (an idle daemon commits each
 event alone, for latency) that is the table's last leaf page, plus page 1 and the
-parent page whenever the file grows by a page.  With SQLite's default 4 KiB pages
-that was ~4.8 KB written per ~300-byte event at 50 events/s; a new log is therefore
-created with 1 KiB pages (``PAGE_SIZE_BYTES``): ~1.8 KB per event (measured with
-``/proc/self/io``; benchmarks/README.md).  The price: a flood insert costs ~1.3 µs more
-per row, a full scan about twice as long (a state rebuild reads ~2M rows/s instead of
-~4M), an 8 KiB event spills into overflow pages.  A log created before keeps its page
-size (SQLite fixes it at creation).  Fewer bytes per event at low rates needs fewer
-commits, i.e. holding events back before publishing them, which the latency target
-forbids.
+parent page whenever the file grows by a page: ~4.8 KB written per ~300-byte event
+with 4 KiB pages (measured with ``/proc/self/io``; benchmarks/README.md).  1 KiB pages
+were measured too: ~1.8 KB per event, but a flood insert cost ~1.3 µs more per row, a
+full scan twice as long, and a log of 8 KiB events (overflow pages) became so slow to
+read that a ``Replay`` in tests/test_journal_faults.py took over 10 s; so the log keeps
+4 KiB pages (``PAGE_SIZE_BYTES``, fixed by SQLite when the file is created).  Fewer
+bytes per event at low rates needs fewer commits, i.e. holding events back before
+publishing them, which the latency target forbids.
 
 There is deliberately no index on ``session``: it cost ~1 µs of the ~11 µs
 the daemon spends per event (benchmarks/pipeline.py), and a session replay
@@ -42,7 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 Row = tuple[int, str, str, bytes]
-PAGE_SIZE_BYTES = 1024  # of a new log (see "Disk per event" above); an existing log keeps its own
+PAGE_SIZE_BYTES = 4096  # of a new log (see "Disk per event" above); an existing log keeps its own
 
 
 def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
