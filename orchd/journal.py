@@ -78,8 +78,6 @@ CHECKPOINT_BYTES = 8 * 1024 * 1024  # ... or this many bytes of event bodies, wh
 WAL_CHECK_BYTES = 1024 * 1024      # event bytes between looks at the WAL file's size
 WAL_MAX_BYTES = 32 * 1024 * 1024   # a WAL above this is checkpointed and truncated before the next append
 BATCH_MAX_BYTES = 8 * 1024 * 1024  # a batch ends after this many bytes of events (bounds the WAL's overshoot)
-GROUP_TURNS = 1                    # loop turns a small batch waits for more producers (group commit)
-GROUP_MAX_MSGS = 16                # a batch of this many messages commits at once
 SESSIONS_REMEMBERED = 10_000       # sessions whose last seq the journal keeps for ``prev`` (least recent go)
 BACKOFF_FIRST_S = 0.05             # first retry of a failed append; doubles up to BACKOFF_CAP_S
 BACKOFF_CAP_S = 2.0
@@ -130,7 +128,7 @@ class JournalActor:
                 if s.stop_at is not None:
                     break
                 await waker.wait(None)
-                batch = await self._gather(drain(s.pull))
+                batch = drain(s.pull)
             await self._flush()
         except BaseException:
             if self._uncommitted:  # those seqs will be given again, to other events
@@ -146,27 +144,6 @@ class JournalActor:
                 s.stopped.set()
 
     # ------------------------------------------------------------ one batch
-
-    async def _gather(self, batch: list[bytes]) -> list[bytes]:
-        """Group commit: give producers woken in the same event-loop turn the chance to add
-        their events to this batch, so they share one commit and one burst of PUB sends.
-
-        Only a small batch waits, and for at most GROUP_TURNS loop turns (tens of
-        microseconds, no timer): a lone event under a paced load is not held back, a flood
-        already arrives in big batches.  While it waits, the batch is in ``unhandled``,
-        so a journal cancelled or restarted meanwhile loses nothing."""
-        s = self.s
-        for _ in range(GROUP_TURNS):
-            if len(batch) >= GROUP_MAX_MSGS or s.stop_at is not None:
-                break
-            s.unhandled = batch
-            await asyncio.sleep(0)
-            s.unhandled = []
-            more = drain(s.pull)
-            if not more:
-                break
-            batch += more
-        return batch
 
     async def _handle(self, msgs: list[bytes]) -> list[bytes]:
         """Log, publish and forward the events of ``msgs``; returns the messages it left for
