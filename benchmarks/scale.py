@@ -12,8 +12,8 @@ A SUB here (RCVHWM 0) stamps receipt.  Measured:
 * ``p99_us``: line written -> event received, 99th percentile (first second dropped);
 * ``daemon_cpu_pct``: the daemon's user+sys CPU from the first submit to the last session's
   end (starting the agents included), % of one core;
-* ``rss_idle_mb``: the daemon's RSS before any session; ``rss_per_agent_kb``: its
-  RSS at the end of the run minus before, per agent;
+* ``rss_idle_mb``: the daemon's RSS before any session (the first run's); ``rss_per_agent_kb``:
+  its peak RSS during a run minus at that run's start, per agent;
 * ``ping_p99_us``: control ``Ping`` round trips (one every 10 ms) while the agents
   run, against ``raw_ping_p99_us``: a bare DEALER -> ROUTER echo over ipc in the same
   run (the baseline);
@@ -256,6 +256,7 @@ def main() -> int:
         q.close()
         ctx.destroy(linger=0)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    med["rss_idle_mb"] = runs[0]["rss_idle_mb"]  # only the first run starts from a daemon that has run nothing
     print(f"\nmedians of {args.repeat} ({med['agents']:.0f} agents x {args.rate:g} lines/s for {args.seconds:g} s, "
           f"{args.sessions} sessions):")
     print(f"  lost lines                 {med['lost']:>10,.0f}")
