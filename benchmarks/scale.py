@@ -11,7 +11,9 @@ A SUB here (RCVHWM 0) stamps receipt.  Measured:
 * ``lost``: agent lines that never reached the SUB (must be 0);
 * ``p99_us``: line written -> event received, 99th percentile (first second dropped);
 * ``daemon_cpu_pct``: the daemon's user+sys CPU from the first submit to the last session's
-  end (starting the agents included), % of one core;
+  end (``wall_s``; starting the agents included), % of one core.  On a loaded machine the
+  submits take a while and dilute it, so ``daemon_cpu_us_per_line`` (the same CPU divided by
+  the lines received) is the figure to compare between runs;
 * ``rss_idle_mb``: the daemon's RSS before any session (the first run's); ``rss_per_agent_kb``:
   its peak RSS during a run minus at that run's start, per agent;
 * ``ping_p99_us``: control ``Ping`` round trips (one every 10 ms) while the agents
@@ -213,7 +215,8 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
         sub.close()
     expected = per * sessions * int(rate * seconds)
     return {"agents": per * sessions, "lost": expected - count, "p99_us": pct(lat, 0.99) if lat else float("nan"),
-            "daemon_cpu_pct": 100 * cpu / wall, "rss_idle_mb": rss0 / 1024,
+            "daemon_cpu_pct": 100 * cpu / wall, "daemon_cpu_us_per_line": cpu * 1e6 / max(1, count),
+            "wall_s": wall, "rss_idle_mb": rss0 / 1024,
             "rss_per_agent_kb": (rss_peak - rss0) / (per * sessions),
             "ping_p99_us": pct(pings, 0.99) if pings else float("nan"),
             "raw_ping_p99_us": pct(raw_pings, 0.99) if raw_pings else float("nan")}
