@@ -66,6 +66,7 @@ def child_pub(endpoint: str, n: int, paced: bool) -> None:
     pub.bind(endpoint)
     pub.recv()  # the subscription: the SUB is connected, nothing will be lost
     enc = msgspec.json.Encoder()
+    cpu0 = time.process_time()  # this process's CPU, its ZeroMQ I/O thread included (as for the daemon)
     send, head, start = pub.send, b"s agent.output ", time.monotonic()
     for i in range(n):
         if paced:
@@ -75,6 +76,7 @@ def child_pub(endpoint: str, n: int, paced: bool) -> None:
         send(head + enc.encode(ev))
     pub.send(b"s end ")
     time.sleep(0.5)  # let the queue drain before the socket goes
+    print(f"cpu_s {time.process_time() - cpu0}", flush=True)
     ctx.destroy(linger=1000)
 
 
@@ -143,15 +145,17 @@ def latency(samples: list[float]) -> dict:
 
 def run_raw(ctx: zmq.Context, tmp: Path, n: int, paced: bool) -> dict:
     ep = f"ipc://{tmp}/raw{int(paced)}"
-    child = subprocess.Popen([sys.executable, SELF, "_pub", ep, str(n), str(int(paced))])
+    child = subprocess.Popen([sys.executable, SELF, "_pub", ep, str(n), str(int(paced))], stdout=subprocess.PIPE)
     sub = new_sub(ctx, ep)
     try:
         got = drain(sub, lambda f: f.startswith(b"s end"))
     finally:
         sub.close()
-        child.wait(30)
+        out, _ = child.communicate(timeout=30)
     msgs = [(t, f) for t, f in got if f.startswith(b"s agent.output ")]
     res = {"n": len(msgs), "missing": n - len(msgs)}
+    if out.startswith(b"cpu_s "):  # the publisher's CPU from its first send to its last (+ the 0.5 s linger)
+        res["cpu_us_per_line"] = float(out.split()[1]) * 1e6 / max(1, n)
     if paced:
         dec = msgspec.json.Decoder(RawEvent)
         res.update(latency([(t - dec.decode(f[15:]).t) / 1000 for t, f in msgs]))
@@ -318,7 +322,8 @@ def main() -> int:
     print(f"  {'lines/s from started':24s}{'':>12s}{med('daemon', 'rate_from_start'):>12,.0f}")
     cpu = med("daemon", "cpu_us_per_line")
     print(f"  {'daemon CPU us/line':24s}{'':>12s}{cpu:>12.1f}   (CPU-bound ceiling {1e6 / cpu:,.0f} lines/s)")
-    print(f"  {'  same, paced':24s}{'':>12s}{med('daemon_paced', 'cpu_us_per_line'):>12.1f}")
+    raw_pc, dmn_pc = med("raw_paced", "cpu_us_per_line"), med("daemon_paced", "cpu_us_per_line")
+    print(f"  {'  same, paced':24s}{raw_pc:>12.1f}{dmn_pc:>12.1f}{dmn_pc / raw_pc:>12.1f}   (raw: the publisher)")
     for q in ("p50", "p99", "max"):
         a, b = med("raw_paced", q), med("daemon_paced", q)
         print(f"  {'latency ' + q + ' us':24s}{a:>12,.0f}{b:>12,.0f}{b / a:>12.1f}")
@@ -331,7 +336,14 @@ def main() -> int:
                       "paced_p99_us": round(med("daemon_paced", "p99")),
                       "paced_cpu_us_per_line": round(med("daemon_paced", "cpu_us_per_line"), 1),
                       "raw_paced_p99_us": round(med("raw_paced", "p99")),
-                      "disk_bytes_per_event_50_per_s": round(disk), "lost": lost, "seq_gaps": gaps}))
+                      "raw_paced_cpu_us_per_line": round(raw_pc, 1),
+                      "disk_bytes_per_event_50_per_s": round(disk), "lost": lost, "seq_gaps": gaps,
+                      "per_run": [{"flood_ratio": round(d["rate"] / r["rate"], 3),
+                                   "paced_cpu_ratio": round(dp["cpu_us_per_line"] / rp["cpu_us_per_line"], 2),
+                                   "paced_p99_ratio": round(dp["p99"] / rp["p99"], 2)}
+                                  for r, d, rp, dp in zip(runs["raw"], runs["daemon"], runs["raw_paced"],
+                                                          runs["daemon_paced"])
+                                  if "rate" in r and "rate" in d and "cpu_us_per_line" in rp]}))
     return 1 if lost or gaps else 0
 
 

@@ -183,11 +183,19 @@ RUNS_REMEMBERED = 10_000
 _usage: dict[tuple, tuple[float, float, float]] = {}  # run -> (input, output, cost) totals so far
 
 
+_events_of: dict[bytes, object] = {}  # kind -> its ``events`` child (``labels`` costs a lock and a lookup)
+
+
 def observe_batch(kinds: dict[bytes, int], details: list[bytes]) -> None:
     """Count one committed batch: ``kinds`` maps kind -> events; ``details`` are the JSON of
     the events whose kind is in ``METRIC_KINDS``."""
     for kind, n in kinds.items():
-        events.labels(kind.decode()).inc(n)
+        child = _events_of.get(kind)
+        if child is None:
+            if len(_events_of) >= 1000:  # kinds are a closed set; bound it anyway
+                _events_of.clear()
+            child = _events_of[kind] = events.labels(kind.decode())
+        child.inc(n)
     for js in details:
         try:
             ev = _fields.decode(js)

@@ -7,6 +7,18 @@ OS on commit; ``synchronous=NORMAL`` only defers the fsync to checkpoints,
 which matters for power loss, not for a process crash).  Readers open their
 own connection; WAL lets them read while the journal writes.
 
+**Disk per event.**  A commit writes every page it touched to the WAL (a page plus
+a 24-byte frame header), and with one event per commit (an idle daemon commits each
+event alone, for latency) that is the table's last leaf page, plus page 1 and the
+parent page whenever the file grows by a page: ~4.8 KB written per ~300-byte event
+with 4 KiB pages (measured with ``/proc/self/io``; benchmarks/README.md).  1 KiB pages
+were measured too: ~1.8 KB per event, but a flood insert cost ~1.3 µs more per row, a
+full scan twice as long, and a log of 8 KiB events (overflow pages) became so slow to
+read that a ``Replay`` in tests/test_journal_faults.py took over 10 s; so the log keeps
+4 KiB pages (``PAGE_SIZE_BYTES``, fixed by SQLite when the file is created).  Fewer
+bytes per event at low rates needs fewer commits, i.e. holding events back before
+publishing them, which the latency target forbids.
+
 There is deliberately no index on ``session``: it cost ~1 µs of the ~11 µs
 the daemon spends per event (benchmarks/pipeline.py), and a session replay
 is a rowid range scan from ``since`` filtered by session, linear in the log
@@ -29,6 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 Row = tuple[int, str, str, bytes]
+PAGE_SIZE_BYTES = 4096  # of a new log (see "Disk per event" above); an existing log keeps its own
 
 
 def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
@@ -38,6 +51,7 @@ def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE_BYTES}")  # only takes effect on a new, empty file
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
