@@ -173,7 +173,7 @@ class Sync(Req, tag="sync"):
 
 
 class InjectFault(Req, tag="inject_fault"):
-    """Testing only: make ``actor`` (``journal`` | ``supervisor``) raise, as a bug would.
+    """Testing only: make ``actor`` (``journal`` | ``supervisor`` | ``recovery``) raise, as a bug would.
 
     Refused with ``bad_state`` unless the daemon runs with ``fault_injection = true``.
     Reply: ``Ok``.

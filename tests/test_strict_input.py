@@ -30,7 +30,7 @@ ARGV = ["/bin/true"]
 BAD_PLANS = [
     ({"name": "a", "agent": "command", "argv": ARGV, "promt": "x"},
      "assignment 'a': unknown key 'promt' (did you mean 'prompt'?; valid: name, agent, role, prompt, weight, "
-     "after, argv, env, profile, rerun)"),
+     "after, argv, env, profile, rerun, retry)"),
     ({"name": "a", "agent": "command", "argv": ARGV, "run_kind": "planner"},
      "assignment 'a': 'run_kind' is reserved for orchd's own runs"),
     ({"name": "a", "agent": "command", "argv": ARGV, "wieght": 3}, "did you mean 'weight'?"),
