@@ -190,7 +190,7 @@ class Conduct:
 
     def _place(self, s: SessionView, w: WorkerView, branch: str | None, gen: int) -> str | None:
         """The agent host this run goes to, or None (here): ``actors.placement`` decides."""
-        link = getattr(self.ports, "hosts", None)
+        link = self.ports.hosts
         if link is None:
             return None
         local_busy = len(self.ports.workers.running()) - link.remote_count()
