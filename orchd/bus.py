@@ -255,9 +255,10 @@ def host_link_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: i
     sock.sndhwm = sock.rcvhwm = HOST_LINK_HWM
     _link_heartbeats(sock, heartbeat_s)
     try:
-        if server_keys is not None:
-            curve_server(sock, server_keys)
-        _bind(sock, endpoint)
+        if server_keys is not None:  # registered, so a revoked host loses its connection too
+            bind_curve(sock, [endpoint], server_keys)
+        else:
+            _bind(sock, endpoint)
     except BaseException:
         sock.close(linger=0)
         raise

@@ -154,6 +154,16 @@ def test_key_files_are_private_and_the_store_keeps_revocations(tmp_path):
     assert keys.fingerprint(client["public_key"]) == client["fingerprint"] and len(client["fingerprint"]) == 16
 
 
+def test_a_key_that_starts_with_a_dash_is_added_as_it_is(tmp_path):
+    state = tmp_path / "state"
+    assert orchd("keys", "init", "--state-dir", str(state)).returncode == 0
+    key = "-" + "b" * 39  # Z85 has "-" in its alphabet: argparse alone would read this as an option
+    res = orchd("keys", "add", "--state-dir", str(state), "dash", key)
+    assert res.returncode == 0, res.stderr
+    listed = json.loads(orchd("keys", "list", "--state-dir", str(state), "--json").stdout)
+    assert [(c["name"], c["public_key"]) for c in listed["clients"]] == [("dash", key)], listed
+
+
 def test_bus_never_binds_or_connects_plaintext_tcp():
     ctx = zmq.asyncio.Context()
     try:
