@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-import zmq
 
 from actors import recovering
 from actors.decide import effective_limits
@@ -50,7 +49,7 @@ from actors.recovering import Decision, Failed, Policy
 from actors.sessions import Projection, SessionView, WorkerView
 from orchd import log, metrics, redact, wire
 from orchd import protocol as p
-from orchd.actor import Mailbox, Outbox
+from orchd.actor import JournalBacklog, Mailbox, Outbox
 from orchd.config import Config
 from orchd.follow import Follows
 from orchd.store import LogReader
@@ -96,7 +95,7 @@ class RecoveryActor:
         self.cfg, self.log_path, self.inbox, self.out, self.journal_ep = cfg, log_path, inbox, out, journal_ep
         self.proj = Projection(recovery_on=True)
         self.rng = rng or random.Random()
-        self._backlog: list[bytes] = []
+        self._backlog = JournalBacklog(out, journal_ep)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -111,7 +110,7 @@ class RecoveryActor:
                 self._handle(raw)
             if due is not None and time.time() >= due:
                 self._handle(p.RecoveryTick())
-            self._flush()
+            self._backlog.flush()
 
     async def _barrier(self) -> None:
         """Wait until the log holds everything a predecessor sent (so nothing is decided twice)."""
@@ -223,18 +222,8 @@ class RecoveryActor:
         """Log ``ev`` for ``w``'s current run, and apply it at once (the actor does not follow its own kinds)."""
         ts = time.time()
         self.proj.apply(p.Stamp(seq=0, ts=ts, session=s.id, worker=w.spec.name, agent=w.spec.agent, gen=w.gen), ev)
-        frame = wire.pending_frame(wire.topic(s.id), wire.stamp_prefix(s.id, w.spec.name, w.spec.agent, w.gen), ts,
-                                   redact.current().event(ev))
-        self._backlog.append(wire.pack(p.Append(frames=[frame])))
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._backlog:
-            try:
-                self.out.send_nowait(self.journal_ep, self._backlog[0])
-            except zmq.Again:
-                return
-            self._backlog.pop(0)
+        self._backlog.send(wire.append_one(s.id, redact.current().event(ev), ts, worker=w.spec.name,
+                                           agent=w.spec.agent, gen=w.gen))
 
 
 def _action(d: Decision) -> p.RecoveryAction:

@@ -45,7 +45,7 @@ from actors.sessions import Projection, SessionView, WorkerView
 from actors.worker import mailbox_endpoint
 from orchd import log, redact, wire
 from orchd import protocol as p
-from orchd.actor import Mailbox, Outbox
+from orchd.actor import JournalBacklog, Mailbox, Outbox
 from orchd.config import Config
 from orchd.follow import Follows
 from orchd.store import LogReader
@@ -83,7 +83,7 @@ class ReviewActor:
         self.journal_ep, self.supervisor_ep = journal_ep, supervisor_ep
         self.proj = Projection(review_on(cfg))
         self.book = reviewing.Book(cfg.review.fallback_s)
-        self._backlog: list[bytes] = []
+        self._backlog = JournalBacklog(out, journal_ep)
         self._running: dict[str, tuple[str, str]] = {}  # review id -> (session, assignment)
         self._context: dict[str, tuple[str, str, str | None]] = {}
         self._capped: set[tuple[str, str]] = set()  # reviewer runs told to stop for the token cap  # review id -> (checkout, diff, check output)
@@ -102,7 +102,7 @@ class ReviewActor:
                     self._handle(p.ReviewTick())
                 for raw in raws:
                     self._handle(raw)
-                self._flush()
+                self._backlog.flush()
         finally:
             await self._workspace.close(grace_s=1.0)
 
@@ -256,7 +256,7 @@ class ReviewActor:
         if s is None or s.state in p.SESSION_TERMINAL:
             self._running.pop(msg.review_id, None)
             return
-        t = self.book.track(sid, name)
+        self.book.track(sid, name)
         w = s.workers[name]
         if msg.error is not None or msg.checkout is None:
             self._running.pop(msg.review_id, None)
@@ -367,16 +367,7 @@ class ReviewActor:
     # ------------------------------------------------------------ out
 
     def emit(self, sid: str, ev: p.Ev, agent: str | None = None) -> None:
-        self._backlog.append(wire.append_one(sid, redact.current().event(ev), time.time(), agent=agent))
-        self._flush()
-
-    def _flush(self) -> None:
-        while self._backlog:
-            try:
-                self.out.send_nowait(self.journal_ep, self._backlog[0])
-            except zmq.Again:
-                return
-            self._backlog.pop(0)
+        self._backlog.send(wire.append_one(sid, redact.current().event(ev), time.time(), agent=agent))
 
     def _send_supervisor(self, msg: p.Msg) -> None:
         try:

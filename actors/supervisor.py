@@ -49,7 +49,7 @@ from actors.sessions import Projection, SessionView, WorkerView
 from actors.worker import mailbox_endpoint
 from orchd import log, metrics, redact, wire
 from orchd import protocol as p
-from orchd.actor import Mailbox, Outbox, Supervisor, Waker, drain
+from orchd.actor import JournalBacklog, Mailbox, Outbox, Supervisor, Waker, drain
 from orchd.config import Config
 from orchd import remote
 from orchd.control import Call, ControlSocket
@@ -87,7 +87,7 @@ class SessionSupervisor(Conduct):
         self._launches: dict[tuple[str, str], d.Launch] = {}  # waiting for their worktree
         self._plan_errors: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._backlog: list[bytes] = []  # events the journal's queue had no room for yet
+        self._backlog = JournalBacklog(ports.out, ports.journal_ep)  # events the journal had no room for yet
         self._wedged = False             # testing only: InjectFault(fault="wedge")
 
     # ------------------------------------------------------------ lifecycle
@@ -121,7 +121,7 @@ class SessionSupervisor(Conduct):
                         self._handle(raw)
                     for call in control.requests():
                         self._handle(call)
-                    self._flush()
+                    self._backlog.flush()
                 esc.result()
             finally:
                 esc.cancel()
@@ -350,19 +350,7 @@ class SessionSupervisor(Conduct):
         ts = time.time()
         self.proj.apply(p.Stamp(seq=0, ts=ts, session=sid, worker=worker, agent=agent, gen=gen), ev)
         # the projection keeps what was asked for; the log gets it redacted (a plan's env, error texts)
-        frame = wire.pending_frame(wire.topic(sid), wire.stamp_prefix(sid, worker, agent, gen), ts,
-                                   redact.current().event(ev))
-        self._backlog.append(wire.pack(p.Append(frames=[frame])))
-        self._flush()
-
-    def _flush(self) -> None:
-        """Send queued events in order; what the journal has no room for waits (the loop goes on)."""
-        while self._backlog:
-            try:
-                self.ports.out.send_nowait(self.ports.journal_ep, self._backlog[0])
-            except zmq.Again:  # the journal is behind: try again next turn
-                return
-            self._backlog.pop(0)
+        self._backlog.send(wire.append_one(sid, redact.current().event(ev), ts, worker=worker, agent=agent, gen=gen))
 
     def _tell(self, s: SessionView, w: WorkerView, msg: p.Msg) -> None:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -178,6 +179,34 @@ class Outbox:
         for sock, _ in self._socks.values():
             sock.close()
         self._socks.clear()
+
+
+class JournalBacklog:
+    """What an actor that cannot await (one ``match`` per inbox, never waiting) sends the journal.
+
+    Messages go out in order; what the journal's queue has no room for waits here until the
+    next ``flush`` (the actor's loop calls it every turn, and wakes sooner while it is not
+    empty), so the loop goes on and nothing is lost or reordered."""
+
+    def __init__(self, out: Outbox, journal_ep: str) -> None:
+        self._out, self._ep = out, journal_ep
+        self._queue: deque[bytes] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def send(self, msg: bytes) -> None:
+        self._queue.append(msg)
+        self.flush()
+
+    def flush(self) -> None:
+        queue = self._queue
+        while queue:
+            try:
+                self._out.send_nowait(self._ep, queue[0])
+            except zmq.Again:  # the journal is behind: try again next turn
+                return
+            queue.popleft()
 
 
 class Escalation(Exception):
