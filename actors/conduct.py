@@ -11,6 +11,7 @@ the supervisor's (``proj``, ``_launches``, ``_plan_errors``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from actors import decide as d
 from actors import launch, preflight, submit, workspace
 from actors.agents import ADAPTERS
 from actors.doctor import find_binary
+from actors.recovering import fresh_start_files
 from actors.sessions import SessionView, WorkerView
 from actors.worker import Worker, WorkerSpec, mailbox_endpoint
 from orchd import metrics
@@ -127,7 +129,8 @@ class Conduct:
         self._launches[(s.id, w.spec.name)] = cmd
         label = launch_label(w)
         self._workspace.start(s.target, workspace.prepare,
-                              *workspace.prepare_args(s, w, self.cfg.worktrees(), label, self.cfg.commit_exclude))
+                              *workspace.prepare_args(s, w, self.cfg.worktrees(), label, self.cfg.commit_exclude,
+                                                      changes=cmd.summary is not None))
 
     def _worktree_ready(self, s: SessionView, msg: p.WorktreeReady) -> None:
         self._committed(s, msg.commits)
@@ -143,6 +146,8 @@ class Conduct:
             self.emit(s, p.WorkerExited(state="failed", reason=msg.error), w)
             self._advance(s)
         else:
+            if cmd.summary is not None and msg.changed:
+                cmd = dataclasses.replace(cmd, summary=f"{cmd.summary}\n{fresh_start_files(msg.changed)}")
             self._start_worker(s, w, cmd, msg.cwd, msg.branch)
 
     def _start_worker(self, s: SessionView, w: WorkerView, cmd: d.Launch, cwd: str, branch: str | None) -> None:

@@ -184,6 +184,14 @@ def takeover(f: Failed) -> str | None:
                     "gemini": f"gemini --resume {sid}"}[f.agent]
 
 
+def fresh_start_files(changed: list[str], most: int = 50) -> str:
+    """The line a fresh start's summary gets: the files the earlier runs changed (listed by the
+    workspace job that prepared the relaunch's checkout; paths are the agent's, shown as text)."""
+    shown = ", ".join(changed[:most])
+    more = f" and {len(changed) - most} more" if len(changed) > most else ""
+    return f"Files it changed since the assignment started: {shown}{more}."
+
+
 def summarise(f: Failed) -> str:
     """What a fresh start is told about the earlier run (its last text; its files are in the working tree)."""
     text = " ".join(f.last_text.split())

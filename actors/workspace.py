@@ -56,11 +56,13 @@ COMMIT_THREADS = 4
 
 
 def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, deps: list[Tree],
-            exclude: list[str], worker: str, gen: int) -> p.WorktreeReady:
+            exclude: list[str], worker: str, gen: int, changes: bool = False) -> p.WorktreeReady:
     """Commit what the assignments before left, base a clone on their merge, create it.
 
     After exactly one assignment, the clone starts from that one's commit
     and may take over its checkout (``create_worktree(inherit=...)``).
+    ``changes``: also list what the clone's earlier runs changed since its
+    base (a fresh start after a failed resume is told).
     """
     commits: list[p.CommitMade] = []
     try:
@@ -72,9 +74,11 @@ def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, dep
             base = heads[0] if heads else base_commit
         inherit = Path(deps[0][1]) if len(deps) == 1 and heads else None
         cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base, inherit=inherit)
+        changed = worktrees.changed_since(cwd, base) if changes else []
     except worktrees.GitError as exc:
         return p.WorktreeReady(session=s_id, worker=worker, gen=gen, error=f"worktree: {exc}", commits=commits)
-    return p.WorktreeReady(session=s_id, worker=worker, gen=gen, cwd=str(cwd), branch=branch, commits=commits)
+    return p.WorktreeReady(session=s_id, worker=worker, gen=gen, cwd=str(cwd), branch=branch, commits=commits,
+                           changed=changed)
 
 
 def merge(s_id: str, target: str, root: str, base_commit: str, names: list[str],
@@ -188,9 +192,10 @@ def _tree(s: SessionView, w: WorkerView) -> Tree:
     return (w.spec.name, w.worktree or "", commit_message(s.task, w.spec.name, w.done_text))
 
 
-def prepare_args(s: SessionView, w: WorkerView, root: Path, label: str, exclude: list[str]) -> tuple:
+def prepare_args(s: SessionView, w: WorkerView, root: Path, label: str, exclude: list[str],
+                 changes: bool = False) -> tuple:
     deps = [_tree(s, s.workers[d]) for d in w.spec.after if s.workers[d].worktree]
-    return (s.id, s.target, str(root), s.base_commit, label, deps, list(exclude), w.spec.name, w.gen + 1)
+    return (s.id, s.target, str(root), s.base_commit, label, deps, list(exclude), w.spec.name, w.gen + 1, changes)
 
 
 def merge_args(s: SessionView, root: Path, exclude: list[str]) -> tuple:

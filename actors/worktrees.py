@@ -305,6 +305,14 @@ def uncommitted(target: Path) -> list[str]:
     return out
 
 
+def changed_since(clone: Path, base: str, most: int = 200) -> list[str]:
+    """The paths a clone's work changed since ``base``: committed or not, untracked included
+    (what a fresh start after a failed resume is told the earlier run touched)."""
+    names = _git(clone, "--no-optional-locks", "diff", "--name-only", "-z", base).split("\0")
+    untracked = _git(clone, "--no-optional-locks", "ls-files", "--others", "--exclude-standard", "-z").split("\0")
+    return sorted({n for n in names + untracked if n})[:most]
+
+
 def _commit(repo: Path, rev: str) -> str:
     if rev.startswith("-"):  # git would read it as an option
         raise GitError(f"{rev!r} is not a commit in {repo}")

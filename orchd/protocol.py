@@ -1004,6 +1004,7 @@ class WorktreeReady(Msg, tag="worktree_ready"):
     branch: str | None = None
     error: str | None = None
     commits: list[CommitMade] = []  # the assignments it waited for, committed first
+    changed: list[str] = []  # asked for (a fresh start's summary): what earlier runs changed since the base
 
 
 class MergeFinished(Msg, tag="merge_finished"):

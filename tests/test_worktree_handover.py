@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import merging, workspace
+from actors import merging, recovering, workspace
 from actors import worktrees as wt
 from tests import helpers
 
@@ -167,3 +167,24 @@ def test_merges_write_no_files_and_list_conflicts_from_merge_tree(big, tmp_path)
     with pytest.raises(wt.MergeConflict) as caught:
         merging.merged_base(big, root, S, "d", [heads["a"], heads["c"]])
     assert caught.value.files == ["d00/f0000.txt"]
+
+
+def test_a_relaunch_that_starts_fresh_is_told_the_files_the_earlier_runs_changed(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    assert first.changed == []  # not asked for: a first launch lists nothing
+    clone = Path(first.cwd)
+    (clone / "d00" / "f0000.txt").write_text("changed\n")        # modified, then committed
+    wt.commit_all(clone, "the first run's work")
+    (clone / "new.py").write_text("print(1)\n")                  # untracked
+    (clone / "d01" / "f0001.txt").unlink()                       # deleted, not committed
+    (clone / "build").mkdir()
+    (clone / "build" / "out.o").write_text("ignored\n")          # ignored: not the agent's work
+    again = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 2, True)
+    assert again.error is None and again.cwd == first.cwd
+    assert again.changed == ["d00/f0000.txt", "d01/f0001.txt", "new.py"]
+    line = recovering.fresh_start_files(again.changed)
+    assert line == "Files it changed since the assignment started: d00/f0000.txt, d01/f0001.txt, new.py."
+    assert recovering.fresh_start_files([f"f{i}" for i in range(60)]).endswith("f49 and 10 more.")
