@@ -191,7 +191,7 @@ class RecoveryActor:
         now = time.time()
         d = recovering.decide(f, policy_for(self.cfg, s), now, self.rng.random())
         message = w.failure.message if w.failure is not None else (w.reason or "")
-        source = w.last_error or w.reason or message
+        source = (w.failure.source if w.failure is not None else "") or w.last_error or w.reason or message
         self._emit(s, w, p.RecoveryDetected(code=d.code, message=message[:2000], source=source[:2000],
                                             catalogue_action=w.failure.action if w.failure is not None else ""))
         self._emit(s, w, _action(d))

@@ -253,7 +253,7 @@ class Worker:
             failure = self.adapter.classify(code, self._stderr_tail, list(self._agent_events))
             if failure is not None:
                 await self.emit(p.WorkerFailure(code=failure.code, message=failure.message, action=failure.action,
-                                                fix=failure.fix))
+                                                fix=failure.fix, source=failure.source[:2000]))
                 reason = f"{failure.code}: {failure.message}"
         _log.info("agent_exited", session=self.spec.session, worker=self.spec.name, state=state,
                   exit_code=code, signal=sig)

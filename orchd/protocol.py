@@ -592,6 +592,7 @@ class WorkerFailure(Ev, tag="worker.failure"):
     action: str = "escalate"  # relaunch | escalate
     fix: dict[str, str] | None = None  # legacy (logs before ``remedy``): env.NAME / backoff_s / resume_id
     remedy: Fix | None = None
+    source: str = ""  # the line the message was read from: "stderr: <raw line>", "agent error: ...", "exit code N"
 
     def the_fix(self) -> Fix | None:
         """The typed fix, also for events logged before ``remedy`` existed."""

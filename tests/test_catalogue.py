@@ -203,3 +203,16 @@ def test_fallback_launches_leave_out_the_optional_flags():
         assert adapter.fallback_flags == (flag,)
     gem = get_adapter("gemini").build_launch(RunSpec(**base, fallback=True))
     assert gem.env["GEMINI_CLI_TRUST_WORKSPACE"] == "true"
+
+
+def test_a_failure_names_the_line_its_message_was_read_from():
+    # a stderr line keeps its raw form (colours and all) in the source; the message is the clean text
+    f = classify("claude", msg(1, ["\x1b[33mwarning: something\x1b[0m", "\x1b[31mError: Invalid API key\x1b[0m"]))
+    assert (f.code, f.message) == ("auth_invalid", "Error: Invalid API key")
+    assert f.source == "stderr: \x1b[31mError: Invalid API key\x1b[0m"
+    # an error event of the stream
+    g = classify("codex", msg(1, stdout=codex_failed("unexpected status 401 Unauthorized")))
+    assert g.code == "auth_invalid" and g.source == f"agent error: {g.message}"
+    # nothing matched but the exit code: the source says so
+    h = classify("gemini", msg(None))
+    assert h.code == "crashed" and h.source == ""

@@ -93,6 +93,7 @@ class Failure(msgspec.Struct, frozen=True, kw_only=True):
     message: str
     action: str
     fix: dict[str, str] | None = None
+    source: str = ""  # where the message was read: "stderr: <the raw line>", "agent error: ...", "exit code N"
 
 
 class Adapter(Protocol):
@@ -350,6 +351,18 @@ def evidence(stderr_lines: Iterable[str], events: Iterable[Any],
     return Evidence(fatal + result_text, err, soft, result_ok)
 
 
+def _source(hit: str, ev: Evidence, stderr_lines: list[str], exit_code: int | None) -> str:
+    """Where a matched message came from, with the line as the CLI wrote it (ANSI and all)."""
+    if hit in ev.fatal:
+        return f"agent error: {hit}"
+    if hit in ev.stderr:
+        raw = next((line for line in stderr_lines if hit in _unjson(strip_ansi(line).strip())), hit)
+        return f"stderr: {raw.rstrip()}"
+    if hit in ev.soft:
+        return f"agent retry notice: {hit}"
+    return f"exit code {exit_code}" if exit_code is not None else "killed by a signal"
+
+
 def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
                     stderr_lines: list[str], events: list,
                     noise: str | None = None) -> Failure | None:
@@ -378,10 +391,11 @@ def match_catalogue(rules: Iterable[Rule], exit_code: int | None,
         if hit is None and exit_code is not None and exit_code in rule.exit_codes:
             hit = headline
         if hit is not None:
+            source = _source(hit, ev, stderr_lines, exit_code)
             if rule.action == "park":
                 hit = _with_reset(hit, texts)
             return Failure(code=rule.code, message=hit, action=rule.action,
-                           fix=dict(rule.fix) if rule.fix else None)
+                           fix=dict(rule.fix) if rule.fix else None, source=source)
     if exit_code == 0:
         return Failure(code="failed", message=headline, action="escalate")
     return Failure(code="crashed", message=headline, action="relaunch")
