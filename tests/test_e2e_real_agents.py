@@ -254,10 +254,14 @@ def test_http_401_fails_worker_with_catalogue_code(agent, cli_daemon, git_repo, 
     assert exited["reason"].startswith("auth_invalid")
     assert failure["seq"] < exited["seq"]
     assert not [e for e in mine if e["kind"] in ("worker.done", "worker.milestone")]
-    assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "failed"
+    # a rejected key is never retried: the recovery actor escalates at once, telling the human what to do
+    action = _one(mine, "recovery.action")
+    assert action["action"] == "escalate" and f"log in to {agent}" in action["reason"], action
+    assert [e["gen"] for e in mine if e["kind"] == "worker.launching"] == [0]
+    assert events[-1]["kind"] == "session.state" and events[-1]["state"] == "escalated"
 
     status = cli_daemon.status(sid)
-    assert status["state"] == "failed"
+    assert status["state"] == "escalated"
     (w,) = status["workers"]
     assert w["state"] == "failed" and w["exit_code"] == exited["exit_code"] and w["reason"].startswith("auth_invalid")
     # the daemon stays up and serves
