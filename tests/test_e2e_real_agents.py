@@ -94,11 +94,24 @@ def _session_events(d, sid: str) -> list[dict]:
         client.close()
 
 
+def _check_preflight(worker_events: list[dict], agent: str) -> None:
+    """A launch's preflight findings come right after ``worker.launching``; gemini's folder trust is
+    fixed by the launch (and recorded), nothing else is expected of a rehearsal on this machine."""
+    kinds = _kinds([e for e in worker_events if e["kind"] != "worker.log"])
+    for i, kind in enumerate(kinds):
+        if kind == "worker.preflight":
+            assert kinds[i - 1] == "worker.launching", kinds
+    found = [(f["code"], f["fixed"]) for e in worker_events if e["kind"] == "worker.preflight" for f in e["findings"]]
+    if agent == "gemini":
+        assert ("folder_trust", True) in found, found
+
+
 def _check_clean_run(worker_events: list[dict], agent: str, name: str, gen: int = 0,
                      resumed_from: str | None = None) -> dict:
     """The normalized event sequence of one clean generation of one worker; returns its agent.session."""
     # worker.committed comes when orchd commits the clone (at the merge, after the exit)
-    seq = [e for e in worker_events if e["kind"] not in ("worker.log", "worker.committed")]
+    seq = [e for e in worker_events if e["kind"] not in ("worker.log", "worker.committed", "worker.preflight")]
+    _check_preflight(worker_events, agent)
     assert _kinds(seq) == CLEAN_RUN, f"{agent} {name} gen {gen}: unexpected events {_kinds(seq)}"
     (launching, started, session, call, result, text, milestone, done, usage, final, exited) = seq
     assert all(e["agent"] == agent and e["gen"] == gen for e in seq)
@@ -345,7 +358,7 @@ def test_kill9_mid_run_resumes_real_cli(agent, daemon_factory, git_repo, tmp_pat
             f"{_kinds(events)}\n--- orchctl logs {sid} --json ---\n{_logs(d2, sid)}"
 
         gen0 = _of(events, name, gen=0)
-        assert _kinds([e for e in gen0 if e["kind"] != "worker.log"]) == \
+        assert _kinds([e for e in gen0 if e["kind"] not in ("worker.log", "worker.preflight")]) == \
             ["worker.launching", "worker.started", "agent.session"], _kinds(gen0)
         assert gen0[0]["resume"] is False
         # generation 1: relaunched with the CLI's resume flag, then a clean run
