@@ -179,9 +179,9 @@ class SessionSupervisor(Conduct):
                     self.emit(s, p.WorkerExited(state="stopped", reason="orchd restarted during the review"), w)
                 elif s.stop_reason is not None:
                     self.emit(s, p.WorkerExited(state="stopped", reason=f"{s.stop_reason} (orchd restarted)"), w)
-                elif w.spec.agent == "command" and not w.spec.rerun:
-                    self.emit(s, p.WorkerExited(state="failed", reason="orchd restarted while it ran; a command "
-                                                "is not run again unless its assignment sets rerun = true"), w)
+                elif w.spec.agent == "command" and not (w.spec.rerun or w.spec.retry):
+                    self.emit(s, p.WorkerExited(state="failed", reason="orchd restarted while it ran; a command is "
+                                                "not run again unless its assignment sets retry = true (or rerun = true)"), w)
                 else:
                     _log.info("relaunching_after_restart", session=s.id, worker=w.spec.name, gen=w.gen)
                     self._guarded(s, self._launch, s, w, d.Launch(worker=w.spec.name, resume=True,

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from orchctl.client import Client
@@ -292,10 +293,11 @@ def test_submit_validates_scenario_and_limits_at_the_daemon(daemon, git_repo):
     assert len(submitted) == 1 and submitted[0]["limits"] == {"stall_s": 30.0}  # stored validated
 
 
-def test_a_paused_session_stays_paused_across_a_daemon_restart(daemon_factory, git_repo, tmp_path):
+@pytest.mark.parametrize("key", ["rerun", "retry"])  # retry (idempotent) implies rerun
+def test_a_paused_session_stays_paused_across_a_daemon_restart(daemon_factory, git_repo, tmp_path, key):
     d = daemon_factory()
     plan = write_plan(tmp_path / "plan.json", [
-        {"name": "w", "agent": "command", "rerun": True, "argv": fake("line:started", "hang")}])
+        {"name": "w", "agent": "command", key: True, "argv": fake("line:started", "hang")}])
     sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
     wait_for(lambda: d.status(sid)["workers"][0]["pid"], 20, "the agent to start")
     d.ctl("pause", sid)
