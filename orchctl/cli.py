@@ -601,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
     from orchd.wire import WireError
 
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--server-key" in argv:  # a key may start with "-" (only then is orchd.keys imported)
+        from orchd.keys import argv_with_keys
+        argv = argv_with_keys(argv)
     args = parser.parse_args(argv)
     if args.version:
         from orchd import __version__

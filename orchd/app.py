@@ -484,16 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check_config)
     _keys_parser(sub)
-    args = ap.parse_args(_key_operand(sys.argv[1:] if argv is None else list(argv)))
+    from orchd.keys import argv_with_keys
+    args = ap.parse_args(argv_with_keys(sys.argv[1:] if argv is None else list(argv)))
     return args.func(args)
-
-
-def _key_operand(argv: list[str]) -> list[str]:
-    """``orchd keys add NAME KEY`` with a key that starts with ``-`` (Z85 has ``-`` in its alphabet):
-    argparse would read the key as an option, so an end of options is put before it."""
-    if argv[:2] == ["keys", "add"] and "--" not in argv and len(argv[-1]) == 40 and argv[-1].startswith("-"):
-        return argv[:-2] + ["--"] + argv[-2:]  # before NAME: argparse hands the subcommand what follows
-    return argv
 
 
 def _keys_parser(sub) -> None:

@@ -285,3 +285,31 @@ class ClientStore:
                 self._save(clients)
                 return clients[i]
         raise KeyFileError(f"no authorized client named {name!r} (see 'orchd keys list')")
+
+
+KEY_OPTIONS = ("--server-key",)
+
+
+def argv_with_keys(argv: list[str]) -> list[str]:
+    """Command lines with a Z85 key as argparse means them.
+
+    Z85 has ``-`` in its alphabet, and argparse reads any word that starts with
+    ``-`` as an option: ``--server-key -Xy...`` would be a missing value and
+    ``orchd keys add NAME -Xy...`` an unknown option.  A key given to
+    ``--server-key`` becomes ``--server-key=KEY``; before the operands of
+    ``keys add`` an end of options is put (argparse hands the subcommand what
+    follows it).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in KEY_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") and len(argv[i + 1]) == 40:
+            out.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    if out[:2] == ["keys", "add"] and "--" not in out and len(out[-1]) == 40 and out[-1].startswith("-"):
+        out = out[:-2] + ["--"] + out[-2:]
+    return out

@@ -164,6 +164,17 @@ def test_a_key_that_starts_with_a_dash_is_added_as_it_is(tmp_path):
     assert [(c["name"], c["public_key"]) for c in listed["clients"]] == [("dash", key)], listed
 
 
+def test_a_server_key_that_starts_with_a_dash_is_read_as_the_options_value():
+    key = "-" + "c" * 39
+    assert keys.argv_with_keys(["status", "--server-key", key, "--endpoint", "tcp://h:1"]) == \
+        ["status", f"--server-key={key}", "--endpoint", "tcp://h:1"]
+    assert keys.argv_with_keys(["keys", "add", "n", key]) == ["keys", "add", "--", "n", key]
+    assert keys.argv_with_keys(["status", "--server-key", "/path/to/key"]) == ["status", "--server-key", "/path/to/key"]
+    from orchctl.cli import build_parser
+    args = build_parser().parse_args(keys.argv_with_keys(["status", "--server-key", key, "--endpoint", "tcp://h:1"]))
+    assert args.server_key == key
+
+
 def test_bus_never_binds_or_connects_plaintext_tcp():
     ctx = zmq.asyncio.Context()
     try:

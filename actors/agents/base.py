@@ -25,7 +25,6 @@ from typing import Any, Iterable, Protocol, TypeVar
 
 import msgspec
 
-from actors.quota import reset_at
 from orchd.protocol import AgentError, AgentResult, AgentUnknown, Ev
 
 PROFILES = ("workspace", "readonly", "yolo")
@@ -410,6 +409,7 @@ def _with_reset(hit: str, texts: list[str]) -> str:
     """A usage-limit message, with the line that says when it resets when the
     message itself does not (gemini puts "Please retry in 41.2s" in the
     error's cause on stderr, its headline says only "exhausted your quota")."""
+    from actors.quota import reset_at  # only for a usage limit: ``orchctl parse`` stays light
     if reset_at(hit, _ANY_TIME) is not None:
         return hit
     when = next((t for t in texts if t != hit and reset_at(t, _ANY_TIME) is not None), None)
