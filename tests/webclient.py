@@ -88,7 +88,8 @@ class Sse:
         ev_id, data = None, None
         while True:
             line = self._line()
-            if line == b"":
+            if line == b"" or not line.endswith(b"\n"):
+                # a client the bridge drops (too slow) may get its last line cut off by the close
                 raise EOFError("the stream ended")
             line = line.rstrip(b"\r\n")
             if line.startswith(b"id: "):
