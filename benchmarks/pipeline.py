@@ -167,7 +167,7 @@ def run_raw(ctx: zmq.Context, tmp: Path, n: int, paced: bool) -> dict:
 # ------------------------------------------------------------------ (b)(c) daemon
 
 class Daemon:
-    def __init__(self, tmp: Path, profile: str | None) -> None:
+    def __init__(self, tmp: Path, profile: str | None, extra: list[str] = ()) -> None:
         self.tmp, self.rt = tmp, tmp / "rt"
         self.events = f"ipc://{self.rt}/events"
         env = {k: v for k, v in os.environ.items() if k != "ORCHD_RUNTIME_DIR"}
@@ -176,7 +176,7 @@ class Daemon:
         self.log = open(tmp / "daemon.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, *prof, "-m", "orchd.app", "run", "--state-dir", str(tmp / "state"),
-             "--runtime-dir", str(self.rt)], env=self.env, cwd=ROOT, stdout=self.log,
+             "--runtime-dir", str(self.rt), *extra], env=self.env, cwd=ROOT, stdout=self.log,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.profile, self.plans = profile, 0
         try:
@@ -283,6 +283,8 @@ def main() -> int:
     ap.add_argument("--slow", type=int, default=500, help="lines of the 50 lines/s run (disk written per event)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", metavar="FILE", help="run the daemon under cProfile, write stats to FILE")
+    ap.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for 'orchd run' (repeatable), e.g. --daemon-arg=--http=off")
     ap.add_argument("--tmp-base", default="/tmp", help="where the temp dir goes (state + ipc; keep it short)")
     args = ap.parse_args()
 
@@ -291,7 +293,7 @@ def main() -> int:
     d = None
     runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "daemon_paced": [], "daemon_50": []}
     try:
-        d = Daemon(tmp, os.path.abspath(args.profile) if args.profile else None)
+        d = Daemon(tmp, os.path.abspath(args.profile) if args.profile else None, args.daemon_arg)
         run_daemon(ctx, d, 1000, False)  # warm-up: imports, first session, SQLite file
         for r in range(args.repeat):
             for key, fn in (("raw", lambda: run_raw(ctx, tmp, args.lines, False)),
