@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 Row = tuple[int, str, str, bytes]
+_INSERT = "INSERT INTO events(seq, session, kind, body) VALUES (?,?,?,?)"
 PAGE_SIZE_BYTES = 4096  # of a new log (see "Disk per event" above); an existing log keeps its own
 
 
@@ -104,9 +105,12 @@ class EventLog:
         conn = self._conn
         if conn.in_transaction:
             conn.execute("ROLLBACK")
+        if len(rows) == 1:  # one statement is its own transaction: no BEGIN/COMMIT round trips (idle pace)
+            conn.execute(_INSERT, rows[0])
+            return
         conn.execute("BEGIN IMMEDIATE")  # take the write lock now: a locked log fails before any work
         try:
-            conn.executemany("INSERT INTO events(seq, session, kind, body) VALUES (?,?,?,?)", rows)
+            conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may already have rolled back (disk full, I/O error)

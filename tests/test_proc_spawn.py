@@ -1,0 +1,97 @@
+"""orchd.proc.spawn: pdeathsig without a full fork of the daemon, and subprocess's own errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchd import proc
+from tests.conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPAWNER = """
+import asyncio, os, sys
+from orchd import proc
+async def main():
+    child = await proc.spawn(["sleep", "60"], os.getcwd(), dict(os.environ), limit=4096)
+    print(child.pid, flush=True)
+    sys.stdin.readline()   # the test says when to die
+    os._exit(0)            # no cleanup: only the parent-death signal can end the agent
+asyncio.run(main())
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_an_agent_dies_with_the_daemon_that_spawned_it(tmp_path: Path) -> None:
+    spawner = subprocess.Popen([sys.executable, "-c", SPAWNER], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        pid = int(spawner.stdout.readline())
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0060\x00"  # the agent itself, argv intact
+        assert not gone(pid)
+        spawner.stdin.write("die\n")
+        spawner.stdin.flush()
+        spawner.wait(10)
+        wait_for(lambda: gone(pid), 5, f"agent {pid} to die with its daemon")
+    finally:
+        spawner.kill()
+        spawner.wait()
+
+
+def test_the_agent_pid_runs_the_program_itself(tmp_path: Path) -> None:
+    """``setpriv`` execs the agent in place: the pid orchd signals is the agent's."""
+    async def go() -> tuple[int, bytes]:
+        child = await proc.spawn([sys.executable, "-c", "import os, sys; print(os.getpid()); sys.stdout.flush()"],
+                                 str(tmp_path), dict(os.environ), limit=4096)
+        out = await child.stdout.read()
+        await child.wait()
+        return child.pid, out
+    pid, out = asyncio.run(go())
+    assert int(out) == pid
+
+
+def test_spawning_needs_no_full_fork_when_setpriv_is_there() -> None:
+    argv, kwargs = proc.with_pdeathsig(["sleep", "1"], "/", dict(os.environ))
+    if proc._SETPRIV is None:
+        assert kwargs == {"preexec_fn": proc._child_setup}
+    else:
+        assert kwargs == {}  # no preexec_fn: Python may vfork
+        assert argv[:4] == [proc._SETPRIV, "--pdeathsig", "KILL", "--"]
+        assert argv[4:] == ["sleep", "1"]
+
+
+def test_missing_and_unrunnable_programs_fail_the_spawn_as_subprocess_does(tmp_path: Path) -> None:
+    script = tmp_path / "not-executable.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    (tmp_path / "run.sh").write_text("#!/bin/sh\necho relative\n")
+    (tmp_path / "run.sh").chmod(0o755)
+    env = dict(os.environ)
+
+    async def spawn(argv: list[str]) -> bytes:
+        child = await proc.spawn(argv, str(tmp_path), env, limit=4096)
+        out = await child.stdout.read()
+        await child.wait()
+        return out
+
+    for argv, error in ((["no-such-program-xyz"], FileNotFoundError), (["./missing.sh"], FileNotFoundError),
+                        ([str(script)], PermissionError), ([str(tmp_path)], PermissionError)):
+        with pytest.raises(error) as ours:
+            asyncio.run(spawn(argv))
+        with pytest.raises(error) as theirs:
+            subprocess.run(argv, cwd=tmp_path, env=env)
+        assert str(ours.value) == str(theirs.value)
+    assert asyncio.run(spawn(["./run.sh"])) == b"relative\n"
+    assert asyncio.run(spawn(["sh", "-c", "echo $0"])) == b"sh\n"
