@@ -18,6 +18,11 @@ non-executable program still fails the spawn with the ``OSError`` Python would r
 (a wrapper would only fail after the fact).  Without ``setpriv`` on the machine the
 ``preexec_fn`` is used, as before.
 
+**No thread per agent.**  Python 3.11's default child watcher starts one thread per
+child to ``waitpid`` it (a stack and a thread state per running agent, and a thread
+switch per exit).  ``spawn`` installs, once, a watcher that waits on a pidfd in the
+event loop that spawned the child instead (what Python 3.12 does by itself).
+
 A ``Child`` tells apart two things asyncio's ``Process.wait`` mixes up
 (up to Python 3.11 it returns only once the process has exited AND every
 pipe is closed): the agent's main process exiting (``wait_exit``), and its
@@ -33,6 +38,7 @@ import errno
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 MARKER = "ORCHD_AGENT_OF"  # value: the state dir of the daemon that started it
@@ -45,6 +51,80 @@ def _child_setup() -> None:  # runs in the child between fork and exec
 
 
 _SETPRIV = shutil.which("setpriv")  # util-linux (Essential on Debian); None: fall back to preexec_fn
+
+
+class _PidfdWatcher(asyncio.AbstractChildWatcher):
+    """asyncio's child watcher without a thread per child, for Python < 3.12: each child's
+    pidfd is watched by the event loop that spawned it (any number of loops, any threads)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, tuple[asyncio.AbstractEventLoop, int]] = {}
+
+    def __enter__(self) -> "_PidfdWatcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def is_active(self) -> bool:
+        return True
+
+    def attach_loop(self, loop) -> None:
+        pass
+
+    def add_child_handler(self, pid: int, callback, *args) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:  # reaped elsewhere already: asyncio's own answer
+            callback(pid, 255, *args)
+            return
+        self._fds[pid] = (loop, fd)
+        loop.add_reader(fd, self._reap, pid, callback, args)
+
+    def _reap(self, pid: int, callback, args) -> None:
+        self._forget(pid)
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = 255
+        callback(pid, code, *args)
+
+    def _forget(self, pid: int) -> bool:
+        entry = self._fds.pop(pid, None)
+        if entry is None:
+            return False
+        loop, fd = entry
+        if not loop.is_closed():
+            loop.remove_reader(fd)
+        os.close(fd)
+        return True
+
+    def remove_child_handler(self, pid: int) -> bool:
+        return self._forget(pid)
+
+    def close(self) -> None:
+        for pid in list(self._fds):
+            self._forget(pid)
+
+
+_watcher_checked = False
+
+
+def _watch_children_with_pidfds() -> None:
+    """Install ``_PidfdWatcher`` once (Python < 3.12, a kernel with pidfds)."""
+    global _watcher_checked
+    if _watcher_checked:
+        return
+    _watcher_checked = True
+    if sys.version_info >= (3, 12):
+        return  # 3.12+ uses pidfds by itself
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return  # kernel < 5.3: keep asyncio's thread per child
+    asyncio.set_child_watcher(_PidfdWatcher())
 
 
 def resolve_program(argv0: str, cwd: str, env: dict[str, str]) -> str:
@@ -121,6 +201,7 @@ async def spawn(argv: list[str], cwd: str, env: dict[str, str], limit: int) -> C
     Raises ``OSError`` (e.g. ``FileNotFoundError``) when it cannot start.
     """
     loop = asyncio.get_running_loop()
+    _watch_children_with_pidfds()
     argv, kwargs = with_pdeathsig(argv, cwd, env)
     transport, protocol = await loop.subprocess_exec(
         lambda: _Protocol(limit, loop),
@@ -205,6 +286,7 @@ async def cli_version(argv: list[str], env: dict[str, str]) -> str | None:
     key = tuple(argv)
     if key in _versions:
         return _versions[key]
+    _watch_children_with_pidfds()
     try:
         child = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -225,6 +307,7 @@ async def run_with_input(argv: list[str], data: bytes, timeout_s: float, env: di
     exit within ``timeout_s``: its whole group is killed then.  Raises ``OSError``
     when it cannot start.  Cancelled, it kills the group too.
     """
+    _watch_children_with_pidfds()
     argv, kwargs = with_pdeathsig(argv, os.getcwd(), env)
     child = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,

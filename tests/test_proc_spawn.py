@@ -95,3 +95,24 @@ def test_missing_and_unrunnable_programs_fail_the_spawn_as_subprocess_does(tmp_p
         assert str(ours.value) == str(theirs.value)
     assert asyncio.run(spawn(["./run.sh"])) == b"relative\n"
     assert asyncio.run(spawn(["sh", "-c", "echo $0"])) == b"sh\n"
+
+
+def test_no_thread_waits_for_a_running_agent(tmp_path: Path) -> None:
+    """The exit of every agent is seen by the event loop (a pidfd), not by a thread per agent."""
+    import threading
+
+    async def go() -> tuple[int, list[int]]:
+        children = [await proc.spawn(["sleep", "30"], str(tmp_path), dict(os.environ), limit=4096) for _ in range(5)]
+        threads = threading.active_count()
+        for c in children:
+            c.kill_group()
+        codes = [await asyncio.wait_for(c.wait_exit(), 10) for c in children]
+        for c in children:
+            c.close_pipes()
+        return threads, codes
+
+    before = threading.active_count()
+    during, codes = asyncio.run(go())
+    if sys.version_info < (3, 12):
+        assert during == before, "a thread was started per agent"
+    assert codes == [-9] * 5
