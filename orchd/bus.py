@@ -137,28 +137,10 @@ def _bind_remote(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys | 
         bind_curve(sock, endpoints, keys)
 
 
-def control_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int,
-                   curve: ServerKeys | None = None, curve_endpoints: Sequence[str] = ()) -> zmq.asyncio.Socket:
-    sock = ctx.socket(zmq.ROUTER)
-    sock.linger = 0
-    sock.maxmsgsize = max(max_frame_bytes * 4, 64 << 20)
-    sock.router_mandatory = False
-    sock.sndhwm = CONTROL_SNDHWM
-    sock.rcvhwm = 1000
-    try:
-        _bind(sock, endpoint)
-        _bind_remote(sock, curve_endpoints, curve)
-    except BaseException:
-        sock.close(linger=0)
-        raise
-    return sock
-
-
-def events_pub(ctx: zmq.asyncio.Context, endpoints: list[str], hwm: int,
-               curve: ServerKeys | None = None, curve_endpoints: Sequence[str] = ()) -> zmq.asyncio.Socket:
-    sock = ctx.socket(zmq.PUB)
-    sock.linger = 0
-    sock.sndhwm = hwm
+def _bound(sock: zmq.Socket, endpoints: Sequence[str], curve: ServerKeys | None = None,
+           curve_endpoints: Sequence[str] = ()) -> zmq.Socket:
+    """Bind ``sock`` to its plaintext ``endpoints`` (ipc) and its CURVE ``curve_endpoints``;
+    on any failure the socket is closed before the error goes on."""
     try:
         for ep in endpoints:
             _bind(sock, ep)
@@ -167,6 +149,25 @@ def events_pub(ctx: zmq.asyncio.Context, endpoints: list[str], hwm: int,
         sock.close(linger=0)
         raise
     return sock
+
+
+def control_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: int,
+                   curve: ServerKeys | None = None, curve_endpoints: Sequence[str] = ()) -> zmq.asyncio.Socket:
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.maxmsgsize = max(max_frame_bytes * 4, 64 << 20)
+    sock.router_mandatory = False
+    sock.sndhwm = CONTROL_SNDHWM
+    sock.rcvhwm = 1000
+    return _bound(sock, [endpoint], curve, curve_endpoints)
+
+
+def events_pub(ctx: zmq.asyncio.Context, endpoints: list[str], hwm: int,
+               curve: ServerKeys | None = None, curve_endpoints: Sequence[str] = ()) -> zmq.asyncio.Socket:
+    sock = ctx.socket(zmq.PUB)
+    sock.linger = 0
+    sock.sndhwm = hwm
+    return _bound(sock, endpoints, curve, curve_endpoints)
 
 
 def mailbox(ctx: zmq.asyncio.Context, endpoint: str, hwm: int) -> zmq.asyncio.Socket:
@@ -254,15 +255,9 @@ def host_link_router(ctx: zmq.asyncio.Context, endpoint: str, max_frame_bytes: i
     sock.router_handover = True
     sock.sndhwm = sock.rcvhwm = HOST_LINK_HWM
     _link_heartbeats(sock, heartbeat_s)
-    try:
-        if server_keys is not None:  # registered, so a revoked host loses its connection too
-            bind_curve(sock, [endpoint], server_keys)
-        else:
-            _bind(sock, endpoint)
-    except BaseException:
-        sock.close(linger=0)
-        raise
-    return sock
+    if server_keys is not None:  # registered, so a revoked host loses its connection too
+        return _bound(sock, [], server_keys, [endpoint])
+    return _bound(sock, [endpoint])
 
 
 def host_link_dealer(ctx: zmq.asyncio.Context, endpoint: str, name: str, heartbeat_s: float,
