@@ -34,25 +34,22 @@ waited out to the same ``until``.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgspec
-
 from actors import recovering
 from actors.decide import effective_limits
+from actors.following import ProjectionFollower
 from actors.recovering import Decision, Failed, Policy
 from actors.sessions import Projection, SessionView, WorkerView
-from orchd import log, metrics, redact, wire
+from orchd import log, redact, wire
 from orchd import protocol as p
 from orchd.actor import JournalBacklog, Mailbox, Outbox
 from orchd.config import Config
 from orchd.follow import Follows
-from orchd.store import LogReader
 
 _log = log.get("actors.recovery")
 
@@ -89,7 +86,10 @@ def needs_decision(s: SessionView, w: WorkerView) -> bool:
             and w.state == "failed" and w.gen >= 0 and w.recovery is None)
 
 
-class RecoveryActor:
+class RecoveryActor(ProjectionFollower):
+    name = "recovery"
+    inbox_decoder = recovery_inbox
+
     def __init__(self, cfg: Config, log_path: Path, inbox: Mailbox, out: Outbox, journal_ep: str,
                  rng: random.Random | None = None) -> None:
         self.cfg, self.log_path, self.inbox, self.out, self.journal_ep = cfg, log_path, inbox, out, journal_ep
@@ -119,23 +119,13 @@ class RecoveryActor:
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0:
             for raw in await self.inbox.recv_batch(left):
-                try:
-                    msg = recovery_inbox.decode(raw)
-                except msgspec.DecodeError:
-                    continue  # committed batches come again from the log read below
+                msg = self.decode(raw)  # committed batches come again from the log read below
                 if isinstance(msg, p.BarrierReached) and msg.token == token:
                     return
         _log.warning("recovery_barrier_timeout", timeout_s=BARRIER_TIMEOUT_S)
 
     async def _rebuild(self) -> None:
-        from actors.supervisor import FOLLOWED_AGENT_KINDS
-        rows = await asyncio.to_thread(LogReader.read_state, self.log_path, "agent.", FOLLOWED_AGENT_KINDS)
-        for _, body in rows:
-            try:
-                stamp, ev = wire.decode_event(body)
-            except msgspec.DecodeError:
-                continue
-            self.proj.apply(stamp, ev)
+        events = await self.rebuild()
         pending = 0
         for s in list(self.proj.sessions.values()):
             for w in s.assignments():
@@ -143,18 +133,13 @@ class RecoveryActor:
                     self._decide(s, w)
                 elif w.state == "failed" and w.recovery is not None and w.recovery.action == "park":
                     pending += 1
-        _log.info("recovery_state_rebuilt", events=len(rows), parked=pending)
+        _log.info("recovery_state_rebuilt", events=len(events), parked=pending)
 
     # ------------------------------------------------------------ the one match
 
     def _handle(self, item: bytes | p.Msg) -> None:
-        if isinstance(item, bytes):
-            try:
-                item = recovery_inbox.decode(item)
-            except msgspec.DecodeError as exc:
-                metrics.bad_messages.labels("recovery", getattr(exc, "code", "invalid")).inc()
-                _log.warning("recovery_bad_message", error=str(exc)[:200])
-                return
+        if isinstance(item, bytes) and (item := self.decode(item)) is None:
+            return
         match item:
             case p.Committed(events=bodies):
                 for body in bodies:
@@ -169,15 +154,9 @@ class RecoveryActor:
                 _log.warning("recovery_unexpected_message", kind=type(item).__name__)
 
     def _event(self, body: bytes) -> None:
-        try:
-            stamp, ev = wire.decode_event(body)
-        except msgspec.DecodeError as exc:
-            _log.warning("unreadable_event", error=str(exc)[:200])
+        if (followed := self.follow(body)) is None:
             return
-        self.proj.apply(stamp, ev)
-        s = self.proj.sessions.get(stamp.session or "")
-        if s is None:
-            return
+        stamp, ev, s = followed
         if isinstance(ev, p.SessionStateChanged) and ev.state == "running":
             self._wake(time.time())  # resumed after a pause: a park that came due meanwhile goes on now
         w = s.workers.get(stamp.worker or "")

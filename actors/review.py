@@ -31,16 +31,15 @@ mailbox stays quiet until the next fallback is due.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from pathlib import Path
 
-import msgspec
 import zmq
 
 from actors import prompts, review_policy, reviewing, snapshots, verdicts, workspace
 from actors.decide import effective_limits
+from actors.following import ProjectionFollower
 from actors.sessions import Projection, SessionView, WorkerView
 from actors.worker import mailbox_endpoint
 from orchd import log, redact, wire
@@ -48,7 +47,6 @@ from orchd import protocol as p
 from orchd.actor import JournalBacklog, Mailbox, Outbox
 from orchd.config import Config
 from orchd.follow import Follows
-from orchd.store import LogReader
 
 _log = log.get("actors.review")
 
@@ -76,7 +74,10 @@ def reviewers(cfg: Config, s: SessionView, w: WorkerView) -> list[str]:
     return reviewing.reviewers_for(agents, w.spec.agent, cfg.review.reviewers, bool(cfg.review.command))
 
 
-class ReviewActor:
+class ReviewActor(ProjectionFollower):
+    name = "review"
+    inbox_decoder = review_inbox
+
     def __init__(self, cfg: Config, log_path: Path, inbox: Mailbox, out: Outbox, journal_ep: str,
                  supervisor_ep: str) -> None:
         self.cfg, self.log_path, self.inbox, self.out = cfg, log_path, inbox, out
@@ -108,15 +109,9 @@ class ReviewActor:
 
     async def _rebuild(self) -> None:
         """State from the log; reviews that were in flight are asked for again, ends still to review too."""
-        from actors.supervisor import FOLLOWED_AGENT_KINDS
-        rows = await asyncio.to_thread(LogReader.read_state, self.log_path, "agent.", FOLLOWED_AGENT_KINDS)
+        events = await self.rebuild()
         now = time.monotonic()
-        for _, body in rows:
-            try:
-                stamp, ev = wire.decode_event(body)
-            except msgspec.DecodeError:
-                continue
-            self.proj.apply(stamp, ev)
+        for stamp, ev in events:
             sid = stamp.session
             match ev:
                 case p.ReviewRequested(assignment=a, round=rnd):
@@ -142,17 +137,13 @@ class ReviewActor:
                 elif w.state == "done" and w.reviewed and not w.end_reviewed and not inflight:
                     t.pending.append(reviewing.label("end", "the assignment ended (again, after a restart)"))
                 self._start(s, w.spec.name)
-        _log.info("review_state_rebuilt", events=len(rows))
+        _log.info("review_state_rebuilt", events=len(events))
 
     # ------------------------------------------------------------ the one match
 
     def _handle(self, item: bytes | p.Msg) -> None:
-        if isinstance(item, bytes):
-            try:
-                item = review_inbox.decode(item)
-            except msgspec.DecodeError as exc:
-                _log.warning("review_bad_message", error=str(exc)[:200])
-                return
+        if isinstance(item, bytes) and (item := self.decode(item)) is None:
+            return
         match item:
             case p.Committed(events=bodies):
                 for body in bodies:
@@ -174,15 +165,9 @@ class ReviewActor:
                 _log.warning("review_unexpected_message", kind=type(item).__name__)
 
     def _event(self, body: bytes) -> None:
-        try:
-            stamp, ev = wire.decode_event(body)
-        except msgspec.DecodeError as exc:
-            _log.warning("unreadable_event", error=str(exc)[:200])
+        if (followed := self.follow(body)) is None:
             return
-        self.proj.apply(stamp, ev)
-        s = self.proj.sessions.get(stamp.session or "")
-        if s is None:
-            return
+        stamp, ev, s = followed
         if isinstance(ev, p.SessionStateChanged) and ev.state in p.SESSION_TERMINAL:
             self.book.dropped(s.id)
             return

@@ -1,0 +1,66 @@
+"""What the review and recovery actors share as followers of the journal.
+
+Both keep the supervisor's ``Projection`` of the log: rebuilt from the log at
+start (``rebuild``), then moved on by every ``Committed`` event the journal
+forwards (``follow``).  Both drop a message that does not decode with a log
+line and a count, and go on.  What each does with an event is its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+
+from actors.sessions import Projection, SessionView
+from orchd import log, metrics, wire
+from orchd import protocol as p
+from orchd.store import LogReader
+
+_log = log.get("actors.following")
+
+
+class ProjectionFollower:
+    """Base of a journal follower that keeps a ``Projection``: ``name`` labels its logs and
+    metrics, ``inbox_decoder`` decodes its mailbox."""
+
+    name: str
+    inbox_decoder: wire.InboxDecoder
+    proj: Projection
+    log_path: Path
+
+    def decode(self, raw: bytes) -> p.Msg | None:
+        """A mailbox message, or None (logged and counted) when it does not decode."""
+        try:
+            return self.inbox_decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            metrics.bad_messages.labels(self.name, getattr(exc, "code", "invalid")).inc()
+            _log.warning(f"{self.name}_bad_message", error=str(exc)[:200])
+            return None
+
+    def follow(self, body: bytes) -> tuple[p.Stamp, p.Ev, SessionView] | None:
+        """Apply one committed event; its stamp, body and session, or None when it is not a
+        session's (or unreadable: logged)."""
+        try:
+            stamp, ev = wire.decode_event(body)
+        except msgspec.DecodeError as exc:
+            _log.warning("unreadable_event", actor=self.name, error=str(exc)[:200])
+            return None
+        self.proj.apply(stamp, ev)
+        s = self.proj.sessions.get(stamp.session or "")
+        return None if s is None else (stamp, ev, s)
+
+    async def rebuild(self) -> list[tuple[p.Stamp, p.Ev]]:
+        """The projection from the log (read in a thread); the events it was built from."""
+        from actors.supervisor import FOLLOWED_AGENT_KINDS
+        rows = await asyncio.to_thread(LogReader.read_state, self.log_path, "agent.", FOLLOWED_AGENT_KINDS)
+        events = []
+        for _, body in rows:
+            try:
+                stamp, ev = wire.decode_event(body)
+            except msgspec.DecodeError:
+                continue
+            self.proj.apply(stamp, ev)
+            events.append((stamp, ev))
+        return events
