@@ -41,6 +41,7 @@ class WorkerView:
     exit_code: int | None = None
     signal: int | None = None
     pid: int | None = None
+    host: str | None = None  # the agent host of its latest run (worker.launching), None: here
     reason: str | None = None
     milestones: int = 0
     done_marker: bool = False
@@ -217,7 +218,7 @@ class SessionView:
                 gen=max(w.gen, 0), pid=w.pid, reason=w.reason, milestones=w.milestones,
                 progress=round(w.progress(), 3), branch=w.branch, worktree=w.worktree,
                 input_tokens=tin, output_tokens=tout, cost_usd=cost, started_at=w.started_ts or None,
-                review_round=w.review_round, last_decision=w.last_decision,
+                review_round=w.review_round, last_decision=w.last_decision, host=w.host,
                 ended_at=(w.ended_ts or None) if w.state in p.WORKER_TERMINAL else None))
         costs = [w.cost_usd for w in workers if w.cost_usd is not None]
         parked = [w.recovery for w in self.parked()]
@@ -336,6 +337,7 @@ class Projection:
                 if w.gen >= 0:
                     w.relaunches += 1
                 w.gen, w.state, w.preparing = stamp.gen, "running", False
+                w.host = ev.host
                 w.started_ts = w.started_ts or stamp.ts
                 w.end_reviewed = False
                 if s.answer is not None and s.answer[0] == w.spec.name:

@@ -141,7 +141,7 @@ def session(s: p.SessionInfo, now: float | None = None) -> str:
     lines.append("  " + "; ".join(times))
     if (take := take_result(s)) is not None:
         lines.append("  " + take)
-    rows = [[w.name, w.agent, w.state, "" if w.exit_code is None else w.exit_code, w.gen,
+    rows = [[w.name, w.agent + (f"@{clean(w.host)}" if w.host else ""), w.state, "" if w.exit_code is None else w.exit_code, w.gen,
              f"{w.progress * 100:.0f}%", w.milestones, w.input_tokens + w.output_tokens,
              cost(w.cost_usd, False) + (" (rehearsal)" if s.rehearse and w.cost_usd is not None else ""),
              _when(w.started_at)[11:], elapsed(w.started_at, w.ended_at, now),

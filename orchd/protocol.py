@@ -265,6 +265,7 @@ class WorkerInfo(Wire):
     ended_at: float | None = None    # unix seconds: its last run exited, once it is done, failed or stopped
     review_round: int = 0               # reviews of this assignment so far
     last_decision: str | None = None    # the last review decision about it
+    host: str | None = None             # the agent host its latest run was placed on (None: this machine)
 
 
 class SessionInfo(Wire):

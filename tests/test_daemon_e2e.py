@@ -42,6 +42,7 @@ def test_plan_of_commands_runs_end_to_end(daemon, git_repo, tmp_path):
     assert status["id"] == sid and status["state"] == "done"
     assert {w["name"]: (w["state"], w["exit_code"]) for w in status["workers"]} == {
         "first": ("done", 0), "second": ("done", 0), "third": ("done", 0)}
+    assert all(w["host"] is None for w in status["workers"])  # run here, not on an agent host
     # every event of the session is in the log, exactly what a late watcher sees
     again = watch_until_done(daemon, sid)
     assert again == events

@@ -77,6 +77,8 @@ def test_stop_pause_resume_reach_a_run_on_a_host(daemon_factory, git_repo, tmp_p
         sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the agent to start on the host")
         assert hosts(d)[0]["busy"] == 1 and hosts(d)[0]["running"] == [f"{sid}/long/0"]
+        assert d.status(sid)["workers"][0]["host"] == "h1"
+        assert b"command@h1" in d.ctl("status", sid).stdout
         d.ctl("pause", sid)
         wait_for(lambda: d.status(sid)["workers"][0]["state"] == "paused", 30, "the run to pause")
         d.ctl("resume", sid)
