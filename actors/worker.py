@@ -10,7 +10,8 @@ it without starting anything.
 
 While the agent runs, three tasks run under one TaskGroup:
 
-* stdout: read in chunks of up to 1 MiB, cut into lines by the sans-I/O
+* stdout: each chunk the pipe gives (handled in the read callback, see
+  ``_stdout``), cut into lines by the sans-I/O
   ``LineFramer``, each line fed to the agent adapter's sans-I/O parser; the
   events of one chunk go to the journal as ONE ``Append`` message (one
   timestamp per chunk).  Assistant text is scanned for the marker lines
@@ -65,7 +66,7 @@ MARKER_EVENTS = {
 }
 # What one worker may hold of its agent's output while the log is slow or stuck: Appends in
 # flight to the journal (WORKER_OUTBOX_HWM, plus the journal's MAILBOX_HWM), each one read of at
-# most READ_CHUNK, and the pipe's stream buffer (2 x READ_CHUNK).  Past that the agent is held
+# most READ_CHUNK, and one more read held while the journal is full.  Past that the agent is held
 # back by its stdout pipe: ~5 MiB per worker (it was ~80 MiB with 1 MiB reads and 1,000 Appends).
 # Lines longer than a read are joined by the line framer, not by the stream.
 READ_CHUNK = 64 * 1024
@@ -117,6 +118,8 @@ class Worker:
         self._agent_events: deque[p.Ev] = deque(maxlen=1000)  # the last ones, for the failure catalogue
         self._result_ok: bool | None = None
         self._child: proc.Child | None = None
+        self._held: deque[bytes] = deque()  # stdout Appends the journal had no room for yet
+        self._sender: asyncio.Future | None = None
         self._stopper: asyncio.Task | None = None
         self._out_framer = LineFramer(spec.max_line_bytes)
         self._parser = self.adapter.new_parser()
@@ -150,6 +153,8 @@ class Worker:
         try:
             await self._run(inbox)
         finally:
+            if self._sender is not None:  # cancelled while the journal was full: what it held goes
+                self._sender.cancel()
             inbox.close()
             self._out.close()
 
@@ -262,17 +267,42 @@ class Worker:
     # ------------------------------------------------------------ streams
 
     async def _stdout(self, child: proc.Child) -> None:
-        """Read stdout until EOF; the partial last line and the parser's end are ``_run``'s."""
-        read = child.stdout.read
-        while True:
-            data = await read(READ_CHUNK)
-            if not data:
+        """Turn stdout into events as it arrives, until EOF and until what the journal had no
+        room for is sent; the partial last line and the parser's end are ``_run``'s.
+
+        Each chunk is handled in the event loop's read callback (``_on_stdout``), not by a
+        task woken per chunk.  When the journal's queue is full the chunk's ``Append`` is
+        held, reading stops (the agent feels it through its pipe) and ``_send_held`` sends
+        in order and reads on; so output keeps its order and one worker holds at most one
+        chunk more than before."""
+        await child.read_stdout(self._on_stdout)
+        if self._sender is not None:
+            await self._sender
+
+    def _on_stdout(self, data: bytes) -> None:
+        read_at = time.monotonic()
+        self._deadlines.output(read_at)
+        events = self._stdout_lines(self._out_framer.feed(data), self._parser)
+        if not events:
+            return
+        msg = wire.pack(p.Append(frames=self._frames(events), read_at=read_at))
+        if not self._held:
+            try:
+                self._out.send_nowait(self.journal, msg)
                 return
-            read_at = time.monotonic()
-            self._deadlines.output(read_at)
-            events = self._stdout_lines(self._out_framer.feed(data), self._parser)
-            if events:
-                await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(events), read_at=read_at)))
+            except zmq.Again:
+                pass
+        self._held.append(msg)
+        if self._sender is None:
+            self._child.pause_stdout()
+            self._sender = asyncio.ensure_future(self._send_held())
+
+    async def _send_held(self) -> None:
+        while self._held:
+            await self._out.send(self.journal, self._held[0])
+            self._held.popleft()
+        self._sender = None
+        self._child.resume_stdout()
 
     def _stdout_lines(self, lines, parser) -> list[p.Ev]:
         events: list[p.Ev] = []

@@ -35,12 +35,49 @@ def gone(pid: int) -> bool:
         return True
 
 
+async def read_all(child: proc.Child) -> bytes:
+    chunks: list[bytes] = []
+    await child.read_stdout(chunks.append)
+    return b"".join(chunks)
+
+
+def test_stdout_goes_to_the_sink_in_order_with_what_came_before_it_was_set(tmp_path: Path) -> None:
+    async def go() -> tuple[bytes, int]:
+        child = await proc.spawn(["sh", "-c", "echo early; sleep 0.3; echo late; seq 1 20000"], str(tmp_path),
+                                 dict(os.environ), limit=4096)
+        await asyncio.sleep(0.15)  # "early" is in the pipe (and held, reading paused) before the sink is set
+        chunks: list[bytes] = []
+        await child.read_stdout(chunks.append)
+        await child.wait()
+        return b"".join(chunks), max(len(c) for c in chunks)
+    out, biggest = asyncio.run(go())
+    assert out == b"early\nlate\n" + b"".join(b"%d\n" % i for i in range(1, 20001))
+    assert biggest <= 4096  # one read hands the sink at most ``limit`` bytes
+
+
+def test_an_exception_in_the_sink_ends_reading_and_comes_out_of_read_stdout(tmp_path: Path) -> None:
+    async def go() -> None:
+        child = await proc.spawn(["sh", "-c", "echo one; sleep 5"], str(tmp_path), dict(os.environ), limit=4096)
+
+        def sink(data: bytes) -> None:
+            raise ValueError("parser bug")
+        try:
+            with pytest.raises(ValueError, match="parser bug"):
+                await asyncio.wait_for(child.read_stdout(sink), 10)
+        finally:
+            child.kill_group()
+            await child.wait_exit()
+            child.close_pipes()
+    asyncio.run(go())
+
+
 def test_an_agent_dies_with_the_daemon_that_spawned_it(tmp_path: Path) -> None:
     spawner = subprocess.Popen([sys.executable, "-c", SPAWNER], cwd=ROOT, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         pid = int(spawner.stdout.readline())
-        assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0060\x00"  # the agent itself, argv intact
+        # setpriv execs the agent in its own process: same pid, the agent's argv intact
+        wait_for(lambda: Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0060\x00", 5, "sleep to run as the pid")
         assert not gone(pid)
         spawner.stdin.write("die\n")
         spawner.stdin.flush()
@@ -56,7 +93,7 @@ def test_the_agent_pid_runs_the_program_itself(tmp_path: Path) -> None:
     async def go() -> tuple[int, bytes]:
         child = await proc.spawn([sys.executable, "-c", "import os, sys; print(os.getpid()); sys.stdout.flush()"],
                                  str(tmp_path), dict(os.environ), limit=4096)
-        out = await child.stdout.read()
+        out = await read_all(child)
         await child.wait()
         return child.pid, out
     pid, out = asyncio.run(go())
@@ -82,7 +119,7 @@ def test_missing_and_unrunnable_programs_fail_the_spawn_as_subprocess_does(tmp_p
 
     async def spawn(argv: list[str]) -> bytes:
         child = await proc.spawn(argv, str(tmp_path), env, limit=4096)
-        out = await child.stdout.read()
+        out = await read_all(child)
         await child.wait()
         return out
 
