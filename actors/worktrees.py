@@ -740,9 +740,13 @@ def _new_clone(tmp: Path, hub: Path, branch: str) -> None:
     skel = hub / SKELETON
     if not (skel / "ready").is_file():
         shutil.rmtree(skel, ignore_errors=True)  # a half-made one
-        _git(hub, "init", "--quiet", str(skel / "repo"))  # as a plain init: hooks samples, info/exclude
+        _git(hub, "init", "--quiet", "--template=", str(skel / "repo"))
+        # what a plain init adds, less its sample hooks (copying those cost more than the init)
+        (skel / "repo" / ".git" / "hooks").mkdir()
+        (skel / "repo" / ".git" / "info").mkdir()
+        (skel / "repo" / ".git" / "info" / "exclude").write_text("")
         (skel / "ready").write_text("")
-    shutil.copytree(skel / "repo" / ".git", tmp / ".git", symlinks=True)
+    shutil.copytree(skel / "repo" / ".git", tmp / ".git", symlinks=True, copy_function=shutil.copyfile)
     (tmp / ".git" / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
     info = tmp / ".git" / "objects" / "info"
     info.mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,11 @@ def gap_breakdown(t: dict, n: int, trace: Path) -> dict:
     """Print each gap of a chain (exited -> launching -> started, the git commands between); medians."""
     names = [f"a{i}" for i in range(n)]
     cmds = git_commands(trace)
+    first = [(at, took, c) for at, took, c in cmds if t["submitted"] <= at <= t["launching"][names[0]]]
+    print(f"  first launch: submitted -> launching {(t['launching'][names[0]] - t['submitted']) * 1000:.1f} ms, "
+          f"launching -> started {(t['started'][names[0]] - t['launching'][names[0]]) * 1000:.1f} ms; git: "
+          + ", ".join(f"+{(at - t['submitted']) * 1000:.1f} {c} {took * 1000:.1f}" for at, took, c in first),
+          flush=True)
     rows = []
     for prev, nxt in zip(names, names[1:]):
         exited, launching, started = t["exited"][prev], t["launching"][nxt], t["started"][nxt]
