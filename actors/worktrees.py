@@ -664,12 +664,18 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
             _new_clone(tmp, hub, branch)
             # the branch is unborn in the new clone: this sets it to start and writes every file
             # (a one-way reset: no "would it overwrite an untracked file?" pass, the directory is new)
-            _git(tmp, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub))
+            _git(tmp, *_CHECKOUT, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub))
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
         return path, branch
 
+
+CHECKOUT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
+"""Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): one per core, at
+most 8.  git writes sequentially anyway below ``checkout.thresholdForParallelism`` (100 files)."""
+
+_CHECKOUT = ("-c", f"checkout.workers={CHECKOUT_WORKERS}")
 
 SKELETON = "orchd-empty-clone"
 """In the hub (orchd's, kept by ``clean``; git ignores it there): the empty repository each new
@@ -815,7 +821,7 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     # hashes every file once and records its stat data; exit 1: some differ or are missing
     r = _run(tmp, "update-index", "--refresh")
     if r.returncode == 1:
-        _git(tmp, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub))  # rewrites those, sets the branch
+        _git(tmp, *_CHECKOUT, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub))  # rewrites those, sets the branch
     elif r.returncode == 0:
         _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already
     else:
