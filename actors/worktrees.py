@@ -43,6 +43,14 @@ read-only to the agent (claude's and codex's sandboxes do, as
 tests/test_target_readonly.py shows), and an unsandboxed agent runs as the
 user already.
 
+A new clone costs one git command: its ``.git`` is a copy of an empty
+repository made once per session (``_new_clone``), and its files come from
+one ``reset --hard`` that reads the objects in the target's own store, in
+place, and writes nothing there (``_read_objects_in_place``), with git's
+parallel checkout (``CHECKOUT_WORKERS``); its branch is then created in the
+hub as a loose ref (``_create_ref``).  So the first launch on a big
+repository costs what ``git worktree add`` of it costs.
+
 Every function may be called again after a daemon crash: a clone left by
 an earlier attempt is reused as it is (a half-made one never sits at its
 final path: it is made under ``_new-<assignment>`` and renamed), and
