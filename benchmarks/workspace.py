@@ -35,13 +35,22 @@ and, each repeat:
 says otherwise) and reports **tiny_ratio**: ``session.submitted`` ->
 ``session.merged`` over the critical path (``chain x 1 s``; target <= 1.03).
 
+``--trace`` runs the daemon with ``GIT_TRACE2_EVENT`` and prints, for each
+gap of each chained plan, where it went: ``worker.exited`` -> the next
+``worker.launching`` (the supervisor, the commit of the one before and the
+new working copy, with every git command the daemon ran in that window and
+its duration) -> ``worker.started`` (the worker actor and the spawn), and
+the medians over all gaps as **gap_*** keys.
+
 Each repeat is printed; the last line is one JSON object of the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -86,7 +95,7 @@ def run_plan(ctx: zmq.Context, d: Daemon, repo: Path, assignments: list[dict]) -
     session = json.loads(res.stdout)["session"]
     sdir = d.tmp / "state" / "worktrees" / session
     topic = session.encode()
-    t: dict = {"started": {}, "exited": {}}
+    t: dict = {"started": {}, "exited": {}, "launching": {}}
     deadline = time.monotonic() + 600
     try:
         while "merged" not in t and time.monotonic() < deadline:
@@ -101,6 +110,8 @@ def run_plan(ctx: zmq.Context, d: Daemon, repo: Path, assignments: list[dict]) -
             worker = ev.get("worker")
             if kind == b"session.submitted":
                 t["submitted"] = now
+            elif kind == b"worker.launching":
+                t["launching"][worker] = now
             elif kind == b"worker.started":
                 t["started"][worker] = now
             elif kind == b"worker.exited":
@@ -135,6 +146,59 @@ def chained_figures(t: dict, n: int) -> dict:
             "chain_s": total, "chain_disk_mb": t["after_mb"]}
 
 
+def git_commands(trace: Path) -> list[tuple[float, float, str]]:
+    """``(start, seconds, command)`` of each top-level git process in a ``GIT_TRACE2_EVENT`` file."""
+    starts: dict[str, tuple[float, str]] = {}
+    out = []
+    try:
+        lines = trace.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        sid = ev.get("sid", "")
+        if "/" in sid:
+            continue  # a git process started by another one: counted in its parent
+        if ev.get("event") == "start":
+            at = datetime.datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
+            argv = [a for a in ev.get("argv", [])[1:] if not a.startswith(("-c", "core.", "commit.", "gc.",
+                                                                             "maintenance.", "rerere.", "advice."))]
+            if argv[:1] == ["-C"]:
+                argv = argv[2:]
+            starts[sid] = (at, " ".join(argv)[:60])
+        elif ev.get("event") == "exit" and sid in starts:
+            at, cmd = starts.pop(sid)
+            out.append((at, float(ev.get("t_abs", 0.0)), cmd))
+    return sorted(out)
+
+
+def gap_breakdown(t: dict, n: int, trace: Path) -> dict:
+    """Print each gap of a chain (exited -> launching -> started, the git commands between); medians."""
+    names = [f"a{i}" for i in range(n)]
+    cmds = git_commands(trace)
+    first = [(at, took, c) for at, took, c in cmds if t["submitted"] <= at <= t["launching"][names[0]]]
+    print(f"  first launch: submitted -> launching {(t['launching'][names[0]] - t['submitted']) * 1000:.1f} ms, "
+          f"launching -> started {(t['started'][names[0]] - t['launching'][names[0]]) * 1000:.1f} ms; git: "
+          + ", ".join(f"+{(at - t['submitted']) * 1000:.1f} {c} {took * 1000:.1f}" for at, took, c in first),
+          flush=True)
+    rows = []
+    for prev, nxt in zip(names, names[1:]):
+        exited, launching, started = t["exited"][prev], t["launching"][nxt], t["started"][nxt]
+        inside = [(at, took, c) for at, took, c in cmds if exited <= at <= launching]
+        rows.append({"gap_to_launching_ms": (launching - exited) * 1000,
+                     "gap_launching_to_started_ms": (started - launching) * 1000,
+                     "gap_git_ms": sum(took for _, took, _ in inside) * 1000,
+                     "gap_git_commands": len(inside)})
+        print(f"  {prev} -> {nxt}: exited -> launching {rows[-1]['gap_to_launching_ms']:.1f} ms, "
+              f"launching -> started {rows[-1]['gap_launching_to_started_ms']:.1f} ms; git "
+              f"{rows[-1]['gap_git_ms']:.1f} ms in {len(inside)}: "
+              + ", ".join(f"+{(at - exited) * 1000:.1f} {c} {took * 1000:.1f}" for at, took, c in inside), flush=True)
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]} if rows else {}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=50_000)
@@ -144,6 +208,7 @@ def main() -> int:
     ap.add_argument("--packed", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="a one-file repository, a chain of 10, no parallel plan")
     ap.add_argument("--tmp-base", default=None, help="where the repository, state and sockets go")
+    ap.add_argument("--trace", action="store_true", help="where each gap of a chain goes (git trace2, events)")
     args = ap.parse_args()
     chain = args.chain or (10 if args.tiny else 3)
     files = 1 if args.tiny else args.files
@@ -156,11 +221,20 @@ def main() -> int:
         make_repo(repo, files, args.packed)
         print(f"repository: {files} files{' (packed)' if args.packed else ''}, {du_mb(repo):.0f} MB, "
               f"made in {time.perf_counter() - t0:.1f}s", flush=True)
-        d = Daemon(tmp, None)
+        trace = tmp / "git-trace2.json"
+        if args.trace:
+            os.environ["GIT_TRACE2_EVENT"] = str(trace)  # the daemon's git commands (ours took ENV earlier)
+        try:
+            d = Daemon(tmp, None)
+        finally:
+            os.environ.pop("GIT_TRACE2_EVENT", None)
         rows: list[dict] = []
         for i in range(args.repeat):
             row: dict = {"raw_worktree_s": raw_worktree(repo, tmp / f"raw-{i}")}
-            row.update(chained_figures(run_plan(ctx, d, repo, sleepers(chain, True)), chain))
+            t = run_plan(ctx, d, repo, sleepers(chain, True))
+            row.update(chained_figures(t, chain))
+            if args.trace:
+                row.update(gap_breakdown(t, chain, trace))
             critical = chain * SLEEP_S
             if args.tiny:
                 row["tiny_ratio"] = row["chain_s"] / critical

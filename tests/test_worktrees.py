@@ -595,3 +595,92 @@ def test_a_shallow_target_works(repo, root, tmp_path):
     assert merging.merge_session(shallow, root, S, ["a", "b"], base).ok
     assert {"a.txt", "b.txt"} <= branch_files(shallow, f"orchd/{S}")
     assert helpers.git_run(shallow, "fsck", "--connectivity-only").returncode == 0
+
+
+def git_dir_state(repo: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under the target's ``.git`` with its mode, size and mtime: a write anywhere shows."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(repo / ".git"):
+        for name in dirnames + filenames:
+            st = os.lstat(Path(dirpath) / name)
+            out[str(Path(dirpath, name).relative_to(repo))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_a_checkout_reads_the_targets_objects_in_place_and_writes_none(repo, root):
+    """The first checkout names the target's object store as git's object directory (no failed
+    lookup per blob in the clone's empty store), so it must leave that store exactly as it was:
+    the clone's commits go to its own store, and a base only the hub holds still checks out."""
+    (repo / "big").mkdir()
+    for i in range(150):  # more than git's threshold for a parallel checkout (100 files)
+        (repo / "big" / f"f{i}.txt").write_text(f"file {i}\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "more files")
+    base = wt.head_commit(repo)
+    before = git_dir_state(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    assert (a / "big" / "f149.txt").read_text() == "file 149\n"
+    assert git(a, "status", "--porcelain") == ""
+    assert git_dir_state(repo) == before
+    write(a / "new.txt", "the agent's\n")
+    head = wt.commit_all(a, "a")  # its objects: the clone's own store, then the hub's
+    assert list((a / ".git" / "objects").glob("??/*"))
+    # (a commit in a clone may touch the mtime of an object the target already has: git "freshens"
+    # an existing object wherever it finds it; its content is never written)
+    before = git_dir_state(repo)
+    b, _ = wt.create_worktree(repo, root, S, "b", head)  # a base the target does not have
+    assert (b / "new.txt").read_text() == "the agent's\n"
+    assert git(b, "status", "--porcelain") == ""
+    assert helpers.git_run(b, "fsck", "--connectivity-only").returncode == 0
+    assert git_dir_state(repo) == before
+    assert helpers.git_run(repo, "cat-file", "-e", head).returncode != 0
+
+
+def test_objects_in_place_only_for_an_alternates_file_it_can_carry(tmp_path):
+    hub_dir = tmp_path / "hub.git"
+    (hub_dir / "objects" / "info").mkdir(parents=True)
+    assert wt._read_objects_in_place(hub_dir) == {}  # no alternates: git's own lookups
+    store = tmp_path / "target-objects"
+    store.mkdir()
+    (hub_dir / "objects" / "info" / "alternates").write_text(f"{store}\n")
+    assert wt._read_objects_in_place(hub_dir) == {"GIT_OBJECT_DIRECTORY": str(store),
+                                                   "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(hub_dir / "objects")}
+    for text in ("relative/objects\n", f"{store}\n{store}\n", f"{tmp_path}/gone\n", f"{store}:x\n"):
+        (hub_dir / "objects" / "info" / "alternates").write_text(text)
+        assert wt._read_objects_in_place(hub_dir) == {}, text
+
+
+def test_each_clone_gets_a_git_dir_of_its_own_without_a_git_init(repo, root):
+    """New clones' ``.git`` are copies of one empty repository in the hub: what an agent does to its
+    clone's config or hooks reaches neither that copy nor the next clone."""
+    base = wt.head_commit(repo)
+    a, branch_a = wt.create_worktree(repo, root, S, "a", base)
+    git(a, "config", "user.name", "agent-a")
+    write(a / ".git" / "hooks" / "pre-commit", "#!/bin/sh\nexit 1\n")
+    b, branch_b = wt.create_worktree(repo, root, S, "b", base)
+    assert git(b, "symbolic-ref", "HEAD") == f"refs/heads/{branch_b}"
+    assert helpers.git_run(b, "config", "--local", "user.name").returncode == 1
+    assert not (b / ".git" / "hooks" / "pre-commit").exists()
+    assert (b / ".git" / "hooks").is_dir() and (b / ".git" / "info" / "exclude").is_file()  # as git init
+    assert git(hub(root), "rev-parse", branch_a, branch_b).split() == [base, base]
+    write(b / "b.txt", "b\n")
+    head = wt.commit_all(b, "b")
+    assert git(hub(root), "rev-parse", branch_b) == head
+
+
+def test_a_branch_is_created_in_the_hub_only_for_a_commit_that_checked_out(repo, root):
+    tree = git(repo, "rev-parse", "HEAD^{tree}")
+    with pytest.raises(GitError):
+        wt.create_worktree(repo, root, S, "a", tree)
+    assert helpers.git_run(hub(root), "rev-parse", "--verify", f"refs/heads/{wt.branch_name(S, 'a')}").returncode != 0
+    assert not (root / S / "a").exists()
+    base = wt.head_commit(repo)
+    lock = hub(root) / "refs" / "heads" / wt.branch_name(S, "b")
+    lock = lock.with_name(lock.name + ".lock")
+    write(lock, "")  # another git command holds the ref: no clone, the lock left to its owner
+    with pytest.raises(GitError, match="exists"):
+        wt.create_worktree(repo, root, S, "b", base)
+    assert lock.exists() and not (root / S / "b").exists()
+    lock.unlink()
+    b, branch = wt.create_worktree(repo, root, S, "b", base)
+    assert git(hub(root), "rev-parse", branch) == base
