@@ -314,21 +314,23 @@ def _start_http(ctx, cfg: config.Config):
     """The web dashboard's HTTP bridge (``http_listen``), under its own supervisor.
 
     It is a client of the public sockets like any other, so it may fail
-    without touching the daemon: a port in use is logged and the daemon runs
-    on without it; a crash is restarted a few times, then it stays down.
+    without touching the daemon: a port in use is logged (here, at start)
+    and the daemon runs on without it; a crash is restarted a few times,
+    then it stays down.  The port is bound now, the bridge (aiohttp) is
+    imported on the first connection (``orchd.web_listen``).
     """
     from orchd.actor import ChildSpec, Supervisor
     from orchd.supervision import Restart
     from orchd.web_auth import parse_listen
+    from orchd.web_listen import LazyBridge
     listen = parse_listen(cfg.http_listen)
     if listen is None:
         return None
-    from orchd.web import Bridge
+    bridge = LazyBridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, *listen)
+    if not bridge.open():
+        return None
     sup = Supervisor("http", max_restarts=3, period_s=60.0)
-
-    def start_bridge(restarts: int):
-        return Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, *listen).run()
-    sup.start_child(ChildSpec("http", start_bridge, restart=Restart.TRANSIENT, shutdown_s=3.0))
+    sup.start_child(ChildSpec("http", bridge.run, restart=Restart.TRANSIENT, shutdown_s=3.0))
     return sup
 
 
