@@ -13,15 +13,41 @@ READY, STATUS, WATCHDOG from ``orchd.watchdog``, RELOADING, STOPPING).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import fcntl
-import os
-import signal
-import stat
 import sys
-from pathlib import Path
 
-from orchd import __version__, config, log, redact
+
+def _import_asyncio_without_tls() -> None:
+    """Import asyncio while ``ssl`` cannot be imported, then make ``ssl`` importable again.
+
+    asyncio imports ``ssl`` (``try: import ssl / except ImportError: ssl =
+    None``) for TLS transports, and ``ssl`` loads OpenSSL: ~4.5 MB of RSS in
+    a daemon that never does TLS on its event loop (the ZeroMQ sockets are
+    ipc or CURVE, the dashboard is plain HTTP on loopback).  Hiding ``ssl``
+    while asyncio loads leaves asyncio without TLS in orchd's processes
+    (``loop.create_connection(ssl=...)`` would say so); code that needs TLS
+    later imports ``ssl`` normally, as the notifier does in its thread when
+    it POSTs to an https webhook.  Nothing runs in other threads yet, so the
+    hidden moment cannot break anybody else's import.
+    """
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return  # embedded in a process that has them already (a test runner): nothing to save
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes ``import ssl`` raise ImportError
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
+_import_asyncio_without_tls()
+
+import asyncio  # noqa: E402 (after _import_asyncio_without_tls)
+import fcntl  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from orchd import __version__, config, log, redact  # noqa: E402
 
 _log = log.get("orchd")
 
