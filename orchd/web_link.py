@@ -30,7 +30,7 @@ CALL_TIMEOUT_S = 10.0
 SYNC_DEADLINE_S = 5.0
 SSE_QUEUE = 10_000       # live events queued per SSE client before it is dropped (a few MiB at most)
 SUB_HWM = 100_000
-SUB_LINGER_S = 10.0     # the SUB stays this long after the last SSE client left (a browser reconnecting)
+SUB_LINGER_S = 5.0      # the SUB stays this long after the last SSE client left (a browser reconnecting)
 
 
 class DaemonTimeout(Exception):
