@@ -35,8 +35,8 @@ waited out to the same ``until``.
 from __future__ import annotations
 
 import asyncio
-import os  # os.urandom(n).hex() is secrets.token_hex(n); secrets imports hmac, which loads OpenSSL (~4 MB)
 import random
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +114,7 @@ class RecoveryActor:
 
     async def _barrier(self) -> None:
         """Wait until the log holds everything a predecessor sent (so nothing is decided twice)."""
-        token = os.urandom(8).hex()
+        token = secrets.token_hex(8)
         await self.out.send(self.journal_ep, wire.pack(p.Barrier(token=token, reply_to=self.inbox.endpoint)))
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0:

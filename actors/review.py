@@ -32,7 +32,7 @@ mailbox stays quiet until the next fallback is due.
 from __future__ import annotations
 
 import asyncio
-import os  # os.urandom(n).hex() is secrets.token_hex(n); secrets imports hmac, which loads OpenSSL (~4 MB)
+import secrets
 import time
 from pathlib import Path
 
@@ -227,7 +227,7 @@ class ReviewActor:
         if s.state in p.SESSION_TERMINAL or s.stop_reason is not None:
             return
         limits = effective_limits(self.cfg.limits, s.limits)
-        step = self.book.start(s.id, name, limits.max_review_rounds, lambda: "r" + os.urandom(4).hex())
+        step = self.book.start(s.id, name, limits.max_review_rounds, lambda: "r" + secrets.token_hex(4))
         match step:
             case None:
                 return

@@ -32,7 +32,8 @@ end is logged, a restart does not meet the bug again.
 from __future__ import annotations
 
 import asyncio
-import os  # os.urandom(n).hex() is secrets.token_hex(n); secrets imports hmac, which loads OpenSSL (~4 MB)
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,7 @@ class SessionSupervisor(Conduct):
 
         Control requests wait in the socket meanwhile and are answered once the state is loaded.
         """
-        token = os.urandom(8).hex()
+        token = secrets.token_hex(8)
         await self.ports.out.send(self.ports.journal_ep, wire.pack(p.Barrier(token=token, reply_to=self.ports.inbox_ep)))
         early: list[bytes] = []
         deadline = time.monotonic() + BARRIER_TIMEOUT_S
@@ -394,7 +395,7 @@ class SessionSupervisor(Conduct):
             _log.info("submit_refused", code=checked.code, detail=checked.detail[:300])
             self._control.reply(call, checked)
             return
-        token = os.urandom(8).hex()
+        token = secrets.token_hex(8)
         self._calls[token] = (call, (req, checked))
         self._workspace.start(str(checked.target), workspace.check_target, str(checked.target), token)
 
@@ -403,7 +404,7 @@ class SessionSupervisor(Conduct):
         if msg.error is not None:
             _log.info("submit_refused", code=p.ErrorCode.BAD_REQUEST, detail=msg.error[:300])
             return p.Error(code=p.ErrorCode.BAD_REQUEST, detail=msg.error)
-        sid = "s-" + os.urandom(4).hex()
+        sid = "s-" + secrets.token_hex(4)
         self.emit(sid, p.SessionSubmitted(task=req.task, target=str(checked.target), assignments=checked.assignments,
                                           rehearse=req.rehearse, scenario=req.scenario, limits=checked.limits,
                                           base_commit=msg.base_commit, planner=req.planner))
@@ -470,7 +471,7 @@ class SessionSupervisor(Conduct):
             case p.Clean() if s.state not in p.SESSION_TERMINAL:
                 return _bad_state(f"session {s.id} is {s.state}; stop it first")
             case p.Clean():
-                token = os.urandom(8).hex()
+                token = secrets.token_hex(8)
                 self._calls[token] = (call, None)
                 self._workspace.start(s.target, workspace.clean,
                                       *workspace.clean_args(s, self.cfg.worktrees(), token, self.cfg.commit_exclude))

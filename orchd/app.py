@@ -16,31 +16,45 @@ import argparse
 import sys
 
 
-def _import_asyncio_without_tls() -> None:
-    """Import asyncio while ``ssl`` cannot be imported, then make ``ssl`` importable again.
+def _import_without_openssl() -> None:
+    """Import asyncio and hashlib without OpenSSL, which a daemon at rest never uses.
 
-    asyncio imports ``ssl`` (``try: import ssl / except ImportError: ssl =
-    None``) for TLS transports, and ``ssl`` loads OpenSSL: ~4.5 MB of RSS in
-    a daemon that never does TLS on its event loop (the ZeroMQ sockets are
-    ipc or CURVE, the dashboard is plain HTTP on loopback).  Hiding ``ssl``
-    while asyncio loads leaves asyncio without TLS in orchd's processes
-    (``loop.create_connection(ssl=...)`` would say so); code that needs TLS
-    later imports ``ssl`` normally, as the notifier does in its thread when
-    it POSTs to an https webhook.  Nothing runs in other threads yet, so the
-    hidden moment cannot break anybody else's import.
+    OpenSSL (libssl and libcrypto) is ~4.5 MB of RSS, and two standard
+    modules load it when imported: asyncio imports ``ssl`` for TLS
+    transports (``try: import ssl / except ImportError: ssl = None``), and
+    ``hashlib`` (so ``hmac`` and ``secrets``, which pydantic imports) imports
+    ``_hashlib``, OpenSSL's hashes.  orchd never does TLS on its event loop
+    (ZeroMQ is ipc or CURVE, the dashboard plain HTTP on loopback), and its
+    few hashes (key fingerprints, token comparisons) are served as well by
+    CPython's built-in SHA-1/SHA-2/SHA-3/MD5/BLAKE2 modules, which hashlib
+    falls back to.  So both are imported here while ``ssl`` and ``_hashlib``
+    cannot be, then made importable again: code that needs TLS later imports
+    ``ssl`` as usual (the notifier does, in its thread, when it POSTs to an
+    https webhook).  Nothing runs in other threads yet, so the hidden moment
+    cannot break anybody else's import.  An interpreter built without the
+    built-in hashes keeps OpenSSL's.
     """
-    if "asyncio" in sys.modules or "ssl" in sys.modules:
-        return  # embedded in a process that has them already (a test runner): nothing to save
-    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes ``import ssl`` raise ImportError
-    try:
-        import asyncio  # noqa: F401
-    finally:
-        del sys.modules["ssl"]
+    def hidden(name: str, *imports: str) -> None:
+        sys.modules[name] = None  # type: ignore[assignment]  # ``import name`` raises ImportError
+        try:
+            for module in imports:
+                __import__(module)
+        finally:
+            del sys.modules[name]
+
+    if not {"ssl", "asyncio"} & sys.modules.keys():
+        hidden("ssl", "asyncio")
+    builtin_hashes = ("_md5", "_sha1", "_sha3", "_blake2",
+                      *(("_sha2",) if sys.version_info >= (3, 12) else ("_sha256", "_sha512")))
+    if not {"_hashlib", "hashlib", "hmac"} & sys.modules.keys():
+        from importlib.util import find_spec
+        if all(find_spec(name) is not None for name in builtin_hashes):
+            hidden("_hashlib", "hashlib", "hmac")
 
 
-_import_asyncio_without_tls()
+_import_without_openssl()
 
-import asyncio  # noqa: E402 (after _import_asyncio_without_tls)
+import asyncio  # noqa: E402 (after _import_without_openssl)
 import fcntl  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402

@@ -24,6 +24,7 @@ key in logs: the first 16 hex digits of the SHA-256 of its 32 raw bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -95,7 +96,6 @@ def fingerprint(public_key: bytes | str) -> str:
         raw = z85.decode(key) if len(key) == 40 else key
     except (ValueError, KeyError, TypeError):
         raw = key
-    import hashlib  # here, not with the module: hashlib loads OpenSSL (~4 MB), which the daemon at rest does without
     return hashlib.sha256(raw).hexdigest()[:16]
 
 

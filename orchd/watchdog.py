@@ -19,7 +19,7 @@ new ``STATUS=`` line.
 from __future__ import annotations
 
 import asyncio
-import os  # os.urandom(n).hex() is secrets.token_hex(n); secrets imports hmac, which loads OpenSSL (~4 MB)
+import secrets
 import time
 
 import msgspec
@@ -64,7 +64,7 @@ class Watchdog:
             inbox.close()
 
     async def _probe(self, inbox: Mailbox, deadline: float) -> tuple[p.ProbeAnswer | None, bool]:
-        token = os.urandom(8).hex()
+        token = secrets.token_hex(8)
         journal_ok = supervisor = None
         try:
             self.out.send_nowait(self.journal_ep, wire.pack(p.Barrier(token=token, reply_to=ENDPOINT)))

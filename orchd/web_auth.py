@@ -23,6 +23,7 @@ them out, in this order:
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from dataclasses import dataclass
 
@@ -86,7 +87,6 @@ class Policy:
             given = query_token
         if not given:
             return 401, "no_token"
-        import hmac  # here: the daemon imports this module (config checks parse_listen), hmac loads OpenSSL
         if not hmac.compare_digest(given.encode(), self.token.encode()):
             return 401, "bad_token"
         return None

@@ -10,7 +10,7 @@ none) and logs what it received to
 
 from __future__ import annotations
 
-import os  # os.urandom(n).hex() is secrets.token_hex(n); secrets imports hmac, which loads OpenSSL (~4 MB)
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ class Rehearsals:
             log_path = self.state_dir / "runs" / session / "modelserver.jsonl"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             # a key of its own, so a CLI of another run that reaches this port is refused
-            server = ModelServer(scenario, log_path=log_path, key=f"sk-rehearsal-{os.urandom(8).hex()}").start()
+            server = ModelServer(scenario, log_path=log_path, key=f"sk-rehearsal-{secrets.token_hex(8)}").start()
             self._servers[session] = server
             _log.info("model_server_started", session=session, url=server.url)
         home.mkdir(parents=True, exist_ok=True)
