@@ -55,7 +55,7 @@ from orchd import bus, log, metrics, protocol as p, wire
 from orchd.web_auth import Policy
 from orchd.web_link import CALL_TIMEOUT_S, SYNC_DEADLINE_S, ControlLink, DaemonTimeout, Hub, SseClient, event_item
 from orchd.web_diff import session_diff
-from orchd.web_listen import INFO_FILE, TOKEN_FILE, Listener, load_token  # noqa: F401 (INFO_FILE, TOKEN_FILE, load_token: re-exported)
+from orchd.web_listen import Listener
 
 _log = log.get("orchd.web")
 
@@ -213,12 +213,16 @@ class Bridge:
             reply = await self.link.call(p.Ping(), timeout_s=2.0)
         except DaemonTimeout as exc:
             return _json({"ok": False, "daemon": str(exc)}, 503)
-        return _json({"ok": True, "seq": await self.hub.seq(),
+        seq = self.hub.last_seen
+        if not self.hub.live and isinstance(reply, p.Pong):
+            seq = self.hub.last_seen = max(seq, reply.last_seq)  # no SUB open: the log's last seq
+        return _json({"ok": True, "seq": seq,
                       "log_error": getattr(reply, "log_error", None)})
 
     async def metrics(self, request: web.Request) -> web.Response:
         expo = metrics.exposition()
-        return web.Response(body=expo.generate_latest(metrics.REGISTRY), headers={"Content-Type": expo.CONTENT_TYPE_LATEST})
+        return web.Response(body=expo.generate_latest(metrics.REGISTRY),
+                            headers={"Content-Type": expo.CONTENT_TYPE_LATEST})
 
     async def snapshot(self, request: web.Request) -> web.Response:
         """``GET /api/snapshot``: what ``status`` says, and ``seq``: every event up to it is reflected."""
