@@ -45,7 +45,6 @@ from actors import preflight
 from actors.agents import RunSpec, get_adapter
 from actors.agents.rehearsal import prepare_rehearsal
 from orchd import config as orchd_config
-from actors.rehearsal.modelserver import ModelServer
 from orchd.protocol import AgentResult, AgentUnknown
 
 AGENTS = ("claude", "codex", "gemini")
@@ -259,6 +258,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 def rehearse_agent(name: str, binary: str, timeout_s: float = REHEARSAL_TIMEOUT_S) -> RehearsalResult:
     """Run the real CLI once, profile ``workspace``, against the scripted server."""
+    # here, not at the top: the supervisor imports this module for find_binary, and the
+    # server's http.server (with ssl) is nothing a daemon at rest should hold
+    from actors.rehearsal.modelserver import ModelServer
     adapter = get_adapter(name)
     with tempfile.TemporaryDirectory(prefix=f"orchd-doctor-{name}-") as tmp:
         root = Path(tmp)

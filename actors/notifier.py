@@ -13,7 +13,8 @@ actor only delivers it, on each configured channel that wants it
   killed.  One attempt: a command that fails is reported, not repeated.
 * ``webhook``: the JSON is POSTed (urllib, in the notifier's own small
   thread pool, so a slow server never holds up the event loop or anyone
-  else's threads).  5xx, 408, 429, timeouts and connection errors are tried
+  else's threads; urllib, and with it ``ssl``, is imported on the first
+  delivery).  5xx, 408, 429, timeouts and connection errors are tried
   again, ``webhook_attempts`` times in all, after ``retry_delay_s``
   (exponential backoff with jitter); other statuses fail at once.
 
@@ -30,12 +31,9 @@ deliveries still in flight are abandoned.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -178,7 +176,14 @@ class Notifier:
 
 
 def _post(url: str, payload: bytes, key: str, timeout_s: float) -> tuple[str | None, bool]:
-    """POST ``payload`` (in a pool thread): ``(None, _)`` when delivered, else ``(error, worth a retry)``."""
+    """POST ``payload`` (in a pool thread): ``(None, _)`` when delivered, else ``(error, worth a retry)``.
+
+    urllib is imported here, on the first delivery, not with the module: ``urllib.request``
+    imports ``ssl`` (OpenSSL, ~4.5 MB), which a daemon that sends no notification never needs.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
     req = urllib.request.Request(url, data=payload, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": f"orchd/{__version__}", "Idempotency-Key": key})
     try:

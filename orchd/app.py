@@ -13,15 +13,55 @@ READY, STATUS, WATCHDOG from ``orchd.watchdog``, RELOADING, STOPPING).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import fcntl
-import os
-import signal
-import stat
 import sys
-from pathlib import Path
 
-from orchd import __version__, config, log, redact
+
+def _import_without_openssl() -> None:
+    """Import asyncio and hashlib without OpenSSL, which a daemon at rest never uses.
+
+    OpenSSL (libssl and libcrypto) is ~4.5 MB of RSS, and two standard
+    modules load it when imported: asyncio imports ``ssl`` for TLS
+    transports (``try: import ssl / except ImportError: ssl = None``), and
+    ``hashlib`` (so ``hmac`` and ``secrets``, which pydantic imports) imports
+    ``_hashlib``, OpenSSL's hashes.  orchd never does TLS on its event loop
+    (ZeroMQ is ipc or CURVE, the dashboard plain HTTP on loopback), and its
+    few hashes (key fingerprints, token comparisons) are served as well by
+    CPython's built-in SHA-1/SHA-2/SHA-3/MD5/BLAKE2 modules, which hashlib
+    falls back to.  So both are imported here while ``ssl`` and ``_hashlib``
+    cannot be, then made importable again: code that needs TLS later imports
+    ``ssl`` as usual (the notifier does, in its thread, when it POSTs to an
+    https webhook).  Nothing runs in other threads yet, so the hidden moment
+    cannot break anybody else's import.  An interpreter built without the
+    built-in hashes keeps OpenSSL's.
+    """
+    def hidden(name: str, *imports: str) -> None:
+        sys.modules[name] = None  # type: ignore[assignment]  # ``import name`` raises ImportError
+        try:
+            for module in imports:
+                __import__(module)
+        finally:
+            del sys.modules[name]
+
+    if not {"ssl", "asyncio"} & sys.modules.keys():
+        hidden("ssl", "asyncio")
+    builtin_hashes = ("_md5", "_sha1", "_sha3", "_blake2",
+                      *(("_sha2",) if sys.version_info >= (3, 12) else ("_sha256", "_sha512")))
+    if not {"_hashlib", "hashlib", "hmac"} & sys.modules.keys():
+        from importlib.util import find_spec
+        if all(find_spec(name) is not None for name in builtin_hashes):
+            hidden("_hashlib", "hashlib", "hmac")
+
+
+_import_without_openssl()
+
+import asyncio  # noqa: E402 (after _import_without_openssl)
+import fcntl  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from orchd import __version__, config, log, redact  # noqa: E402
 
 _log = log.get("orchd")
 
@@ -254,6 +294,7 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
             watchdog = Watchdog(ctx, out, sd, JOURNAL, SUPERVISOR,
                                 journal_failing=lambda: journal.log_error is not None)
             watchdog_task = asyncio.ensure_future(watchdog.run())
+            _trim_heap()
 
             reloading: set[asyncio.Task] = set()
 
@@ -310,25 +351,37 @@ async def serve(cfg: config.Config, reload_config=None) -> int:
     return code
 
 
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the kernel once the daemon has started (glibc's
+    ``malloc_trim``; elsewhere nothing): building the config's validators, reading the log and
+    starting the actors leave ~1 MB freed but resident, which an idle daemon would keep."""
+    import ctypes
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def _start_http(ctx, cfg: config.Config):
     """The web dashboard's HTTP bridge (``http_listen``), under its own supervisor.
 
     It is a client of the public sockets like any other, so it may fail
-    without touching the daemon: a port in use is logged and the daemon runs
-    on without it; a crash is restarted a few times, then it stays down.
+    without touching the daemon: a port in use is logged (here, at start)
+    and the daemon runs on without it; a crash is restarted a few times,
+    then it stays down.  The port is bound now, the bridge (aiohttp) is
+    imported on the first connection (``orchd.web_listen``).
     """
     from orchd.actor import ChildSpec, Supervisor
     from orchd.supervision import Restart
     from orchd.web_auth import parse_listen
+    from orchd.web_listen import LazyBridge
     listen = parse_listen(cfg.http_listen)
     if listen is None:
         return None
-    from orchd.web import Bridge
+    bridge = LazyBridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, *listen)
+    if not bridge.open():
+        return None
     sup = Supervisor("http", max_restarts=3, period_s=60.0)
-
-    def start_bridge(restarts: int):
-        return Bridge(ctx, cfg.control(), cfg.events(), cfg.state_dir, cfg.runtime_dir, *listen).run()
-    sup.start_child(ChildSpec("http", start_bridge, restart=Restart.TRANSIENT, shutdown_s=3.0))
+    sup.start_child(ChildSpec("http", bridge.run, restart=Restart.TRANSIENT, shutdown_s=3.0))
     return sup
 
 

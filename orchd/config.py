@@ -10,13 +10,39 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tomllib
+import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from orchd import paths
+def _without_pydantic_plugins() -> None:
+    """Build the models below without pydantic's plugin discovery.
+
+    pydantic asks ``pydantic.plugin._loader.get_plugins()`` for plugins each
+    time it builds a validator, and that module imports ``importlib.metadata``
+    (with ``email``, ``csv``, ``zipfile``...) to scan every installed
+    distribution's entry points: ~1.2 MB of RSS in the daemon, for plugins
+    orchd does not use.  The loader is given here as a module whose
+    ``get_plugins`` says "none", what pydantic itself answers under
+    ``PYDANTIC_DISABLE_PLUGINS=__all__``.  A process that loaded the real
+    loader already keeps it.
+    """
+    name = "pydantic.plugin._loader"
+    if name not in sys.modules:
+        loader = types.ModuleType(name, "No pydantic plugins (see orchd.config._without_pydantic_plugins).")
+        loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
+        sys.modules[name] = loader
+
+
+_without_pydantic_plugins()
+
+from pydantic import (  # noqa: E402 (after _without_pydantic_plugins)
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+)
+
+from orchd import paths  # noqa: E402
 
 # Closed sets, checked at load so a typo is refused before anything runs.  AgentName must
 # match the agent adapters (actors/agents); a test keeps them equal.

@@ -24,12 +24,54 @@ until the run's ``worker.exited``, at most ``RUNS_REMEMBERED`` runs).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import sys
 from collections.abc import Callable
 
 import msgspec
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+
+
+def _prometheus_core() -> None:
+    """Make ``prometheus_client``'s metric modules importable without running its package ``__init__``.
+
+    That ``__init__`` imports ``prometheus_client.exposition``, which imports
+    ``ssl``, ``urllib.request``, ``http.server`` and ``wsgiref``: OpenSSL
+    alone is ~4.5 MB of RSS, for HTTP serving a daemon at rest does not do.
+    So the package module is created from its spec but not executed; the
+    submodules ``registry``, ``metrics`` and ``process_collector`` import as
+    usual (an attribute that names a submodule imports just that), and the
+    first access to any other package-level name (``from
+    prometheus_client import generate_latest``, here in ``exposition()`` or
+    anywhere else) runs the real ``__init__`` in that same module object,
+    which then finds those submodules already loaded.  A process that had
+    imported ``prometheus_client`` before us is left as it is.
+    """
+    if "prometheus_client" in sys.modules:
+        return
+    spec = importlib.util.find_spec("prometheus_client")
+    pkg = importlib.util.module_from_spec(spec)
+
+    def complete(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:  # ``from . import values`` inside the package asks for a submodule: just that
+            return importlib.import_module(f"prometheus_client.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"prometheus_client.{name}":
+                raise
+        del pkg.__getattr__
+        spec.loader.exec_module(pkg)
+        return getattr(pkg, name)
+    pkg.__getattr__ = complete
+    sys.modules["prometheus_client"] = pkg
+
+
+_prometheus_core()
+from prometheus_client.metrics import Counter, Gauge, Histogram  # noqa: E402 (after _prometheus_core)
+from prometheus_client.process_collector import ProcessCollector  # noqa: E402
+from prometheus_client.registry import CollectorRegistry  # noqa: E402
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -56,6 +98,8 @@ http_refused = Counter("orchd_http_refused_total", "HTTP requests refused by the
                        "(no_token, bad_token, cross_origin, bad_host)", ["reason"], registry=REGISTRY)
 http_sse_clients = Gauge("orchd_http_sse_clients", "Server-Sent Events clients connected to the bridge",
                          registry=REGISTRY)
+http_events_sub = Gauge("orchd_http_events_subscribed", "1 while the bridge's events SUB is open "
+                        "(from its first SSE client until shortly after its last)", registry=REGISTRY)
 http_sse_dropped = Counter("orchd_http_sse_dropped_total", "SSE clients dropped because their queue was full "
                            "(a slow or frozen browser; it resumes from Last-Event-ID)", registry=REGISTRY)
 auth_refused = Counter("orchd_auth_refused_total", "CURVE clients refused by the ZAP handler "
@@ -280,6 +324,12 @@ def watch_log_size(path: os.PathLike | str) -> None:
         return float(total)
 
     log_bytes.set_function(size)
+
+
+def exposition():
+    """``prometheus_client.exposition`` (``generate_latest``, ``CONTENT_TYPE_LATEST``), loaded on first use."""
+    import prometheus_client.exposition
+    return prometheus_client.exposition
 
 
 def start_http(port: int, addr: str = "127.0.0.1") -> Callable[[], None]:

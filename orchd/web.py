@@ -5,20 +5,27 @@ Theory of operation
 The bridge holds two ZeroMQ sockets, made in ``orchd.bus`` and driven by
 ``orchd.web_link``: a DEALER to the control socket (``ControlLink``: many
 requests in flight, each matched to its reply by id, each with a deadline)
-and a SUB to the events socket (``Hub``).  It runs inside the daemon (``orchd run --http HOST:PORT``) or as
+and, while at least one browser streams events, a SUB to the events socket
+(``Hub``).  It runs inside the daemon (``orchd run --http HOST:PORT``) or as
 its own process (``orchd web``); either way it knows nothing the public
-sockets do not say.
+sockets do not say.  Inside the daemon this module is imported only when the
+first connection arrives (``orchd.web_listen``: the port is bound at start).
 
 Events reach a browser by Server-Sent Events.  Each SSE client has its own
 ``orchctl.cursor.Cursor`` (the sans-I/O history-then-live merge that
-``orchctl watch`` uses) and its own bounded queue.  The hub's SUB is synced
-once at start (``Sync`` → ``~sync <token>``), so a client registered
-afterwards misses no live event: everything logged before it registered is
-in the log, which its cursor reads first (``Replay`` from ``Last-Event-ID``),
-and everything after reaches its queue (or, if the PUB dropped it, shows as
-a gap that the cursor repairs from the log).  Every SSE message carries
-``id: <seq>``; the cursor hands out only rising seqs, so a browser that
-reconnects with ``Last-Event-ID`` gets no gap and no duplicate.
+``orchctl watch`` uses) and its own bounded queue.  The first SSE client
+makes the hub connect its SUB and sync it (``Sync`` → ``~sync <token>``);
+every client registers (``Hub.join``) and waits until the SUB is synced
+before its cursor reads the log.  So it misses no event: everything logged
+before its last read of the log is in what it read (``Replay`` from
+``Last-Event-ID``), and everything committed after is published after the
+sync and reaches its queue (or, if the PUB dropped it, shows as a gap that
+the cursor repairs from the log).  A little after the last client leaves
+the hub closes the SUB, so a daemon nobody watches handles each event once.
+Every SSE message carries ``id: <seq>``; the cursor hands out only rising
+seqs, so a browser that reconnects with ``Last-Event-ID`` gets no gap and no
+duplicate.  The page, the snapshot (its ``seq`` comes from ``Ping`` when no
+SUB is open) and ``/metrics`` never need the SUB.
 
 The hub never waits for a client: it appends to the client's queue, and a
 full queue (the browser stopped reading and the kernel's send buffer is full)
@@ -36,21 +43,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import os
-import secrets
 import socket
 import sys
 from pathlib import Path
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchctl.cursor import Cursor, Item
 from orchd import bus, log, metrics, protocol as p, wire
 from orchd.web_auth import Policy
-from orchd.web_link import CALL_TIMEOUT_S, ControlLink, DaemonTimeout, Hub, SseClient, event_item
+from orchd.web_link import CALL_TIMEOUT_S, SYNC_DEADLINE_S, ControlLink, DaemonTimeout, Hub, SseClient, event_item
 from orchd.web_diff import session_diff
+from orchd.web_listen import Listener
 
 _log = log.get("orchd.web")
 
@@ -66,9 +71,6 @@ def _web_dir() -> Path:
 WEB_DIR = _web_dir()
 STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
           "/style.css": ("style.css", "text/css")}
-TOKEN_FILE = "http-token"
-INFO_FILE = "web.json"
-
 IDLE_S = 2.0             # no live event for this long: read the log's tail (a dropped tail) and send a keepalive
 PAGE = 2000              # events per Replay page sent to one SSE client
 SSE_SNDBUF_BYTES = 128 * 1024  # the kernel's send buffer per SSE connection: what a frozen browser can hold up
@@ -85,22 +87,6 @@ HTTP_STATUS = {p.ErrorCode.NOT_FOUND: 404, p.ErrorCode.BAD_STATE: 409, p.ErrorCo
                p.ErrorCode.BAD_REQUEST: 400, p.ErrorCode.BAD_JSON: 400, p.ErrorCode.TOO_LARGE: 413,
                p.ErrorCode.UNKNOWN_KIND: 400}
 ACTIONS = {"pause": p.Pause, "resume": p.Resume, "stop": p.Stop, "review": p.Review}
-
-
-def load_token(state_dir: Path) -> str:
-    """The bridge's bearer token: made at first start, kept 0600 in the state dir."""
-    path = state_dir / TOKEN_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        token = path.read_text().strip()
-        if token:
-            return token
-        raise OSError(f"{path} is empty: remove it and a new token is made") from None
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return token
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -135,28 +121,30 @@ class Bridge:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, ready: asyncio.Event | None = None) -> None:
-        token = load_token(self.state_dir)
+    async def run(self, ready: asyncio.Event | None = None, listener: Listener | None = None) -> None:
+        """Serve until cancelled (or a reader's bug).  ``listener``: sockets bound already (``orchd run``,
+        see ``orchd.web_listen``); without one (``orchd web``), reach the daemon first, then bind."""
         self.link = ControlLink(self.ctx, self.control, curve=self.curve)
         self.hub = Hub(self.ctx, self.events, self.link, curve=self.curve)
         readers = [asyncio.ensure_future(self.link.run()), asyncio.ensure_future(self.hub.run())]
         runner = None
+        own = listener is None
         try:
-            await self.hub.sync()
+            if own:
+                await self.link.call(p.Ping(), timeout_s=SYNC_DEADLINE_S)  # DaemonTimeout: the caller retries
+                listener = Listener(self.host, self.port, self.state_dir, self.runtime_dir)
+                try:
+                    listener.open()
+                except OSError as exc:
+                    _log.error("http_bind_failed", listen=f"{self.host}:{self.port}",
+                               error=exc.strerror or str(exc))
+                    return
             runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
             await runner.setup()
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                _log.error("http_bind_failed", listen=f"{self.host}:{self.port}", error=exc.strerror or str(exc))
-                return
-            port = runner.addresses[0][1] if runner.addresses else self.port
-            self.policy = Policy(self.host, port, token)
-            shown = f"[{self.host}]" if ":" in self.host else self.host
-            self.url = f"http://{shown}:{port}/"
-            self._write_info()
-            _log.info("http_listening", url=self.url, token_file=str(self.state_dir / TOKEN_FILE))
+            for sock in listener.socks:
+                await web.SockSite(runner, sock).start()
+            self.policy = Policy(self.host, listener.port, listener.token)
+            self.url = listener.url
             if ready is not None:
                 ready.set()
             done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
@@ -171,29 +159,10 @@ class Bridge:
                     client.request.transport.abort()
             if runner is not None:
                 await runner.cleanup()
-            self._remove_info()
+            if own and listener is not None:
+                listener.close()
             self.hub.close()
             self.link.close()
-
-    def _write_info(self) -> None:
-        if self.runtime_dir is None:
-            return
-        data = json.dumps({"url": self.url, "token_file": str(self.state_dir / TOKEN_FILE), "pid": os.getpid()})
-        tmp = self.runtime_dir / f".{INFO_FILE}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data + "\n")
-        os.replace(tmp, self.runtime_dir / INFO_FILE)
-
-    def _remove_info(self) -> None:
-        if self.runtime_dir is None or not self.url:
-            return
-        path = self.runtime_dir / INFO_FILE
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass  # gone already, or another bridge's: nothing of ours to remove
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
@@ -244,15 +213,20 @@ class Bridge:
             reply = await self.link.call(p.Ping(), timeout_s=2.0)
         except DaemonTimeout as exc:
             return _json({"ok": False, "daemon": str(exc)}, 503)
-        return _json({"ok": True, "seq": self.hub.last_seen,
+        seq = self.hub.last_seen
+        if not self.hub.live and isinstance(reply, p.Pong):
+            seq = self.hub.last_seen = max(seq, reply.last_seq)  # no SUB open: the log's last seq
+        return _json({"ok": True, "seq": seq,
                       "log_error": getattr(reply, "log_error", None)})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        expo = metrics.exposition()
+        return web.Response(body=expo.generate_latest(metrics.REGISTRY),
+                            headers={"Content-Type": expo.CONTENT_TYPE_LATEST})
 
     async def snapshot(self, request: web.Request) -> web.Response:
         """``GET /api/snapshot``: what ``status`` says, and ``seq``: every event up to it is reflected."""
-        seq = self.hub.last_seen
+        seq = await self.hub.seq()
         reply = await self.link.call(p.Status())
         if isinstance(reply, p.Error):
             return _reply(reply)
@@ -302,17 +276,17 @@ class Bridge:
             reply = await self.link.call(p.Status(session=session))
             if isinstance(reply, p.Error):
                 return _reply(reply)
+        client = SseClient(session, request)
+        await self.hub.join(client)  # the SUB is live from here on (DaemonTimeout: a 504, nothing streamed)
+        metrics.http_sse_clients.inc()
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SSE_SNDBUF_BYTES)
-        client = SseClient(session, request)
         cursor = Cursor(since, by_session=session is not None)
-        self.hub.clients.add(client)
-        metrics.http_sse_clients.inc()
         try:
+            await resp.prepare(request)
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SSE_SNDBUF_BYTES)
             await resp.write(b"retry: 1000\n\n")
             while not client.dropped:
                 while (s := cursor.next_fetch()) is not None:
@@ -334,7 +308,7 @@ class Bridge:
         except (ConnectionResetError, DaemonTimeout):
             pass  # the browser went away (or we dropped it), or the daemon is busy: it reconnects
         finally:
-            self.hub.clients.discard(client)
+            self.hub.leave(client)
             metrics.http_sse_clients.dec()
         return resp
 

@@ -1,10 +1,12 @@
 """The HTTP bridge's side of ZeroMQ: its control DEALER, its events SUB, and the SSE clients' queues.
 
 ``ControlLink`` lets many HTTP handlers wait on the one DEALER at once (each
-request has an id and a deadline).  ``Hub`` reads the events SUB, syncs it
-once (Clone pattern) and hands every event to each ``SseClient`` without
-waiting: a client whose bounded queue is full is dropped, its connection
-aborted, and its browser resumes from ``Last-Event-ID``.  See ``orchd.web``.
+request has an id and a deadline).  ``Hub`` connects the events SUB when the
+first SSE client joins, syncs it (Clone pattern), hands every event to each
+``SseClient`` without waiting, and closes the SUB a little after the last
+client left: a daemon whose dashboard nobody watches handles each event once.
+A client whose bounded queue is full is dropped, its connection aborted, and
+its browser resumes from ``Last-Event-ID``.  See ``orchd.web``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ CALL_TIMEOUT_S = 10.0
 SYNC_DEADLINE_S = 5.0
 SSE_QUEUE = 10_000       # live events queued per SSE client before it is dropped (a few MiB at most)
 SUB_HWM = 100_000
+SUB_LINGER_S = 5.0      # the SUB stays this long after the last SSE client left (a browser reconnecting)
 
 
 class DaemonTimeout(Exception):
@@ -124,23 +127,116 @@ class SseClient:
 
 
 class Hub:
-    """The events SUB: tracks the last seq seen and hands every event to the SSE clients."""
+    """The events SUB, open only while SSE clients need it; tracks the last seq seen and hands
+    every event to the SSE clients.
 
-    def __init__(self, ctx, endpoint: str, link: ControlLink, curve=None) -> None:
-        self.sub = bus.events_sub(ctx, endpoint, SUB_HWM, curve=curve)
+    ``run`` owns the SUB: it waits for a first client (``join``), connects the
+    SUB and syncs it (``Sync`` → ``~sync <token>``, the Clone pattern), then
+    reads until the last client has been gone for ``linger_s``, closes the SUB
+    and waits again.  ``join`` returns only once the SUB is synced, so a client
+    that reads the log after joining misses nothing: an event committed after
+    its last read of the log is published after the sync, and reaches it live.
+    """
+
+    def __init__(self, ctx, endpoint: str, link: ControlLink, curve=None, linger_s: float = SUB_LINGER_S) -> None:
+        self.ctx, self.endpoint, self.curve = ctx, endpoint, curve
         self.link = link
+        self.linger_s = linger_s
+        self.sub = None
         self.clients: set[SseClient] = set()
         self.last_seen = 0
+        self.live = False                                # the SUB is connected and synced
+        self._attempt: asyncio.Future | None = None      # the current connect + sync, awaited by joiners
+        self._wake = asyncio.Event()                      # a client joined or left
         self._sync_want: bytes | None = None
         self._synced = asyncio.Event()
 
+    async def join(self, client: SseClient) -> None:
+        """Register ``client``; return once the SUB is live (``DaemonTimeout`` if it cannot sync)."""
+        self.clients.add(client)
+        self._wake.set()
+        if self.live:
+            return
+        if self._attempt is None:
+            self._attempt = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.shield(self._attempt)
+        except BaseException:
+            self.leave(client)
+            raise
+
+    def leave(self, client: SseClient) -> None:
+        self.clients.discard(client)
+        self._wake.set()
+
+    async def seq(self) -> int:
+        """Every event up to this seq is committed: the last one seen live, else the log's last (``Ping``)."""
+        if not self.live:
+            reply = await self.link.call(p.Ping())
+            if isinstance(reply, p.Pong):
+                self.last_seen = max(self.last_seen, reply.last_seq)
+        return self.last_seen
+
     async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.clients:
+                continue
+            attempt = self._attempt
+            self.sub = bus.events_sub(self.ctx, self.endpoint, SUB_HWM, curve=self.curve)
+            reader = asyncio.ensure_future(self._read())
+            metrics.http_events_sub.set(1)
+            _log.info("http_events_subscribed", clients=len(self.clients))
+            try:
+                try:
+                    await self._sync()
+                except DaemonTimeout as exc:
+                    if attempt is not None and not attempt.done():
+                        attempt.set_exception(exc)
+                        attempt.exception()  # the joiners get it; nobody waiting is not an error
+                    continue
+                self.live = True
+                if attempt is not None and not attempt.done():
+                    attempt.set_result(None)
+                await self._until_unused(reader)
+            finally:
+                # decided before the first await below: a client joining now starts a new attempt
+                self.live = False
+                self._attempt = None if self._attempt is attempt else self._attempt
+                reader.cancel()
+                await asyncio.wait({reader})
+                self.sub.close(linger=0)
+                self.sub = None
+                self._synced.clear()
+                metrics.http_events_sub.set(0)
+                _log.info("http_events_unsubscribed")
+
+    async def _until_unused(self, reader: asyncio.Future) -> None:
+        """Return once no client has been connected for ``linger_s``; a reader's bug raises here."""
+        while True:
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                done, _ = await asyncio.wait({reader, woken}, return_when=asyncio.FIRST_COMPLETED,
+                                             timeout=None if self.clients else self.linger_s)
+            finally:
+                woken.cancel()
+            if reader in done:
+                reader.result()
+                raise RuntimeError("the events reader ended")
+            if woken in done:
+                self._wake.clear()
+            elif not self.clients:
+                return
+
+    async def _read(self) -> None:
         """Wait for a frame, then take every frame already queued (up to ``DRAIN_MAX``) without
         going back to the event loop: under a flood one wake-up serves a batch, so the bridge
         inside the daemon costs a few µs per event instead of an asyncio round trip per event."""
-        raw = sync_view(self.sub)
+        sub = self.sub
+        raw = sync_view(sub)
         while True:
-            frames = [await self.sub.recv()]
+            frames = [await sub.recv()]
             while len(frames) < DRAIN_MAX:
                 try:
                     frames.append(raw.recv(zmq.NOBLOCK))
@@ -164,7 +260,7 @@ class Hub:
         for client in list(self.clients):
             client.offer(item)
 
-    async def sync(self) -> None:
+    async def _sync(self) -> None:
         """Wait until the SUB's subscription is live (Clone pattern), then learn the log's last seq."""
         deadline = time.monotonic() + SYNC_DEADLINE_S
         while not self._synced.is_set():
@@ -177,24 +273,11 @@ class Hub:
                 await asyncio.wait_for(self._synced.wait(), 0.2)
             except TimeoutError:
                 continue
-        self.last_seen = max(self.last_seen, await self._tail_seq())
-
-    async def _tail_seq(self) -> int:
-        """The log's last seq, found with ``Replay(limit=1)`` probes (gallop, then bisect)."""
-        async def after(s: int) -> bool:
-            reply = await self.link.call(p.Replay(since=s, limit=1))
-            return isinstance(reply, p.ReplayReply) and bool(reply.events)
-        lo, step = 0, 1024
-        while await after(lo + step):
-            lo, step = lo + step, step * 2
-        hi = lo + step  # after(lo) or lo == 0; not after(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if await after(mid):
-                lo = mid
-            else:
-                hi = mid
-        return hi if await after(lo) else lo
+        reply = await self.link.call(p.Ping())
+        if isinstance(reply, p.Pong):
+            self.last_seen = max(self.last_seen, reply.last_seq)
 
     def close(self) -> None:
-        self.sub.close(linger=0)
+        if self.sub is not None:
+            self.sub.close(linger=0)
+            self.sub = None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.agents.rehearsal import prepare_rehearsal
-from actors.rehearsal.modelserver import ModelServer
 from orchd import log
+
+if TYPE_CHECKING:
+    from actors.rehearsal.modelserver import ModelServer
 
 _log = log.get("actors.rehearsal.sessions")
 
@@ -31,6 +33,9 @@ class Rehearsals:
         """Env (and config files under ``home``) pointing ``agent`` at the session's server."""
         server = self._servers.get(session)
         if server is None:
+            # imported with the first rehearsal: its HTTP server (http.server, and with it ssl)
+            # is nothing a daemon that rehearses nothing should hold
+            from actors.rehearsal.modelserver import ModelServer
             log_path = self.state_dir / "runs" / session / "modelserver.jsonl"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             # a key of its own, so a CLI of another run that reaches this port is refused
