@@ -10,7 +10,9 @@
     first to the last agent.output received (and from worker.started); all N must
     arrive and seq must be contiguous.
 (c) latency at 1,000 lines/s: each line carries ``time.time_ns()`` at write; the SUB
-    stamps receipt.  p50/p99/max in us, first 100 dropped.  Same for a paced raw PUB.
+    stamps receipt.  p50/p99/max in us, first 100 dropped.  Same for a paced raw PUB, and
+    for a bare asyncio relay (the paced agent's pipe read in a callback, each line sent on
+    a PUB): the least CPU per line an asyncio process can spend here.
 
 The children are this file run as ``_pub``/``_agent``.  ``--profile FILE`` runs the
 daemon under cProfile (stopped with SIGINT so the profile is written).
@@ -96,6 +98,50 @@ def child_agent(n: int, paced: bool, period_s: float = 0.001) -> None:
         out.flush()
 
 
+def child_relay(endpoint: str, n: int) -> None:
+    """The floor of any asyncio daemon on this machine: a bare relay that starts the paced agent,
+    reads its stdout in the pipe's read callback and sends each line on an XPUB (no parsing, no
+    log, no actors).  Its CPU per line is what one wake-up per line costs here."""
+    import asyncio
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)
+    pub.sndhwm = 0
+    pub.bind(endpoint)
+    pub.recv()
+
+    async def relay() -> float:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        send, head = pub.send, b"s agent.output "
+
+        class Relay(asyncio.SubprocessProtocol):
+            rest = b""
+
+            def pipe_data_received(self, fd: int, data: bytes) -> None:
+                lines = (self.rest + data).split(b"\n")
+                self.rest = lines.pop()
+                for line in lines:
+                    send(head + line)
+
+            def pipe_connection_lost(self, fd: int, exc) -> None:
+                if fd == 1 and not done.done():
+                    done.set_result(None)
+
+        cpu0 = time.process_time()
+        transport, _ = await loop.subprocess_exec(Relay, sys.executable, SELF, "_agent", str(n), "1", "0.001",
+                                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        await done
+        cpu = time.process_time() - cpu0
+        transport.close()
+        return cpu
+
+    cpu = asyncio.run(relay())
+    pub.send(b"s end ")
+    time.sleep(0.5)
+    print(f"cpu_s {cpu}", flush=True)
+    ctx.destroy(linger=1000)
+
+
 # ------------------------------------------------------------------ the SUB
 
 def drain(sub: zmq.Socket, done, idle_s: float = 10.0) -> list[tuple[int, bytes]]:
@@ -143,9 +189,10 @@ def latency(samples: list[float]) -> dict:
 
 # ------------------------------------------------------------------ (a) raw
 
-def run_raw(ctx: zmq.Context, tmp: Path, n: int, paced: bool) -> dict:
-    ep = f"ipc://{tmp}/raw{int(paced)}"
-    child = subprocess.Popen([sys.executable, SELF, "_pub", ep, str(n), str(int(paced))], stdout=subprocess.PIPE)
+def run_raw(ctx: zmq.Context, tmp: Path, n: int, paced: bool, relay: bool = False) -> dict:
+    ep = f"ipc://{tmp}/raw{int(paced)}{'r' if relay else ''}"
+    argv = ["_relay", ep, str(n)] if relay else ["_pub", ep, str(n), str(int(paced))]
+    child = subprocess.Popen([sys.executable, SELF, *argv], stdout=subprocess.PIPE)
     sub = new_sub(ctx, ep)
     try:
         got = drain(sub, lambda f: f.startswith(b"s end"))
@@ -157,7 +204,9 @@ def run_raw(ctx: zmq.Context, tmp: Path, n: int, paced: bool) -> dict:
     if out.startswith(b"cpu_s "):  # the publisher's CPU from its first send to its last (+ the 0.5 s linger)
         res["cpu_us_per_line"] = float(out.split()[1]) * 1e6 / max(1, n)
     if paced:
-        dec = msgspec.json.Decoder(RawEvent)
+        class Stamped(msgspec.Struct):
+            t: int
+        dec = msgspec.json.Decoder(Stamped)  # RawEvent's and the relayed agent line's "t"
         res.update(latency([(t - dec.decode(f[15:]).t) / 1000 for t, f in msgs]))
     elif len(msgs) > 1:
         res["rate"] = (len(msgs) - 1) / ((msgs[-1][0] - msgs[0][0]) / 1e9)
@@ -275,6 +324,8 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_pub":
         return child_pub(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1") or 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_relay":
+        return child_relay(sys.argv[2], int(sys.argv[3])) or 0
     if len(sys.argv) > 1 and sys.argv[1] == "_agent":
         return child_agent(int(sys.argv[2]), sys.argv[3] == "1", float(sys.argv[4])) or 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -291,7 +342,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ob", dir=args.tmp_base))  # short: ipc paths < ~100 bytes
     ctx = zmq.Context()
     d = None
-    runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "daemon_paced": [], "daemon_50": []}
+    runs: dict[str, list[dict]] = {"raw": [], "daemon": [], "raw_paced": [], "relay_paced": [], "daemon_paced": [],
+                                   "daemon_50": []}
     try:
         d = Daemon(tmp, os.path.abspath(args.profile) if args.profile else None, args.daemon_arg)
         run_daemon(ctx, d, 1000, False)  # warm-up: imports, first session, SQLite file
@@ -299,6 +351,7 @@ def main() -> int:
             for key, fn in (("raw", lambda: run_raw(ctx, tmp, args.lines, False)),
                             ("daemon", lambda: run_daemon(ctx, d, args.lines, False)),
                             ("raw_paced", lambda: run_raw(ctx, tmp, args.paced, True)),
+                            ("relay_paced", lambda: run_raw(ctx, tmp, args.paced, True, relay=True)),
                             ("daemon_paced", lambda: run_daemon(ctx, d, args.paced, True)),
                             ("daemon_50", lambda: run_daemon(ctx, d, args.slow, True, 0.02))):
                 res = fn()
@@ -326,9 +379,13 @@ def main() -> int:
     print(f"  {'daemon CPU us/line':24s}{'':>12s}{cpu:>12.1f}   (CPU-bound ceiling {1e6 / cpu:,.0f} lines/s)")
     raw_pc, dmn_pc = med("raw_paced", "cpu_us_per_line"), med("daemon_paced", "cpu_us_per_line")
     print(f"  {'  same, paced':24s}{raw_pc:>12.1f}{dmn_pc:>12.1f}{dmn_pc / raw_pc:>12.1f}   (raw: the publisher)")
+    relay_pc = med("relay_paced", "cpu_us_per_line")
+    print(f"  {'  same, asyncio relay':24s}{relay_pc:>12.1f}{dmn_pc:>12.1f}{dmn_pc / relay_pc:>12.1f}"
+          "   (a bare asyncio pipe -> PUB relay: the floor)")
     for q in ("p50", "p99", "max"):
         a, b = med("raw_paced", q), med("daemon_paced", q)
         print(f"  {'latency ' + q + ' us':24s}{a:>12,.0f}{b:>12,.0f}{b / a:>12.1f}")
+    print(f"  {'  relay p99 us':24s}{med('relay_paced', 'p99'):>12,.0f}")
     print(f"  {'p50 split: write->worker':24s}{'':>12s}{med('daemon_paced', 'to_worker_p50'):>12,.0f}   us")
     print(f"  {'p50 split: worker->SUB':24s}{'':>12s}{med('daemon_paced', 'after_worker_p50'):>12,.0f}   us")
     disk = med("daemon_50", "written_bytes_per_event")
@@ -339,6 +396,8 @@ def main() -> int:
                       "paced_cpu_us_per_line": round(med("daemon_paced", "cpu_us_per_line"), 1),
                       "raw_paced_p99_us": round(med("raw_paced", "p99")),
                       "raw_paced_cpu_us_per_line": round(raw_pc, 1),
+                      "relay_paced_cpu_us_per_line": round(relay_pc, 1),
+                      "relay_paced_p99_us": round(med("relay_paced", "p99")),
                       "disk_bytes_per_event_50_per_s": round(disk), "lost": lost, "seq_gaps": gaps,
                       "per_run": [{"flood_ratio": round(d["rate"] / r["rate"], 3),
                                    "paced_cpu_ratio": round(dp["cpu_us_per_line"] / rp["cpu_us_per_line"], 2),
