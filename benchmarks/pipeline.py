@@ -114,8 +114,14 @@ def child_relay(endpoint: str, n: int) -> None:
         done = loop.create_future()
         send, head = pub.send, b"s agent.output "
 
+        exited = loop.create_future()
+
         class Relay(asyncio.SubprocessProtocol):
             rest = b""
+
+            def process_exited(self) -> None:
+                if not exited.done():
+                    exited.set_result(None)
 
             def pipe_data_received(self, fd: int, data: bytes) -> None:
                 lines = (self.rest + data).split(b"\n")
@@ -132,6 +138,7 @@ def child_relay(endpoint: str, n: int) -> None:
                                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         await done
         cpu = time.process_time() - cpu0
+        await exited  # reaped before the loop closes
         transport.close()
         return cpu
 

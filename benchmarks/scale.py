@@ -10,6 +10,9 @@ A SUB here (RCVHWM 0) stamps receipt.  Measured:
 
 * ``lost``: agent lines that never reached the SUB (must be 0);
 * ``p99_us``: line written -> event received, 99th percentile (first second dropped);
+* ``steady_p99_us`` and ``steady_cpu_pct``: the same, only in the steady state, from one second
+  after the last agent started until the first one exits (``steady_lines`` lines): the
+  figures without the start of 200 processes and 20 sessions' working copies in them;
 * ``daemon_cpu_pct``: the daemon's user+sys CPU from the first submit to the last session's
   end (``wall_s``; starting the agents included), % of one core.  On a loaded machine the
   submits take a while and dilute it, so ``daemon_cpu_us_per_line`` (the same CPU divided by
@@ -144,6 +147,9 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
     time.sleep(0.3)
     rss0 = rss_kb(d.proc.pid)
     lat: list[float] = []
+    steady_lat: list[tuple[int, float]] = []  # (written ns, latency us) of every line, for the steady window
+    steady: dict[str, float] = {}             # the window: all agents started + 1 s .. the first exit
+    started = 0
     ended: set[bytes] = set()
     want: set[bytes] = set()
     count = 0
@@ -155,7 +161,7 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
         stamped when it arrives, not when the script gets round to it (a submit takes
         seconds on a loaded machine; frames waiting in the SUB's queue meanwhile were
         counted as seconds of latency before)."""
-        nonlocal count
+        nonlocal count, started
         while not stop.is_set():
             if not sub.poll(200):
                 continue
@@ -171,6 +177,13 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
                     count += 1
                     if ev["data"]["i"] >= rate:  # drop each agent's first second
                         lat.append((now - ev["data"]["t"]) / 1000)
+                    steady_lat.append((ev["data"]["t"], (now - ev["data"]["t"]) / 1000))
+                elif kind == b"worker.started":
+                    started += 1
+                    if started == per * sessions:
+                        steady.update(t0_ns=now + 1e9, cpu0=d.cpu_s(), m0=time.monotonic())
+                elif kind == b"worker.exited" and "t0_ns" in steady and "t1_ns" not in steady:
+                    steady.update(t1_ns=now, cpu1=d.cpu_s(), m1=time.monotonic())
                 elif kind == b"session.state" and json.loads(body)["state"] in (
                         "done", "failed", "stopped", "escalated"):
                     ended.add(session)
@@ -214,8 +227,13 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
                 t.join()
         sub.close()
     expected = per * sessions * int(rate * seconds)
+    window = [us for t, us in steady_lat if steady.get("t0_ns", float("inf")) <= t < steady.get("t1_ns", 0)]
+    steady_cpu = (100 * (steady["cpu1"] - steady["cpu0"]) / (steady["m1"] - steady["m0"])
+                  if "m1" in steady and steady["m1"] > steady["m0"] else float("nan"))
     return {"agents": per * sessions, "lost": expected - count, "p99_us": pct(lat, 0.99) if lat else float("nan"),
             "daemon_cpu_pct": 100 * cpu / wall, "daemon_cpu_us_per_line": cpu * 1e6 / max(1, count),
+            "steady_p99_us": pct(window, 0.99) if window else float("nan"), "steady_lines": len(window),
+            "steady_cpu_pct": steady_cpu,
             "wall_s": wall, "rss_idle_mb": rss0 / 1024,
             "rss_per_agent_kb": (rss_peak - rss0) / (per * sessions),
             "ping_p99_us": pct(pings, 0.99) if pings else float("nan"),
@@ -265,6 +283,9 @@ def main() -> int:
     print(f"  lost lines                 {med['lost']:>10,.0f}")
     print(f"  line -> SUB p99 us         {med['p99_us']:>10,.0f}   (raw PUB at the same rate: {med['raw_p99_us']:,.0f})")
     print(f"  daemon CPU                 {med['daemon_cpu_pct']:>10.1f}   % of one core")
+    print(f"  steady state p99 us        {med['steady_p99_us']:>10,.0f}   (all started .. first exit, "
+          f"{med['steady_lines']:,.0f} lines)")
+    print(f"  steady state daemon CPU    {med['steady_cpu_pct']:>10.1f}   % of one core")
     print(f"  RSS idle                   {med['rss_idle_mb']:>10.1f}   MB")
     print(f"  RSS per agent              {med['rss_per_agent_kb']:>10.0f}   KB")
     print(f"  ping p99 us                {med['ping_p99_us']:>10,.0f}   (raw DEALER->ROUTER: {med['raw_ping_p99_us']:,.0f})")

@@ -12,7 +12,7 @@ cd "$ROOT"
 VENV="$ROOT/.venv"
 
 need=()
-for pkg in bubblewrap socat git systemd chromium iproute2; do
+for pkg in bubblewrap socat git systemd chromium iproute2 util-linux; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [[ ! -x "$VENV/bin/python" ]] && ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then
