@@ -12,6 +12,7 @@ import pytest
 
 from orchd import proc
 from tests.conftest import wait_for
+from tests.helpers import gone
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,13 +27,6 @@ async def main():
 asyncio.run(main())
 """
 
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 async def read_all(child: proc.Child) -> bytes:

@@ -23,17 +23,10 @@ from orchd import protocol as p
 from orchd import wire
 from orchd.actor import Mailbox
 from tests.conftest import fake, wait_for
+from tests.helpers import gone
 
 JOURNAL = "inproc://test-journal"
 
-
-def gone(pid: int) -> bool:
-    """The process is dead: no /proc entry, or a zombie nobody has reaped yet."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def killed(pid: int) -> bool:
