@@ -49,9 +49,9 @@ from actors.worktrees import (
     MergeConflict,
     _check_assignment,
     _commit,
-    _SHA,
     _exclusive,
     _fail,
+    _full_hash,
     _git,
     _run,
     _session_dir,
@@ -198,7 +198,7 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
         branch = session_branch(session)
         hub = ensure_hub(top, root, session)
         # a full hash is checked by the merge itself (merge-base fails on anything but a commit)
-        start = base if _SHA.fullmatch(base) and base.strip("0") else _commit(hub, base)
+        start = base if _full_hash(base) else _commit(hub, base)
         heads = _branch_heads(hub, session, assignments)
         path = _session_dir(root, session) / MERGE_DIR
         _discard(hub, path)  # the previous attempt's, on the session branch or detached

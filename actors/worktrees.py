@@ -709,6 +709,11 @@ big (about 800 files): below that a fresh checkout is as quick and takes fewer g
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
+def _full_hash(name: str) -> bool:
+    """``name`` is a full object name (not all zeros, which ``update-ref`` takes as "delete")."""
+    return bool(_SHA.fullmatch(name)) and bool(name.strip("0"))
+
+
 def _start_branch(hub: Path, branch: str, base: str) -> tuple[str, bool]:
     """Create ``branch`` in the hub at ``base`` unless it exists; return the commit it is at.
 
@@ -718,7 +723,7 @@ def _start_branch(hub: Path, branch: str, base: str) -> tuple[str, bool]:
     caller's to create with ``_create_ref`` once the checkout of ``base`` has
     shown it to be a commit.
     """
-    if _SHA.fullmatch(base) and base.strip("0") and not (hub / "packed-refs").exists() \
+    if _full_hash(base) and not (hub / "packed-refs").exists() \
             and not os.path.lexists(hub / "refs" / "heads" / branch):
         return base, True
     return _start_branch_by_git(hub, branch, base), False
@@ -747,7 +752,7 @@ def _create_ref(hub: Path, branch: str, commit: str) -> None:
 
 
 def _start_branch_by_git(hub: Path, branch: str, base: str) -> str:
-    if _SHA.fullmatch(base) and base.strip("0"):  # the usual case (all zeros would delete): one command ("" = only if it does not exist yet)
+    if _full_hash(base):  # the usual case: one command ("" = only if it does not exist yet)
         if _run(hub, "update-ref", f"refs/heads/{branch}", base, "").returncode == 0:
             return base
     if _branch_exists(hub, branch):

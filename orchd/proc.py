@@ -197,14 +197,17 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
                 self.stdout_eof.set_exception(exc)
         super().pipe_connection_lost(fd, exc)
 
-    def pause_stdout(self) -> None:
+    def _stdout_pipe(self):
+        """The stdout pipe's transport while it is open, else None."""
         pipe = self._transport.get_pipe_transport(1) if self._transport is not None else None
-        if pipe is not None and not pipe.is_closing():
+        return None if pipe is None or pipe.is_closing() else pipe
+
+    def pause_stdout(self) -> None:
+        if (pipe := self._stdout_pipe()) is not None:
             pipe.pause_reading()
 
     def resume_stdout(self) -> None:
-        pipe = self._transport.get_pipe_transport(1) if self._transport is not None else None
-        if pipe is not None and not pipe.is_closing():
+        if (pipe := self._stdout_pipe()) is not None:
             pipe.resume_reading()
 
 

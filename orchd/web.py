@@ -213,10 +213,7 @@ class Bridge:
             reply = await self.link.call(p.Ping(), timeout_s=2.0)
         except DaemonTimeout as exc:
             return _json({"ok": False, "daemon": str(exc)}, 503)
-        seq = self.hub.last_seen
-        if not self.hub.live and isinstance(reply, p.Pong):
-            seq = self.hub.last_seen = max(seq, reply.last_seq)  # no SUB open: the log's last seq
-        return _json({"ok": True, "seq": seq,
+        return _json({"ok": True, "seq": self.hub.learn(reply),
                       "log_error": getattr(reply, "log_error", None)})
 
     async def metrics(self, request: web.Request) -> web.Response:

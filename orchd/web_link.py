@@ -171,10 +171,12 @@ class Hub:
 
     async def seq(self) -> int:
         """Every event up to this seq is committed: the last one seen live, else the log's last (``Ping``)."""
-        if not self.live:
-            reply = await self.link.call(p.Ping())
-            if isinstance(reply, p.Pong):
-                self.last_seen = max(self.last_seen, reply.last_seq)
+        return self.last_seen if self.live else self.learn(await self.link.call(p.Ping()))
+
+    def learn(self, reply: p.Msg) -> int:
+        """``seq`` from a ``Ping``'s reply the caller has already: the log's last seq counts while no SUB is open."""
+        if not self.live and isinstance(reply, p.Pong):
+            self.last_seen = max(self.last_seen, reply.last_seq)
         return self.last_seen
 
     async def run(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,10 @@ def test_stdout_goes_to_the_sink_in_order_with_what_came_before_it_was_set(tmp_p
     async def go() -> tuple[bytes, int]:
         child = await proc.spawn(["sh", "-c", "echo early; sleep 0.3; echo late; seq 1 20000"], str(tmp_path),
                                  dict(os.environ), limit=4096)
-        await asyncio.sleep(0.15)  # "early" is in the pipe (and held, reading paused) before the sink is set
+        deadline = time.monotonic() + 10
+        while not child._protocol.stdout_early:  # "early" arrived (and is held, reading paused) before the sink
+            assert time.monotonic() < deadline, "no output before the sink was set"
+            await asyncio.sleep(0.01)
         chunks: list[bytes] = []
         await child.read_stdout(chunks.append)
         await child.wait()
