@@ -272,12 +272,20 @@ class Daemon:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def written(self) -> int:
-        """Bytes the daemon process has caused to be written to storage so far (/proc io)."""
-        for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-        return 0
+    def written(self) -> tuple[int, int]:
+        """Bytes the daemon process has caused to be written to storage so far, and the part of
+        them that never reached it (``cancelled_write_bytes``: dirty pages of a file deleted or
+        truncated before write-back, such as the log's stage file); /proc io."""
+        io = dict(line.split(":") for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines())
+        return int(io["write_bytes"]), int(io["cancelled_write_bytes"])
+
+    def staged_moved(self, timeout_s: float = 30.0) -> None:
+        """Until the event log's stage file is gone: every event of the run is in SQLite, so its
+        disk writes are counted (orchd/store.py moves staged events within FLUSH_AFTER_S)."""
+        stage = self.tmp / "state" / "events.sqlite3-stage"
+        deadline = time.monotonic() + timeout_s
+        while stage.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self) -> None:
         # cProfile writes its file only on an orderly exit: SIGINT (SIGTERM is handled the same)
@@ -302,8 +310,10 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
         got = drain(sub, lambda f: f.startswith(exited))
     finally:
         sub.close()
+    d.staged_moved()
     cpu = d.cpu_s() - cpu0
-    written = d.written() - written0
+    (written1, cancelled1), (written0, cancelled0) = d.written(), written0
+    written, cancelled = written1 - written0, cancelled1 - cancelled0
     mine = [(t, f) for t, f in got if f.startswith(topic)]
     seqs = [int(f[f.index(b'{"seq":') + 7: f.index(b",", f.index(b'{"seq":'))]) for _, f in mine]
     gaps = sum(1 for a, b in zip(seqs, seqs[1:]) if b != a + 1)
@@ -323,6 +333,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
             res["rate_from_start"] = len(out) / ((out[-1][0] - started[0]) / 1e9)
     res["cpu_us_per_line"] = cpu * 1e6 / max(1, len(out))  # the daemon's user+sys CPU (incl. submit)
     res["written_bytes_per_event"] = written / max(1, len(mine))  # log + WAL + daemon log, all events of the session
+    res["net_written_bytes_per_event"] = (written - cancelled) / max(1, len(mine))  # what reached the disk
     return res
 
 
@@ -396,7 +407,9 @@ def main() -> int:
     print(f"  {'p50 split: write->worker':24s}{'':>12s}{med('daemon_paced', 'to_worker_p50'):>12,.0f}   us")
     print(f"  {'p50 split: worker->SUB':24s}{'':>12s}{med('daemon_paced', 'after_worker_p50'):>12,.0f}   us")
     disk = med("daemon_50", "written_bytes_per_event")
-    print(f"  {'disk written/event, 50/s':24s}{'':>12s}{disk:>12,.0f}   bytes (log, WAL and the daemon's own log)")
+    net = med("daemon_50", "net_written_bytes_per_event")
+    print(f"  {'disk written/event, 50/s':24s}{'':>12s}{disk:>12,.0f}   bytes (log, stage, WAL and the daemon's own log)")
+    print(f"  {'  net of cancelled':24s}{'':>12s}{net:>12,.0f}   bytes (less what was deleted before write-back)")
     print(f"  missing lines: {lost}, seq gaps: {gaps}")
     print(json.dumps({"flood_ratio": round(dmn / raw, 3), "flood_cpu_us_per_line": round(cpu, 1),
                       "paced_p99_us": round(med("daemon_paced", "p99")),
@@ -405,7 +418,8 @@ def main() -> int:
                       "raw_paced_cpu_us_per_line": round(raw_pc, 1),
                       "relay_paced_cpu_us_per_line": round(relay_pc, 1),
                       "relay_paced_p99_us": round(med("relay_paced", "p99")),
-                      "disk_bytes_per_event_50_per_s": round(disk), "lost": lost, "seq_gaps": gaps,
+                      "disk_bytes_per_event_50_per_s": round(disk),
+                      "disk_net_bytes_per_event_50_per_s": round(net), "lost": lost, "seq_gaps": gaps,
                       "per_run": [{"flood_ratio": round(d["rate"] / r["rate"], 3),
                                    "paced_cpu_ratio": round(dp["cpu_us_per_line"] / rp["cpu_us_per_line"], 2),
                                    "paced_p99_ratio": round(dp["p99"] / rp["p99"], 2)}

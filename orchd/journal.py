@@ -5,8 +5,10 @@ Theory of operation
 Every producer sends ``Append`` batches of pending frames to the journal's
 mailbox.  The journal drains its mailbox, gives each frame the next
 daemon-wide ``seq`` (and, for a session event, ``prev``: the seq of that
-session's previous event), appends the whole drained batch to SQLite in one
-transaction, commits, and only then sends each frame on the events PUB and
+session's previous event), appends the whole drained batch to the log in one
+commit (``orchd/store.py``: a small batch to the log's stage file with one
+``write``, a large one to SQLite in one transaction; staged rows move into
+SQLite within ``FLUSH_AFTER_S``), and only then sends each frame on the events PUB and
 forwards the kinds each follower asked for to that follower's mailbox
 (``Committed``), so a follower never depends on a droppable PUB pipe.  A
 subscriber never sees an event the log does not have, and the log's
@@ -127,7 +129,11 @@ class JournalActor:
                     batch = await self._handle(batch)
                 if s.stop_at is not None:
                     break
-                await waker.wait(None)
+                due = self._log.flush_due()
+                if due is not None and time.monotonic() >= due:
+                    await self._write(self._log.flush)  # the staged rows into SQLite (store.py)
+                    continue
+                await waker.wait(None if due is None else due - time.monotonic())
                 batch = drain(s.pull)
             await self._flush()
         except BaseException:
@@ -289,7 +295,7 @@ class JournalActor:
 
     def _append(self, rows: list) -> None:
         started = time.perf_counter()
-        self._log.append(rows)
+        self._log.append(rows, time.monotonic())
         metrics.commit_seconds.observe(time.perf_counter() - started)
 
     async def _write(self, write: Callable[[], None], proves_writable: bool = True) -> bool:
