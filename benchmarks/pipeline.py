@@ -287,6 +287,16 @@ class Daemon:
         while stage.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    def written_through_exit(self) -> tuple[int, int]:
+        """``written()`` at the daemon's exit, after SIGTERM: its last flush and checkpoint
+        included (the exited process is read before it is reaped)."""
+        self.proc.send_signal(signal.SIGTERM)
+        os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+        try:
+            return self.written()
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         # cProfile writes its file only on an orderly exit: SIGINT (SIGTERM is handled the same)
         if self.proc.poll() is None:
@@ -299,7 +309,11 @@ class Daemon:
         self.log.close()
 
 
-def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float = 0.001) -> dict:
+def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float = 0.001,
+               to_exit: bool = False) -> dict:
+    """One session of an agent printing ``n`` lines (paced: one per ``period_s``), measured from
+    the subscriber.  ``to_exit``: stop the daemon at the end and count its disk writes through its
+    exit (the disk figure: each event's SQLite pages are written once more by a checkpoint)."""
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)  # let the subscription reach the PUB before anything is published
     cpu0, written0 = d.cpu_s(), d.written()
@@ -312,7 +326,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
         sub.close()
     d.staged_moved()
     cpu = d.cpu_s() - cpu0
-    (written1, cancelled1), (written0, cancelled0) = d.written(), written0
+    (written1, cancelled1), (written0, cancelled0) = (d.written_through_exit() if to_exit else d.written()), written0
     written, cancelled = written1 - written0, cancelled1 - cancelled0
     mine = [(t, f) for t, f in got if f.startswith(topic)]
     seqs = [int(f[f.index(b'{"seq":') + 7: f.index(b",", f.index(b'{"seq":'))]) for _, f in mine]
@@ -334,6 +348,38 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
     res["cpu_us_per_line"] = cpu * 1e6 / max(1, len(out))  # the daemon's user+sys CPU (incl. submit)
     res["written_bytes_per_event"] = written / max(1, len(mine))  # log + WAL + daemon log, all events of the session
     res["net_written_bytes_per_event"] = (written - cancelled) / max(1, len(mine))  # what reached the disk
+    if to_exit:
+        res.update(events=len(mine), written=written, net_written=written - cancelled)
+    return res
+
+
+def run_disk(ctx: zmq.Context, tmp: Path, r: int, args) -> dict:
+    """Disk written per event at 50 events/s: the marginal cost of an event.
+
+    Two daemons of their own, each warmed up with a few lines, then one 50 lines/s session
+    counted through the daemon's exit, so each window holds that session's events and all their
+    writes (stage, WAL, the checkpoint into the database, the daemon's own log) and no other
+    run's checkpoint.  The kernel also counts the reaped children's writes in the daemon's
+    (the session's clone, commit and merge by git), a cost per session, not per event: so the
+    figure is (long session - short session) / (their difference in events)."""
+    out = {}
+    for label, n in (("short", 20), ("long", args.slow)):
+        home = tmp / f"d{r}{label}"
+        home.mkdir()
+        d = Daemon(home, None, args.daemon_arg)
+        try:
+            run_daemon(ctx, d, 20, False)
+            out[label] = run_daemon(ctx, d, n, True, 0.02, to_exit=True)
+        finally:
+            d.stop()
+    long, short = out["long"], out["short"]
+    extra = max(1, long["events"] - short["events"])
+    res = dict(long)
+    res["session_written_bytes_per_event"] = long["written_bytes_per_event"]
+    res["written_bytes_per_event"] = (long["written"] - short["written"]) / extra
+    res["net_written_bytes_per_event"] = (long["net_written"] - short["net_written"]) / extra
+    for k in ("events", "written", "net_written"):
+        del res[k]
     return res
 
 
@@ -371,7 +417,7 @@ def main() -> int:
                             ("raw_paced", lambda: run_raw(ctx, tmp, args.paced, True)),
                             ("relay_paced", lambda: run_raw(ctx, tmp, args.paced, True, relay=True)),
                             ("daemon_paced", lambda: run_daemon(ctx, d, args.paced, True)),
-                            ("daemon_50", lambda: run_daemon(ctx, d, args.slow, True, 0.02))):
+                            ("daemon_50", lambda: run_disk(ctx, tmp, r, args))):
                 res = fn()
                 runs[key].append(res)
                 print(f"[{r + 1}/{args.repeat}] {key:13s} " + " ".join(
