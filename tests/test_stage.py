@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -50,6 +51,7 @@ def test_a_tail_follows_the_file_as_it_grows_and_when_it_is_replaced(tmp_path):
     tail = stage.StageTail(path)
     assert tail.rows() == []
     writer.append(ROWS[:1])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # events are for the owner alone, as the log
     assert tail.rows() == ROWS[:1]
     writer.append(ROWS[1:])
     assert tail.rows() == ROWS
