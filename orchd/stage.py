@@ -88,6 +88,7 @@ class StageWriter:
         self._fd: int | None = None
         self._size = 0        # bytes of whole records in the file
         self._torn = False    # a failed write may have left bytes past _size
+        self._maybe = True    # a file may be there that this writer did not open (a crash's)
 
     def append(self, rows: list[Row]) -> None:
         """All of ``rows`` or none of them (``OSError`` after cutting the file back)."""
@@ -107,7 +108,10 @@ class StageWriter:
         self._size += len(data)
 
     def reset(self) -> None:
-        """Delete the file (its rows are in SQLite now)."""
+        """Delete the file (its rows are in SQLite now); a no-op when there is none (a flood's
+        batches go to SQLite directly, one after the other)."""
+        if self._fd is None and not self._maybe:
+            return
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -117,6 +121,7 @@ class StageWriter:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self._maybe = False
 
     def close(self) -> None:
         if self._fd is not None:
@@ -139,6 +144,14 @@ class StageTail:
         self._good = 0
         self._rows: list[Row] = []
 
+    def _same_file(self, fd: int, ino: int) -> bool:
+        """The file read last time, grown or not?  An inode number is reused at once after an
+        unlink, so the first record's seq must match too."""
+        if ino != self._ino or not self._rows:
+            return False
+        head = os.pread(fd, HEAD.size, 0)
+        return len(head) == HEAD.size and HEAD.unpack(head)[2] == self._rows[0][0]
+
     def rows(self) -> list[Row]:
         """The file's good rows now (a list the caller must not change)."""
         try:
@@ -148,7 +161,7 @@ class StageTail:
             return self._rows
         try:
             st = os.fstat(fd)
-            if st.st_ino != self._ino or st.st_size < self._good:
+            if st.st_size < self._good or not self._same_file(fd, st.st_ino):
                 self._ino, self._good, self._rows = st.st_ino, 0, []
             if st.st_size > self._good:
                 data = os.pread(fd, st.st_size - self._good, self._good)

@@ -104,7 +104,7 @@ class EventLog:
     so the daemon's event loop never stalls for seconds.
 
     Opening it moves a stage left by a crash into SQLite (so it raises like
-    an append when the log cannot be written).  ``flush_due(now)`` says when
+    an append when the log cannot be written).  ``flush_due()`` says when
     the staged rows must move; the journal calls ``flush`` then.
     """
 
@@ -183,9 +183,15 @@ class EventLog:
             self._unstage()
 
     def _unstage(self) -> None:
+        """Forget the staged rows (SQLite has them) and delete the stage file.  A file that cannot
+        be deleted is harmless (its rows are read once, and skipped by the next open), so that
+        is only logged: raising would make the caller append the same rows again."""
         self._staged = []
         self._staged_bytes = 0
-        self._stage.reset()
+        try:
+            self._stage.reset()
+        except OSError as exc:
+            _log.warning("event_log_stage_not_deleted", error=str(exc))
 
     def _commit(self, rows: list[Row]) -> None:
         conn = self._conn

@@ -62,6 +62,10 @@ def test_a_tail_follows_the_file_as_it_grows_and_when_it_is_replaced(tmp_path):
     assert not path.exists() and tail.rows() == []
     writer.append([(10, "s", "k", b"{}")])  # a new file (the next flush period)
     assert tail.rows() == [(10, "s", "k", b"{}")]
+    writer.reset()  # and one bigger than the last: its inode number may well be the same
+    bigger = [(seq, "s", "k", b"y" * 50) for seq in range(11, 16)]
+    writer.append(bigger)
+    assert tail.rows() == bigger
     writer.close()
 
 
