@@ -92,7 +92,9 @@ def stage_path(path: Path) -> Path:
 
 
 class EventLog:
-    """Append side of the log (one per daemon, owned by the journal).
+    """Append side of the log (one per daemon, owned by the journal; ``orchd run`` opens one
+    before the journal starts, under the daemon's lock).  Never open one beside a running
+    daemon: it would move the live stage file into SQLite under the journal's feet.
 
     Automatic WAL checkpoints are off on this connection: SQLite would run
     them inside a commit, stalling the event pipeline for up to ~100 ms on
