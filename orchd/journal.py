@@ -116,6 +116,14 @@ class JournalActor:
         if not s.is_open:
             raise RuntimeError("JournalSockets.open() was not called")
         waker = Waker(s.pull)
+        loop = asyncio.get_running_loop()  # its time() is time.monotonic(), the log's clock
+        flush_timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal flush_timer
+            flush_timer = None
+            waker.poke()
+
         self._out = Outbox(s.ctx)
         metrics.last_seq.set_function(lambda: self.last_seq)
         try:
@@ -133,7 +141,9 @@ class JournalActor:
                 if due is not None and time.monotonic() >= due:
                     await self._write(self._log.flush)  # the staged rows into SQLite (store.py)
                     continue
-                await waker.wait(None if due is None else due - time.monotonic())
+                if due is not None and flush_timer is None:  # one timer per staging period
+                    flush_timer = loop.call_at(due, tick)
+                await waker.wait(None)
                 batch = drain(s.pull)
             await self._flush()
         except BaseException:
@@ -141,6 +151,8 @@ class JournalActor:
                 s.last_of.clear()
             raise
         finally:
+            if flush_timer is not None:
+                flush_timer.cancel()
             waker.close()
             if self._ckpt_task is not None:
                 await asyncio.wait({self._ckpt_task})

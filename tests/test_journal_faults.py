@@ -29,7 +29,7 @@ from orchd import protocol as p
 from orchd.actor import ChildSpec, Supervisor, sync_view
 from orchd import journal_sockets
 from orchd import stage
-from orchd.store import EventLog, stage_path
+from orchd.store import FLUSH_AFTER_S, EventLog, stage_path
 from orchd.follow import SUPERVISOR_FOLLOWS, Follower, Follows
 from orchd.journal import JournalActor, JournalSockets
 from tests.conftest import fake, wait_for, write_plan
@@ -317,6 +317,39 @@ def test_a_locked_log_holds_the_batch_and_pushes_back_on_producers(tmp_path, sho
             h.close()
 
     asyncio.run(main())
+
+
+def test_a_staged_event_moves_into_sqlite_while_the_journal_is_idle(tmp_path, short_tmp):
+    """The journal's flush timer: one event, then nothing; it still reaches SQLite (and leaves the
+    stage file) about FLUSH_AFTER_S later, without another event to wake the journal."""
+
+    def in_sqlite() -> list[int]:
+        conn = sqlite3.connect(h.db)
+        try:
+            return [r[0] for r in conn.execute("SELECT seq FROM events")]
+        except sqlite3.OperationalError:  # no table yet
+            return []
+        finally:
+            conn.close()
+
+    async def main():
+        task = asyncio.ensure_future(h.actor().run(0))
+        await h.subscribed()
+        await h.producer.send(_append("s-1", "0"))
+        await h.until(lambda: len(h.published) == 1, 5, "the event")
+        t0 = time.monotonic()
+        assert stage_path(h.db).exists() and in_sqlite() == []
+        await h.until(lambda: in_sqlite() == [1], FLUSH_AFTER_S + 5, "the event in SQLite")
+        assert time.monotonic() - t0 > FLUSH_AFTER_S / 2
+        assert not stage_path(h.db).exists()
+        await h.sockets.flush_and_stop(5.0)
+        assert task.exception() is None
+
+    h = _Harness(tmp_path, short_tmp)
+    try:
+        asyncio.run(main())
+    finally:
+        h.close()
 
 
 def test_flush_and_stop_returns_in_time_while_the_log_is_locked_and_loses_nothing(tmp_path, short_tmp, caplog):
