@@ -47,7 +47,7 @@ A new clone costs one git command: its ``.git`` is a copy of an empty
 repository made once per session (``_new_clone``), and its files come from
 one ``reset --hard`` that reads the objects in the target's own store, in
 place, and writes nothing there (``_read_objects_in_place``), with git's
-parallel checkout (``CHECKOUT_WORKERS``); its branch is then created in the
+parallel checkout at the lowest CPU priority (``_low_prefix``); its branch is then created in the
 hub as a loose ref (``_create_ref``).  So the first launch on a big
 repository costs what ``git worktree add`` of it costs.
 
@@ -62,11 +62,14 @@ with its branch in the hub.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,16 +214,78 @@ def _env() -> dict[str, str]:
 
 def _run(cwd: Path, *args: str, env: dict[str, str] | None = None,
          background: bool = False) -> subprocess.CompletedProcess[str]:
-    """git in ``cwd``; ``background``: at a lower CPU priority (``CHECKOUT_NICE``), for the
-    commands that would otherwise take every core from the daemon's event loop."""
-    argv = [*(_NICE if background else ()), "git", "-C", str(cwd), *_CONFIG, *args]
+    """git in ``cwd``; ``background``: at the lowest CPU priority (``_low_prefix``), for the commands
+    that read or write every file of a big checkout and would otherwise take the cores from the
+    daemon's event loop."""
+    argv = ["git", "-C", str(cwd), *_CONFIG, *args]
     try:
-        return subprocess.run(
-            argv, check=False, capture_output=True, stdin=subprocess.DEVNULL,
-            env={**_env(), **(env or {})}, timeout=TIMEOUT_S, encoding="utf-8", errors="surrogateescape",
-        )
+        return _run_git(argv, {**_env(), **(env or {})}, background)
     except subprocess.TimeoutExpired as e:
         raise GitError(f"git {' '.join(args)} in {cwd}: no answer after {TIMEOUT_S:g}s") from e
+
+
+def _run_git(argv: list[str], env: dict[str, str], background: bool) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, timeout=TIMEOUT_S)``, without its polling.
+
+    ``subprocess.run`` with a timeout reaps the child by polling, sleeping
+    1 ms, then 2, 4...: a git command that has closed its output but is not
+    quite gone yet costs a millisecond or more extra, twice per chained
+    assignment.  Here the output is read to its end, then a pidfd (Linux
+    >= 5.3) says the moment git has exited.  ``background``: through
+    ``_low_prefix``'s command, in a session of its own (``_lower``).
+    """
+    deadline = time.monotonic() + TIMEOUT_S
+    with subprocess.Popen([*_low_prefix()[0], *argv] if background else argv, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          start_new_session=background) as proc:
+        if background:
+            _lower(proc.pid)
+        try:
+            out, err = _read_all(proc, deadline)
+            _reap(proc, deadline)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode("utf-8", "surrogateescape"),
+                                       err.decode("utf-8", "surrogateescape"))
+
+
+def _read_all(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    """stdout and stderr of ``proc``, each to its end (``TimeoutExpired`` past ``deadline``)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, TIMEOUT_S)
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fileobj)
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
+
+
+def _reap(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait for ``proc``, whose output has ended, to exit: a pidfd when there is one, else ``wait``."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        proc.wait(max(0.0, deadline - time.monotonic()))
+        return
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                raise subprocess.TimeoutExpired(proc.args, TIMEOUT_S)
+    finally:
+        os.close(fd)
+    proc.wait()  # exited: returns at once
 
 
 def _fail(cwd: Path, args: tuple[str, ...], r: subprocess.CompletedProcess[str]) -> GitError:
@@ -345,13 +410,18 @@ class _Worktree:
     branch: str | None   # short name; None when detached
     locked: str | None   # the lock reason ("" when none given); None when unlocked
     prunable: bool       # registered, but its directory is gone
+    bare: bool = False   # the main entry of a bare repository (no work tree)
 
 
 def _worktrees(repo: Path) -> list[_Worktree]:
     """Registered worktrees, the main one first.  Paths with newlines are not supported."""
+    return _parse_worktrees(_git(repo, "worktree", "list", "--porcelain"))
+
+
+def _parse_worktrees(text: str) -> list[_Worktree]:
     out: list[_Worktree] = []
-    for block in _git(repo, "worktree", "list", "--porcelain").split("\n\n"):
-        path, branch, locked, prunable = None, None, None, False
+    for block in text.split("\n\n"):
+        path, branch, locked, prunable, bare = None, None, None, False, False
         for line in block.splitlines():
             key, _, value = line.partition(" ")
             if key == "worktree":
@@ -362,9 +432,32 @@ def _worktrees(repo: Path) -> list[_Worktree]:
                 locked = value
             elif key == "prunable":
                 prunable = True
+            elif key == "bare":
+                bare = True
         if path is not None:
-            out.append(_Worktree(path, branch, locked, prunable))
+            out.append(_Worktree(path, branch, locked, prunable, bare))
     return out
+
+
+def _target_worktrees(target: Path) -> tuple[Path, list[_Worktree]]:
+    """``_toplevel(target)`` and the target's ``_worktrees``, in one git command when all is well.
+
+    The target is the top of a work tree exactly when it is one of the
+    work trees its repository lists (a subdirectory, a bare repository or
+    no repository is not); anything else is left to ``_toplevel``, which
+    says why (and, should it find the target fine after all, the list is
+    read again).
+    """
+    top = Path(os.path.abspath(target))
+    if top.is_dir():
+        r = _run(top, "worktree", "list", "--porcelain")
+        if r.returncode == 0:
+            wts = _parse_worktrees(r.stdout.rstrip("\n"))
+            here = os.path.realpath(top)
+            if any(not wt.bare and os.path.realpath(wt.path) == here for wt in wts):
+                return top, wts
+    top = _toplevel(target)
+    return top, _worktrees(top)
 
 
 def _worktree_at(repo: Path, path: Path) -> _Worktree | None:
@@ -540,7 +633,9 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
         return handed
     # One scan says where HEAD is and whether anything changed at all: an
     # assignment that left nothing to commit costs one git command here.
-    raw = _git(wt, *_UNTRACKED_CACHE, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal")
+    big = _big(wt / ".git" / "index")
+    raw = _git(wt, *_UNTRACKED_CACHE, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
+               background=big)
     head_line = next((e for e in raw.split("\0") if e.startswith("# branch.head ")), "")
     on = head_line.removeprefix("# branch.head ")
     if not on or on == "(detached)":
@@ -565,7 +660,7 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     specs = exclude_pathspecs(DEFAULT_EXCLUDE if exclude is None else exclude)
     if specs:
         _git(wt, "reset", "--quiet", "--", *specs)  # what the agent staged of them: out again
-    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs))
+    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs), background=big)
     left = _left_out(wt, specs)
     r = _run(wt, "diff", "--cached", "--quiet", "--no-ext-diff")
     made = r.returncode == 1
@@ -675,32 +770,99 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
             _new_clone(tmp, hub, branch)
             # the branch is unborn in the new clone: this sets it to start and writes every file
             # (a one-way reset: no "would it overwrite an untracked file?" pass, the directory is new)
-            _git(tmp, *_CHECKOUT, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
-                 background=True)
+            _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
+                 background=_big(top / ".git" / "index"))
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
         return path, branch
 
 
-CHECKOUT_WORKERS = max(1, min((os.cpu_count() or 1) - 1, 8))
-"""Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): one per core but
-one, at most 8; so sequential on 2 cores, where a worker on every core left the daemon's event loop
-none to answer on while 50,000 files were written (a ``ping`` p99 of 60-100 ms against the < 50 ms
-of tests/test_architecture.py).  git writes sequentially anyway below
-``checkout.thresholdForParallelism`` (100 files)."""
-
-_CHECKOUT = ("-c", f"checkout.workers={CHECKOUT_WORKERS}")
+CORES = os.cpu_count() or 1
 
 CHECKOUT_NICE = 10
-"""A clone's checkout runs at this niceness, so that the daemon's event loop (and the agents) come
-first when the cores are busy; on an otherwise idle machine it is as fast as at niceness 0."""
+"""The niceness of the background git commands where ``SCHED_IDLE`` cannot be had (``_low_prefix``)."""
 
-_NICE = ("nice", "-n", str(CHECKOUT_NICE)) if shutil.which("nice") else ()
+AUTOGROUP_NICE = 19
+"""The nice value of a background git command's scheduling autogroup (see ``_lower``)."""
+
+def _lower(pid: int) -> None:
+    """The autogroup of ``pid``'s session (git's, made for it: see ``_low_prefix``) at nice ``AUTOGROUP_NICE``.
+
+    Linux groups CPU time by session when ``kernel.sched_autogroup_enabled``
+    is 1 (the default on desktops and many servers), each group at nice 0.
+    In the daemon's group, a checkout's CPU time is charged to the daemon,
+    which then loses to every other session's tasks when it wakes (a ``ping``
+    p99 of 25-60 ms while a 50,000-file clone was written); in a group of its
+    own at nice 19 it is charged there.  A group's nice applies to all its
+    tasks at once, so setting it just after the start is as good as before.
+    Not there (no autogroups) or refused (unprivileged users may change one
+    ten times a second): the policy alone.
+    """
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(f"{AUTOGROUP_NICE}\n")
+    except OSError:
+        pass
+
+
+@functools.cache
+def _low_prefix() -> tuple[tuple[str, ...], int]:
+    """How a background git command starts: the command in front of ``git``, and ``checkout.workers``.
+
+    ``chrt --idle 0`` (util-linux), exec'd in front of git: the ``SCHED_IDLE``
+    policy, which git's parallel-checkout workers, its children, inherit.
+    When a normal task wakes on a core running such a task, the scheduler
+    switches at once, which niceness does not promise (nice 10 with a worker
+    on both cores of a 2-core machine: a ``ping`` p99 of 60-100 ms while
+    50,000 files were written, against the < 50 ms tests/test_architecture.py
+    asks).  So the checkout may have a worker on every core (at most 8).
+    Checked once, by running ``chrt --idle 0 true``.  Where ``chrt`` is
+    missing or the policy refused: ``nice -n CHECKOUT_NICE`` and one worker
+    fewer than the cores (sequential on 2 cores).
+    """
+    chrt = shutil.which("chrt")
+    if chrt is not None:
+        try:
+            ok = subprocess.run([chrt, "--idle", "0", "true"], stdin=subprocess.DEVNULL, capture_output=True,
+                                timeout=30).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+        if ok:
+            return (chrt, "--idle", "0"), max(1, min(CORES, 8))
+    nice = shutil.which("nice")
+    return ((nice, "-n", str(CHECKOUT_NICE)) if nice else ()), max(1, min(CORES - 1, 8))
+
+
+def checkout_workers() -> int:
+    """Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): see
+    ``_low_prefix``.  git writes sequentially anyway below ``checkout.thresholdForParallelism``
+    (100 files)."""
+    return _low_prefix()[1]
+
+
+def _checkout() -> tuple[str, ...]:
+    return ("-c", f"checkout.workers={checkout_workers()}")
+
 
 SKELETON = "orchd-empty-clone"
 """In the hub (orchd's, kept by ``clean``; git ignores it there): the empty repository each new
 clone's ``.git`` is copied from."""
+
+LOWER_MIN_INDEX_BYTES = 64 * 1024
+"""A checkout or scan runs at the lowest CPU priority (``_low_prefix``) only when the index it works from
+is at least this big (about 800 files; the target's for a new clone): below that it is over in a few
+milliseconds, and on a busy machine, where a command at that priority waits for a free core, it
+would only be late."""
+
+
+def _big(index: Path) -> bool:
+    """The index file at ``index`` is ``LOWER_MIN_INDEX_BYTES`` or more (or cannot be read: say so)."""
+    try:
+        return index.stat().st_size >= LOWER_MIN_INDEX_BYTES
+    except OSError:
+        return True
+
 
 INHERIT_MIN_INDEX_BYTES = 64 * 1024
 """A checkout is taken over (``create_worktree(inherit=...)``) only when its index is at least this
@@ -729,9 +891,11 @@ def _start_branch(hub: Path, branch: str, base: str) -> tuple[str, bool]:
     return _start_branch_by_git(hub, branch, base), False
 
 
-def _create_ref(hub: Path, branch: str, commit: str) -> None:
-    """``refs/heads/<branch>`` of the hub at ``commit``, only if it does not exist: git's own
-    protocol for a loose ref (an exclusive ``.lock`` file renamed into place), without a git process."""
+def _create_ref(hub: Path, branch: str, commit: str, replace: bool = False) -> None:
+    """``refs/heads/<branch>`` of the hub at ``commit``, only if it does not exist (``replace``: or
+    wherever it is): git's own protocol for a loose ref (an exclusive ``.lock`` file renamed into
+    place), without a git process.  ``replace`` is for a ref only orchd moves (``orchd/<session>``):
+    a loose ref wins over a packed one, so it holds even where the hub's refs were packed."""
     ref = hub / "refs" / "heads" / branch
     ref.parent.mkdir(parents=True, exist_ok=True)
     lock = ref.with_name(ref.name + ".lock")
@@ -743,7 +907,7 @@ def _create_ref(hub: Path, branch: str, commit: str) -> None:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(commit + "\n")
-        if os.path.lexists(ref) or (hub / "packed-refs").exists():
+        if not replace and (os.path.lexists(ref) or (hub / "packed-refs").exists()):
             raise GitError(f"cannot create {branch} in {hub}: it appeared meanwhile")
         os.rename(lock, ref)
     finally:
@@ -845,15 +1009,15 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     _new_clone(tmp, hub, branch)
     _git(tmp, "read-tree", start, env=_read_objects_in_place(hub))  # an index of start's tree, no stat data yet
     # hashes every file once and records its stat data; exit 1: some differ or are missing
-    r = _run(tmp, "update-index", "--refresh")
+    r = _run(tmp, "update-index", "--refresh", background=True)
     if r.returncode == 1:
         # rewrites those, sets the branch
-        _git(tmp, *_CHECKOUT, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub), background=True)
+        _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub), background=True)
     elif r.returncode == 0:
         _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already
     else:
         raise _fail(tmp, ("update-index", "--refresh"), r)
-    _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq")  # untracked, ignored, nested repositories: gone
+    _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq", background=True)  # untracked, ignored, nested repositories: gone
 
 
 def clean(target: Path, root: Path, session: str, message: str = "orchd: left uncommitted at clean",
