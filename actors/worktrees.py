@@ -67,10 +67,11 @@ import os
 import re
 import selectors
 import shutil
+import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -244,6 +245,9 @@ def _run_git(argv: list[str], env: dict[str, str], background: bool) -> subproce
             out, err = _read_all(proc, deadline)
             _reap(proc, deadline)
         except subprocess.TimeoutExpired:
+            if background:  # its session's group: git's own children too, which hold its output open
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
             proc.kill()
             proc.communicate()
             raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -755,3 +756,19 @@ def test_a_merge_reads_packed_refs_too(repo, root):
     assert git(repo, "rev-parse", f"orchd/{S}") == again.commit
     assert git(repo, "rev-parse", f"{again.commit}^1", f"{again.commit}^2").split() == [head_a, head_b]
     assert git(hub(root), "rev-parse", f"orchd/{S}") == again.commit
+
+
+def test_git_output_of_any_size_and_exit_codes_come_back_whole(repo, tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text("import sys\nsys.stdout.write('o' * 300000)\nsys.stderr.write('e' * 100000)\nsys.exit(3)\n")
+    for background in (False, True):
+        r = wt._run(repo, "-c", f"alias.big=!{sys.executable} {script}", "big", background=background)
+        assert (r.returncode, r.stdout, r.stderr) == (3, "o" * 300000, "e" * 100000)
+
+
+def test_a_git_command_past_its_deadline_is_killed_with_what_it_started(repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(wt, "TIMEOUT_S", 0.5)
+    started = time.monotonic()
+    with pytest.raises(GitError, match="no answer after 0.5s"):
+        wt._run(repo, "-c", "alias.hang=!sleep 30", "hang", background=True)
+    assert time.monotonic() - started < 10  # git and its sleep killed, not waited for
