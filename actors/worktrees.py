@@ -47,7 +47,7 @@ A new clone costs one git command: its ``.git`` is a copy of an empty
 repository made once per session (``_new_clone``), and its files come from
 one ``reset --hard`` that reads the objects in the target's own store, in
 place, and writes nothing there (``_read_objects_in_place``), with git's
-parallel checkout at the lowest CPU priority (``_low_prefix``); its branch is then created in the
+parallel checkout at a lower CPU priority (``_BACKGROUND``); its branch is then created in the
 hub as a loose ref (``_create_ref``).  So the first launch on a big
 repository costs what ``git worktree add`` of it costs.
 
@@ -62,7 +62,6 @@ with its branch in the hub.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import selectors
@@ -215,7 +214,7 @@ def _env() -> dict[str, str]:
 
 def _run(cwd: Path, *args: str, env: dict[str, str] | None = None,
          background: bool = False) -> subprocess.CompletedProcess[str]:
-    """git in ``cwd``; ``background``: at the lowest CPU priority (``_low_prefix``), for the commands
+    """git in ``cwd``; ``background``: at a lower CPU priority (``_BACKGROUND``), for the commands
     that read or write every file of a big checkout and would otherwise take the cores from the
     daemon's event loop."""
     argv = ["git", "-C", str(cwd), *_CONFIG, *args]
@@ -233,19 +232,18 @@ def _run_git(argv: list[str], env: dict[str, str], background: bool) -> subproce
     quite gone yet costs a millisecond or more extra, twice per chained
     assignment.  Here the output is read to its end, then a pidfd (Linux
     >= 5.3) says the moment git has exited.  ``background``: through
-    ``_low_prefix``'s command, in a session of its own (``_lower``).
+    ``_BACKGROUND``, in a process group of its own (killed as a whole
+    past the deadline: git's own children hold its output open).
     """
     deadline = time.monotonic() + TIMEOUT_S
-    with subprocess.Popen([*_low_prefix()[0], *argv] if background else argv, stdin=subprocess.DEVNULL,
+    with subprocess.Popen([*_BACKGROUND, *argv] if background else argv, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          start_new_session=background) as proc:
-        if background:
-            _lower(proc.pid)
+                          process_group=0 if background else None) as proc:
         try:
             out, err = _read_all(proc, deadline)
             _reap(proc, deadline)
         except subprocess.TimeoutExpired:
-            if background:  # its session's group: git's own children too, which hold its output open
+            if background:
                 with suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
             proc.kill()
@@ -775,7 +773,7 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
             # the branch is unborn in the new clone: this sets it to start and writes every file
             # (a one-way reset: no "would it overwrite an untracked file?" pass, the directory is new)
             big = _big(top / ".git" / "index")
-            _git(tmp, *_checkout(big), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
+            _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
                  background=big)
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
@@ -786,68 +784,32 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
 CORES = os.cpu_count() or 1
 
 CHECKOUT_NICE = 10
-"""The niceness of the background git commands where ``SCHED_IDLE`` cannot be had (``_low_prefix``)."""
+"""A big clone's checkout and scans run at this niceness (``_BACKGROUND``)."""
 
-AUTOGROUP_NICE = 19
-"""The nice value of a background git command's scheduling autogroup (see ``_lower``)."""
+_BACKGROUND = ("nice", "-n", str(CHECKOUT_NICE)) if shutil.which("nice") else ()
+"""In front of ``git`` for the commands that read or write every file of a big clone.
 
-def _lower(pid: int) -> None:
-    """The autogroup of ``pid``'s session (git's, made for it: see ``_low_prefix``) at nice ``AUTOGROUP_NICE``.
-
-    Linux groups CPU time by session when ``kernel.sched_autogroup_enabled``
-    is 1 (the default on desktops and many servers), each group at nice 0.
-    In the daemon's group, a checkout's CPU time is charged to the daemon,
-    which then loses to every other session's tasks when it wakes (a ``ping``
-    p99 of 25-60 ms while a 50,000-file clone was written); in a group of its
-    own at nice 19 it is charged there.  A group's nice applies to all its
-    tasks at once, so setting it just after the start is as good as before.
-    Not there (no autogroups) or refused (unprivileged users may change one
-    ten times a second): the policy alone.
-    """
-    try:
-        with open(f"/proc/{pid}/autogroup", "w") as f:
-            f.write(f"{AUTOGROUP_NICE}\n")
-    except OSError:
-        pass
+Niceness 10, in the daemon's own session, with one checkout worker fewer
+than the cores (sequential on 2).  What was tried instead, on 2 cores
+(benchmarks/README.md, "Checkout priority"): ``chrt --idle 0``
+(``SCHED_IDLE``) with a worker per core made the first launch 0.8-0.9 x a
+raw ``git worktree add`` and kept the daemon's ``ping`` quick on tmpfs, but on
+ext4 under another session's load the starved checkout held the file
+system's journal and the daemon's ``ping`` waited 1-2 s (in the daemon's
+session) or 50-300 ms (in a session of its own at autogroup nice 19),
+against 6 ms for this.  A worker on every core at niceness 10: 60-100 ms."""
 
 
-@functools.cache
-def _low_prefix() -> tuple[tuple[str, ...], int]:
-    """How a background git command starts: the command in front of ``git``, and ``checkout.workers``.
-
-    ``chrt --idle 0`` (util-linux), exec'd in front of git: the ``SCHED_IDLE``
-    policy, which git's parallel-checkout workers, its children, inherit.
-    When a normal task wakes on a core running such a task, the scheduler
-    switches at once, which niceness does not promise (nice 10 with a worker
-    on both cores of a 2-core machine: a ``ping`` p99 of 60-100 ms while
-    50,000 files were written, against the < 50 ms tests/test_architecture.py
-    asks).  So the checkout may have a worker on every core (at most 8).
-    Checked once, by running ``chrt --idle 0 true``.  Where ``chrt`` is
-    missing or the policy refused: ``nice -n CHECKOUT_NICE`` and one worker
-    fewer than the cores (sequential on 2 cores).
-    """
-    chrt = shutil.which("chrt")
-    if chrt is not None:
-        try:
-            ok = subprocess.run([chrt, "--idle", "0", "true"], stdin=subprocess.DEVNULL, capture_output=True,
-                                timeout=30).returncode == 0
-        except (OSError, subprocess.SubprocessError):
-            ok = False
-        if ok:
-            return (chrt, "--idle", "0"), max(1, min(CORES, 8))
-    nice = shutil.which("nice")
-    return ((nice, "-n", str(CHECKOUT_NICE)) if nice else ()), max(1, min(CORES - 1, 8))
+def checkout_workers() -> int:
+    """Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): one per core
+    but one, at most 8 (sequential on 2 cores, where a worker on both left the daemon's event loop no
+    core to answer on).  git writes sequentially anyway below ``checkout.thresholdForParallelism``
+    (100 files)."""
+    return max(1, min(CORES - 1, 8))
 
 
-def checkout_workers(background: bool = True) -> int:
-    """Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): see
-    ``_low_prefix``; a checkout at normal priority (a small repository's) leaves a core free.
-    git writes sequentially anyway below ``checkout.thresholdForParallelism`` (100 files)."""
-    return _low_prefix()[1] if background else max(1, min(CORES - 1, 8))
-
-
-def _checkout(background: bool) -> tuple[str, ...]:
-    return ("-c", f"checkout.workers={checkout_workers(background)}")
+def _checkout() -> tuple[str, ...]:
+    return ("-c", f"checkout.workers={checkout_workers()}")
 
 
 SKELETON = "orchd-empty-clone"
@@ -855,7 +817,7 @@ SKELETON = "orchd-empty-clone"
 clone's ``.git`` is copied from."""
 
 LOWER_MIN_INDEX_BYTES = 64 * 1024
-"""A checkout or scan runs at the lowest CPU priority (``_low_prefix``) only when the index it works from
+"""A checkout or scan runs at a lower CPU priority (``_BACKGROUND``) only when the index it works from
 is at least this big (about 800 files; the target's for a new clone): below that it is over in a few
 milliseconds, and on a busy machine, where a command at that priority waits for a free core, it
 would only be late."""
@@ -1048,7 +1010,7 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     r = _run(tmp, "update-index", "--refresh", background=True)
     if r.returncode == 1:
         # rewrites those, sets the branch
-        _git(tmp, *_checkout(True), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
+        _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
              background=True)
     elif r.returncode == 0:
         _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already

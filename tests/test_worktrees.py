@@ -690,30 +690,30 @@ def test_a_branch_is_created_in_the_hub_only_for_a_commit_that_checked_out(repo,
 
 # ---------------------------------------------------------------- priority and the merge's git commands
 
-PROBE = """import os, sys
-ag = open('/proc/self/autogroup').read().split() if os.path.exists('/proc/self/autogroup') else []
-print(os.sched_getscheduler(0), os.getsid(0), ag[-1] if ag else '-')
+PROBE = """import os
+print(os.getpriority(os.PRIO_PROCESS, 0), os.getsid(0), os.getpgid(0))
 """
 
 
-def _probe(repo: Path, tmp_path: Path, background: bool) -> tuple[int, int, str]:
-    """Scheduling policy, session and autogroup nice of a process git starts (as its checkout workers)."""
+def _probe(repo: Path, tmp_path: Path, background: bool) -> tuple[int, int, int]:
+    """Niceness, session and process group of a process git starts (as its checkout workers)."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     r = wt._run(repo, "-c", f"alias.probe=!{sys.executable} {script}", "probe", background=background)
     assert r.returncode == 0, r.stderr
-    policy, sid, nice = r.stdout.split()
-    return int(policy), int(sid), nice
+    nice, sid, pgid = map(int, r.stdout.split())
+    return nice, sid, pgid
 
 
-def test_a_background_git_command_and_its_children_get_only_idle_cpu(repo, tmp_path):
-    policy, sid, nice = _probe(repo, tmp_path, background=True)
-    assert policy == os.SCHED_IDLE  # inherited from git by the process git started
-    assert sid != os.getsid(0)  # a session, so an autogroup, of its own
-    assert nice in ("19", "-")  # "-": a kernel without autogroups
-    assert wt.checkout_workers() == max(1, min(os.cpu_count() or 1, 8))
-    policy, sid, _ = _probe(repo, tmp_path, background=False)
-    assert policy == os.SCHED_OTHER and sid == os.getsid(0)
+def test_a_background_git_command_and_its_children_run_at_niceness_10_in_the_daemons_session(repo, tmp_path):
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    nice, sid, pgid = _probe(repo, tmp_path, background=True)
+    assert nice == min(19, mine + wt.CHECKOUT_NICE)  # inherited from git by the process git started
+    assert sid == os.getsid(0)  # the same session: CPU time grouped with the daemon's, as measured
+    assert pgid != os.getpgid(0)  # a process group of its own: killed as a whole past the deadline
+    assert wt.checkout_workers() == max(1, min((os.cpu_count() or 1) - 1, 8))
+    nice, sid, pgid = _probe(repo, tmp_path, background=False)
+    assert (nice, sid, pgid) == (mine, os.getsid(0), os.getpgid(0))
 
 
 def test_only_a_big_index_makes_a_command_background(tmp_path):
