@@ -49,15 +49,18 @@ from actors.worktrees import (
     MergeConflict,
     _check_assignment,
     _commit,
+    _create_ref,
     _exclusive,
     _fail,
     _full_hash,
     _git,
+    _loose_ref,
     _run,
     _session_dir,
+    _target_worktrees,
     _toplevel,
     _worktree_at,
-    _worktrees,
+    _Worktree,
     branch_name,
     ensure_hub,
     session_branch,
@@ -97,8 +100,8 @@ def _discard(repo: Path, path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _refuse_checked_out(repo: Path, branch: str) -> None:
-    for wt in _worktrees(repo):
+def _refuse_checked_out(wts: list[_Worktree], branch: str) -> None:
+    for wt in wts:
         if wt.branch == branch:
             raise GitError(f"{branch} is checked out at {wt.path}; orchd will not move it")
 
@@ -193,7 +196,7 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
     ``GitError`` if the session branch is checked out elsewhere (e.g. in the
     user's own checkout).
     """
-    top = _toplevel(target)
+    top, wts = _target_worktrees(target)  # and which branches the user has checked out there
     with _exclusive(top):
         branch = session_branch(session)
         hub = ensure_hub(top, root, session)
@@ -211,12 +214,12 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
         # Only now does any session branch move: to exactly this commit.
         # ``fetch`` refuses to move a branch checked out in the target's own
         # checkout, not one in its linked worktrees, hence the check first.
-        _refuse_checked_out(top, branch)
-        _git(hub, "update-ref", f"refs/heads/{branch}", head)
+        _refuse_checked_out(wts, branch)
+        _create_ref(hub, branch, head, replace=True)  # the hub is orchd's: a loose ref, no git process
         path.parent.mkdir(parents=True, exist_ok=True)
         _git(hub, "worktree", "add", "--quiet", "--no-checkout", str(path), branch)
         try:
-            _land(top, hub, branch, head)
+            _land(top, wts, hub, branch, head)
         except BaseException:
             _discard(hub, path)
             raise
@@ -224,8 +227,17 @@ def merge_session(target: Path, root: Path, session: str, assignments: list[str]
 
 
 def _branch_heads(hub: Path, session: str, assignments: list[str]) -> list[tuple[str, str]]:
-    """Each assignment's branch head in the hub, in order (one git command for all)."""
+    """Each assignment's branch head in the hub, in order.
+
+    Read as files: the hub is orchd's, and orchd writes its refs loose and
+    never packs them.  One git command for all where that does not hold
+    (a ``packed-refs`` file, a ref that is not a plain hash).
+    """
     names = {branch_name(session, a): a for a in assignments}
+    if not (hub / "packed-refs").exists():
+        loose = {b: _loose_ref(hub, b) for b in names}
+        if all(sha is not None and _full_hash(sha) for sha in loose.values()):
+            return [(a, loose[b]) for b, a in names.items()]
     out = _git(hub, "for-each-ref", "--format=%(objectname) %(refname:lstrip=2)",
                f"refs/heads/{session_branch(session)}.*")
     found = {ref: sha for sha, _, ref in (line.partition(" ") for line in out.splitlines())}
@@ -235,7 +247,7 @@ def _branch_heads(hub: Path, session: str, assignments: list[str]) -> list[tuple
     return [(a, found[b]) for b, a in names.items()]
 
 
-def _land(top: Path, hub: Path, branch: str, head: str) -> None:
+def _land(top: Path, wts: list[_Worktree], hub: Path, branch: str, head: str) -> None:
     """The one write into the target: ``refs/heads/<branch>`` at ``head``, and the objects it needs.
 
     Run in the target as a fetch from the branch repository: the target
@@ -245,7 +257,18 @@ def _land(top: Path, hub: Path, branch: str, head: str) -> None:
     _git(top, "-c", "fetch.writeCommitGraph=false", "-c", "fetch.prune=false", "-c", "fetch.pruneTags=false",
          "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--no-auto-gc",
          str(hub), f"+refs/heads/{branch}:refs/heads/{branch}")
-    landed = _branch_head(top, branch)
+    landed = _landed(top, wts, branch)
     if landed != head:
         raise GitError(f"{branch} in {top} is at {landed[:12]} after the merge, not at {head[:12]}")
 
+
+
+def _landed(top: Path, wts: list[_Worktree], branch: str) -> str:
+    """``branch`` of the target after the fetch: its loose ref file, which a fetch writes, in the
+    repository's own ``.git`` directory; ``git rev-parse`` where that is not where it is."""
+    main = wts[0] if wts else None
+    if main is not None and not main.bare and (main.path / ".git").is_dir():
+        sha = _loose_ref(main.path / ".git", branch)
+        if sha is not None and _full_hash(sha):
+            return sha
+    return _branch_head(top, branch)

@@ -47,7 +47,7 @@ A new clone costs one git command: its ``.git`` is a copy of an empty
 repository made once per session (``_new_clone``), and its files come from
 one ``reset --hard`` that reads the objects in the target's own store, in
 place, and writes nothing there (``_read_objects_in_place``), with git's
-parallel checkout (``CHECKOUT_WORKERS``); its branch is then created in the
+parallel checkout at a lower CPU priority (``_BACKGROUND``); its branch is then created in the
 hub as a loose ref (``_create_ref``).  So the first launch on a big
 repository costs what ``git worktree add`` of it costs.
 
@@ -64,10 +64,13 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import shutil
+import signal
 import subprocess
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -211,16 +214,80 @@ def _env() -> dict[str, str]:
 
 def _run(cwd: Path, *args: str, env: dict[str, str] | None = None,
          background: bool = False) -> subprocess.CompletedProcess[str]:
-    """git in ``cwd``; ``background``: at a lower CPU priority (``CHECKOUT_NICE``), for the
-    commands that would otherwise take every core from the daemon's event loop."""
-    argv = [*(_NICE if background else ()), "git", "-C", str(cwd), *_CONFIG, *args]
+    """git in ``cwd``; ``background``: at a lower CPU priority (``_BACKGROUND``), for the commands
+    that read or write every file of a big checkout and would otherwise take the cores from the
+    daemon's event loop."""
+    argv = ["git", "-C", str(cwd), *_CONFIG, *args]
     try:
-        return subprocess.run(
-            argv, check=False, capture_output=True, stdin=subprocess.DEVNULL,
-            env={**_env(), **(env or {})}, timeout=TIMEOUT_S, encoding="utf-8", errors="surrogateescape",
-        )
+        return _run_git(argv, {**_env(), **(env or {})}, background)
     except subprocess.TimeoutExpired as e:
         raise GitError(f"git {' '.join(args)} in {cwd}: no answer after {TIMEOUT_S:g}s") from e
+
+
+def _run_git(argv: list[str], env: dict[str, str], background: bool) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, capture_output=True, timeout=TIMEOUT_S)``, without its polling.
+
+    ``subprocess.run`` with a timeout reaps the child by polling, sleeping
+    1 ms, then 2, 4...: a git command that has closed its output but is not
+    quite gone yet costs a millisecond or more extra, twice per chained
+    assignment.  Here the output is read to its end, then a pidfd (Linux
+    >= 5.3) says the moment git has exited.  ``background``: through
+    ``_BACKGROUND``, in a process group of its own (killed as a whole
+    past the deadline: git's own children hold its output open).
+    """
+    deadline = time.monotonic() + TIMEOUT_S
+    with subprocess.Popen([*_BACKGROUND, *argv] if background else argv, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          process_group=0 if background else None) as proc:
+        try:
+            out, err = _read_all(proc, deadline)
+            _reap(proc, deadline)
+        except subprocess.TimeoutExpired:
+            if background:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode("utf-8", "surrogateescape"),
+                                       err.decode("utf-8", "surrogateescape"))
+
+
+def _read_all(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, bytes]:
+    """stdout and stderr of ``proc``, each to its end (``TimeoutExpired`` past ``deadline``)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        sel.register(proc.stderr, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, TIMEOUT_S)
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fileobj)
+    return b"".join(chunks[proc.stdout.fileno()]), b"".join(chunks[proc.stderr.fileno()])
+
+
+def _reap(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait for ``proc``, whose output has ended, to exit: a pidfd when there is one, else ``wait``."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        proc.wait(max(0.0, deadline - time.monotonic()))
+        return
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                raise subprocess.TimeoutExpired(proc.args, TIMEOUT_S)
+    finally:
+        os.close(fd)
+    proc.wait()  # exited: returns at once
 
 
 def _fail(cwd: Path, args: tuple[str, ...], r: subprocess.CompletedProcess[str]) -> GitError:
@@ -345,13 +412,18 @@ class _Worktree:
     branch: str | None   # short name; None when detached
     locked: str | None   # the lock reason ("" when none given); None when unlocked
     prunable: bool       # registered, but its directory is gone
+    bare: bool = False   # the main entry of a bare repository (no work tree)
 
 
 def _worktrees(repo: Path) -> list[_Worktree]:
     """Registered worktrees, the main one first.  Paths with newlines are not supported."""
+    return _parse_worktrees(_git(repo, "worktree", "list", "--porcelain"))
+
+
+def _parse_worktrees(text: str) -> list[_Worktree]:
     out: list[_Worktree] = []
-    for block in _git(repo, "worktree", "list", "--porcelain").split("\n\n"):
-        path, branch, locked, prunable = None, None, None, False
+    for block in text.split("\n\n"):
+        path, branch, locked, prunable, bare = None, None, None, False, False
         for line in block.splitlines():
             key, _, value = line.partition(" ")
             if key == "worktree":
@@ -362,9 +434,32 @@ def _worktrees(repo: Path) -> list[_Worktree]:
                 locked = value
             elif key == "prunable":
                 prunable = True
+            elif key == "bare":
+                bare = True
         if path is not None:
-            out.append(_Worktree(path, branch, locked, prunable))
+            out.append(_Worktree(path, branch, locked, prunable, bare))
     return out
+
+
+def _target_worktrees(target: Path) -> tuple[Path, list[_Worktree]]:
+    """``_toplevel(target)`` and the target's ``_worktrees``, in one git command when all is well.
+
+    The target is the top of a work tree exactly when it is one of the
+    work trees its repository lists (a subdirectory, a bare repository or
+    no repository is not); anything else is left to ``_toplevel``, which
+    says why (and, should it find the target fine after all, the list is
+    read again).
+    """
+    top = Path(os.path.abspath(target))
+    if top.is_dir():
+        r = _run(top, "worktree", "list", "--porcelain")
+        if r.returncode == 0:
+            wts = _parse_worktrees(r.stdout.rstrip("\n"))
+            here = os.path.realpath(top)
+            if any(not wt.bare and os.path.realpath(wt.path) == here for wt in wts):
+                return top, wts
+    top = _toplevel(target)
+    return top, _worktrees(top)
 
 
 def _worktree_at(repo: Path, path: Path) -> _Worktree | None:
@@ -540,7 +635,9 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
         return handed
     # One scan says where HEAD is and whether anything changed at all: an
     # assignment that left nothing to commit costs one git command here.
-    raw = _git(wt, *_UNTRACKED_CACHE, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal")
+    big = _big(wt / ".git" / "index")
+    raw = _git(wt, *_UNTRACKED_CACHE, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
+               background=big)
     head_line = next((e for e in raw.split("\0") if e.startswith("# branch.head ")), "")
     on = head_line.removeprefix("# branch.head ")
     if not on or on == "(detached)":
@@ -565,7 +662,7 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     specs = exclude_pathspecs(DEFAULT_EXCLUDE if exclude is None else exclude)
     if specs:
         _git(wt, "reset", "--quiet", "--", *specs)  # what the agent staged of them: out again
-    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs))
+    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs), background=big)
     left = _left_out(wt, specs)
     r = _run(wt, "diff", "--cached", "--quiet", "--no-ext-diff")
     made = r.returncode == 1
@@ -675,32 +772,64 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
             _new_clone(tmp, hub, branch)
             # the branch is unborn in the new clone: this sets it to start and writes every file
             # (a one-way reset: no "would it overwrite an untracked file?" pass, the directory is new)
-            _git(tmp, *_CHECKOUT, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
-                 background=True)
+            big = _big(top / ".git" / "index")
+            _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
+                 background=big)
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
         return path, branch
 
 
-CHECKOUT_WORKERS = max(1, min((os.cpu_count() or 1) - 1, 8))
-"""Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): one per core but
-one, at most 8; so sequential on 2 cores, where a worker on every core left the daemon's event loop
-none to answer on while 50,000 files were written (a ``ping`` p99 of 60-100 ms against the < 50 ms
-of tests/test_architecture.py).  git writes sequentially anyway below
-``checkout.thresholdForParallelism`` (100 files)."""
-
-_CHECKOUT = ("-c", f"checkout.workers={CHECKOUT_WORKERS}")
+CORES = os.cpu_count() or 1
 
 CHECKOUT_NICE = 10
-"""A clone's checkout runs at this niceness, so that the daemon's event loop (and the agents) come
-first when the cores are busy; on an otherwise idle machine it is as fast as at niceness 0."""
+"""A big clone's checkout and scans run at this niceness (``_BACKGROUND``)."""
 
-_NICE = ("nice", "-n", str(CHECKOUT_NICE)) if shutil.which("nice") else ()
+_BACKGROUND = ("nice", "-n", str(CHECKOUT_NICE)) if shutil.which("nice") else ()
+"""In front of ``git`` for the commands that read or write every file of a big clone.
+
+Niceness 10, in the daemon's own session, with one checkout worker fewer
+than the cores (sequential on 2).  What was tried instead, on 2 cores
+(benchmarks/README.md, "Checkout priority"): ``chrt --idle 0``
+(``SCHED_IDLE``) with a worker per core made the first launch 0.8-0.9 x a
+raw ``git worktree add`` and kept the daemon's ``ping`` quick on tmpfs, but on
+ext4 under another session's load the starved checkout held the file
+system's journal and the daemon's ``ping`` waited 1-2 s (in the daemon's
+session) or 50-300 ms (in a session of its own at autogroup nice 19),
+against 6 ms for this.  A worker on every core at niceness 10: 60-100 ms."""
+
+
+def checkout_workers() -> int:
+    """Processes writing a clone's files (git's parallel checkout, ``checkout.workers``): one per core
+    but one, at most 8 (sequential on 2 cores, where a worker on both left the daemon's event loop no
+    core to answer on).  git writes sequentially anyway below ``checkout.thresholdForParallelism``
+    (100 files)."""
+    return max(1, min(CORES - 1, 8))
+
+
+def _checkout() -> tuple[str, ...]:
+    return ("-c", f"checkout.workers={checkout_workers()}")
+
 
 SKELETON = "orchd-empty-clone"
 """In the hub (orchd's, kept by ``clean``; git ignores it there): the empty repository each new
 clone's ``.git`` is copied from."""
+
+LOWER_MIN_INDEX_BYTES = 64 * 1024
+"""A checkout or scan runs at a lower CPU priority (``_BACKGROUND``) only when the index it works from
+is at least this big (about 800 files; the target's for a new clone): below that it is over in a few
+milliseconds, and on a busy machine, where a command at that priority waits for a free core, it
+would only be late."""
+
+
+def _big(index: Path) -> bool:
+    """The index file at ``index`` is ``LOWER_MIN_INDEX_BYTES`` or more (or cannot be read: say so)."""
+    try:
+        return index.stat().st_size >= LOWER_MIN_INDEX_BYTES
+    except OSError:
+        return True
+
 
 INHERIT_MIN_INDEX_BYTES = 64 * 1024
 """A checkout is taken over (``create_worktree(inherit=...)``) only when its index is at least this
@@ -729,9 +858,11 @@ def _start_branch(hub: Path, branch: str, base: str) -> tuple[str, bool]:
     return _start_branch_by_git(hub, branch, base), False
 
 
-def _create_ref(hub: Path, branch: str, commit: str) -> None:
-    """``refs/heads/<branch>`` of the hub at ``commit``, only if it does not exist: git's own
-    protocol for a loose ref (an exclusive ``.lock`` file renamed into place), without a git process."""
+def _create_ref(hub: Path, branch: str, commit: str, replace: bool = False) -> None:
+    """``refs/heads/<branch>`` of the hub at ``commit``, only if it does not exist (``replace``: or
+    wherever it is): git's own protocol for a loose ref (an exclusive ``.lock`` file renamed into
+    place), without a git process.  ``replace`` is for a ref only orchd moves (``orchd/<session>``):
+    a loose ref wins over a packed one, so it holds even where the hub's refs were packed."""
     ref = hub / "refs" / "heads" / branch
     ref.parent.mkdir(parents=True, exist_ok=True)
     lock = ref.with_name(ref.name + ".lock")
@@ -743,7 +874,7 @@ def _create_ref(hub: Path, branch: str, commit: str) -> None:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(commit + "\n")
-        if os.path.lexists(ref) or (hub / "packed-refs").exists():
+        if not replace and (os.path.lexists(ref) or (hub / "packed-refs").exists()):
             raise GitError(f"cannot create {branch} in {hub}: it appeared meanwhile")
         os.rename(lock, ref)
     finally:
@@ -772,19 +903,50 @@ def _new_clone(tmp: Path, hub: Path, branch: str) -> None:
     skel = hub / SKELETON
     if not (skel / "ready").is_file():
         shutil.rmtree(skel, ignore_errors=True)  # a half-made one
+        _skeletons.pop(str(skel / "repo" / ".git"), None)
         _git(hub, "init", "--quiet", "--template=", str(skel / "repo"))
         # what a plain init adds, less its sample hooks (copying those cost more than the init)
         (skel / "repo" / ".git" / "hooks").mkdir()
         (skel / "repo" / ".git" / "info").mkdir()
         (skel / "repo" / ".git" / "info" / "exclude").write_text("")
         (skel / "ready").write_text("")
-    shutil.copytree(skel / "repo" / ".git", tmp / ".git", symlinks=True, copy_function=shutil.copyfile)
+    for rel, data in _skeleton(skel / "repo" / ".git"):
+        dest = tmp / ".git" / rel
+        if data is None:
+            dest.mkdir(parents=rel == ".")
+        else:
+            dest.write_bytes(data)
     (tmp / ".git" / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
     info = tmp / ".git" / "objects" / "info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "alternates").write_text(f"{hub / 'objects'}\n")
     if (hub / "shallow").is_file():  # a shallow target's boundary (see _copy_shallow)
         shutil.copyfile(hub / "shallow", tmp / ".git" / "shallow")
+
+
+_skeletons: dict[str, list[tuple[str, bytes | None]]] = {}
+
+
+def _skeleton(git_dir: Path) -> list[tuple[str, bytes | None]]:
+    """The empty repository's ``.git`` as (relative path, content; None: a directory), parents first.
+
+    Read once per session (it never changes once made); a clone's ``.git`` is
+    then a few ``mkdir`` and writes (~0.2 ms) instead of ``shutil.copytree``'s
+    walk and metadata copies (~0.9 ms).
+    """
+    key = str(git_dir)
+    entries = _skeletons.get(key)
+    if entries is None:
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(git_dir):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, git_dir)
+            entries.append((rel, None))
+            entries += [(os.path.join(rel, f), (Path(dirpath) / f).read_bytes()) for f in sorted(filenames)]
+        if len(_skeletons) >= 64:  # one per session: keep the recent ones
+            _skeletons.clear()
+        _skeletons[key] = entries
+    return entries
 
 
 def _read_objects_in_place(hub: Path) -> dict[str, str]:
@@ -845,15 +1007,16 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     _new_clone(tmp, hub, branch)
     _git(tmp, "read-tree", start, env=_read_objects_in_place(hub))  # an index of start's tree, no stat data yet
     # hashes every file once and records its stat data; exit 1: some differ or are missing
-    r = _run(tmp, "update-index", "--refresh")
+    r = _run(tmp, "update-index", "--refresh", background=True)
     if r.returncode == 1:
         # rewrites those, sets the branch
-        _git(tmp, *_CHECKOUT, "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub), background=True)
+        _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
+             background=True)
     elif r.returncode == 0:
         _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already
     else:
         raise _fail(tmp, ("update-index", "--refresh"), r)
-    _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq")  # untracked, ignored, nested repositories: gone
+    _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq", background=True)  # untracked, ignored, nested repositories: gone
 
 
 def clean(target: Path, root: Path, session: str, message: str = "orchd: left uncommitted at clean",

@@ -40,7 +40,9 @@ gap of each chained plan, where it went: ``worker.exited`` -> the next
 ``worker.launching`` (the supervisor, the commit of the one before and the
 new working copy, with every git command the daemon ran in that window and
 its duration) -> ``worker.started`` (the worker actor and the spawn), and
-the medians over all gaps as **gap_*** keys.
+the medians over all gaps as **gap_*** keys; then the merge's git commands
+(``worker.exited`` of the last -> ``session.merged``), counted as
+**merge_git_commands**.
 
 Each repeat is printed; the last line is one JSON object of the medians.
 """
@@ -196,7 +198,13 @@ def gap_breakdown(t: dict, n: int, trace: Path) -> dict:
               f"launching -> started {rows[-1]['gap_launching_to_started_ms']:.1f} ms; git "
               f"{rows[-1]['gap_git_ms']:.1f} ms in {len(inside)}: "
               + ", ".join(f"+{(at - exited) * 1000:.1f} {c} {took * 1000:.1f}" for at, took, c in inside), flush=True)
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]} if rows else {}
+    last = max(t["exited"].values())
+    merge = [(at, took, c) for at, took, c in cmds if last <= at <= t["merged"]]
+    print(f"  merge: last exited -> merged {(t['merged'] - last) * 1000:.1f} ms; git "
+          f"{sum(took for _, took, _ in merge) * 1000:.1f} ms in {len(merge)}: "
+          + ", ".join(f"+{(at - last) * 1000:.1f} {c} {took * 1000:.1f}" for at, took, c in merge), flush=True)
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0]} if rows else {}
+    return {**out, "merge_git_commands": len(merge)}
 
 
 def main() -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -684,3 +686,89 @@ def test_a_branch_is_created_in_the_hub_only_for_a_commit_that_checked_out(repo,
     lock.unlink()
     b, branch = wt.create_worktree(repo, root, S, "b", base)
     assert git(hub(root), "rev-parse", branch) == base
+
+
+# ---------------------------------------------------------------- priority and the merge's git commands
+
+PROBE = """import os
+print(os.getpriority(os.PRIO_PROCESS, 0), os.getsid(0), os.getpgid(0))
+"""
+
+
+def _probe(repo: Path, tmp_path: Path, background: bool) -> tuple[int, int, int]:
+    """Niceness, session and process group of a process git starts (as its checkout workers)."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    r = wt._run(repo, "-c", f"alias.probe=!{sys.executable} {script}", "probe", background=background)
+    assert r.returncode == 0, r.stderr
+    nice, sid, pgid = map(int, r.stdout.split())
+    return nice, sid, pgid
+
+
+def test_a_background_git_command_and_its_children_run_at_niceness_10_in_the_daemons_session(repo, tmp_path):
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    nice, sid, pgid = _probe(repo, tmp_path, background=True)
+    assert nice == min(19, mine + wt.CHECKOUT_NICE)  # inherited from git by the process git started
+    assert sid == os.getsid(0)  # the same session: CPU time grouped with the daemon's, as measured
+    assert pgid != os.getpgid(0)  # a process group of its own: killed as a whole past the deadline
+    assert wt.checkout_workers() == max(1, min((os.cpu_count() or 1) - 1, 8))
+    nice, sid, pgid = _probe(repo, tmp_path, background=False)
+    assert (nice, sid, pgid) == (mine, os.getsid(0), os.getpgid(0))
+
+
+def test_only_a_big_index_makes_a_command_background(tmp_path):
+    index = tmp_path / "index"
+    assert wt._big(index)  # unknown: treated as big
+    index.write_bytes(b"x" * (wt.LOWER_MIN_INDEX_BYTES - 1))
+    assert not wt._big(index)
+    index.write_bytes(b"x" * wt.LOWER_MIN_INDEX_BYTES)
+    assert wt._big(index)
+
+
+def test_a_session_merge_into_a_subdirectory_or_a_bare_repository_is_refused(repo, root, tmp_path):
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    write(a / "a.txt", "a\n")
+    wt.commit_all(a, "a")
+    (repo / "sub").mkdir()
+    with pytest.raises(NotARepo, match="inside the repository"):
+        merging.merge_session(repo / "sub", root, S, ["a"], base)
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
+    with pytest.raises(NotARepo):
+        merging.merge_session(bare, root, S, ["a"], base)
+    assert "orchd/" not in git(bare, "for-each-ref")
+
+
+def test_a_merge_reads_packed_refs_too(repo, root):
+    """The hub's and the target's refs packed (say by a ``git gc`` someone ran): the same result."""
+    base = wt.head_commit(repo)
+    a, _ = wt.create_worktree(repo, root, S, "a", base)
+    b, _ = wt.create_worktree(repo, root, S, "b", base)
+    write(a / "a.txt", "a\n")
+    write(b / "b.txt", "b\n")
+    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    first = merging.merge_session(repo, root, S, ["a", "b"], base)
+    git(hub(root), "pack-refs", "--all")
+    git(repo, "pack-refs", "--all")
+    again = merging.merge_session(repo, root, S, ["a", "b"], base)
+    assert first.ok and again.ok
+    assert git(repo, "rev-parse", f"orchd/{S}") == again.commit
+    assert git(repo, "rev-parse", f"{again.commit}^1", f"{again.commit}^2").split() == [head_a, head_b]
+    assert git(hub(root), "rev-parse", f"orchd/{S}") == again.commit
+
+
+def test_git_output_of_any_size_and_exit_codes_come_back_whole(repo, tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text("import sys\nsys.stdout.write('o' * 300000)\nsys.stderr.write('e' * 100000)\nsys.exit(3)\n")
+    for background in (False, True):
+        r = wt._run(repo, "-c", f"alias.big=!{sys.executable} {script}", "big", background=background)
+        assert (r.returncode, r.stdout, r.stderr) == (3, "o" * 300000, "e" * 100000)
+
+
+def test_a_git_command_past_its_deadline_is_killed_with_what_it_started(repo, tmp_path, monkeypatch):
+    monkeypatch.setattr(wt, "TIMEOUT_S", 0.5)
+    started = time.monotonic()
+    with pytest.raises(GitError, match="no answer after 0.5s"):
+        wt._run(repo, "-c", "alias.hang=!sleep 30", "hang", background=True)
+    assert time.monotonic() - started < 10  # git and its sleep killed, not waited for
