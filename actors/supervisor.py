@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,7 @@ class SessionSupervisor(Conduct):
         self._workspace = workspace.Workspace(self._post)
         self._replayer = Replayer(self.log_path)
         self._seq_reader = None
+        self._seq_known = 0  # the last seq read from the log (Pong), kept for a moment the log cannot be read
         control = self._control = ControlSocket(self.ctx, self.cfg.control(), self.cfg.max_frame_bytes,
                                                 **remote.control_binding(self.cfg))
         waker = Waker(self.ports.inbox.raw)
@@ -378,14 +380,26 @@ class SessionSupervisor(Conduct):
 
     def _last_seq(self) -> int:
         """The log's last seq: one B-tree lookup (WAL readers never wait for the writer)."""
-        if self._seq_reader is None:
-            self._seq_reader = LogReader(self.log_path)
-        return self._seq_reader.last_seq()
+        try:
+            if self._seq_reader is None:
+                self._seq_reader = LogReader(self.log_path)
+            self._seq_known = self._seq_reader.last_seq()
+        except sqlite3.DatabaseError as exc:  # the log unreadable for a moment: the last known, a new reader next time
+            _log.warning("last_seq_unread", error=str(exc))
+            if self._seq_reader is not None:
+                self._seq_reader.close()
+                self._seq_reader = None
+        return self._seq_known
 
     # ------------------------------------------------------------ requests
 
     async def _replay(self, call: Call, req: p.Replay) -> None:
-        self._control.reply(call, await self._replayer.serve(req))
+        try:
+            reply = await self._replayer.serve(req)
+        except sqlite3.DatabaseError as exc:  # the client gets an answer, and may ask again
+            _log.warning("replay_failed", error=str(exc), since=req.since)
+            reply = p.Error(code=p.ErrorCode.INTERNAL, detail=f"the event log could not be read: {exc}")
+        self._control.reply(call, reply)
 
     def _submit(self, call: Call, req: p.Submit) -> None:
         from actors.rehearsal.scenario import validate_scenario
