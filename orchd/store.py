@@ -46,9 +46,18 @@ PAGE_SIZE_BYTES = 4096  # of a new log (see "Disk per event" above); an existing
 
 
 def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
-    """Open (creating it 0600 if missing) the log; SQLite gives -wal and -shm the same mode."""
+    """Open (creating it 0600 if missing) the log; SQLite gives -wal and -shm the same mode.
+
+    The file is created here only when it is not there (``O_EXCL``): closing a descriptor
+    of an existing log would drop every POSIX lock this process holds on it, SQLite's
+    included, and the next process to close a connection to the log (an ``sqlite3``
+    shell, a test) would then take it for the last one and delete the WAL and the -shm
+    under the daemon's open connections ("disk I/O error" on every new connection after)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")

@@ -58,3 +58,30 @@ def test_existing_log_keeps_its_page_size(tmp_path):
     assert conn.execute("PRAGMA page_size").fetchone()[0] == 2048
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
     conn.close()
+
+
+def test_a_second_connection_in_the_daemon_keeps_its_locks_so_another_process_leaves_the_wal(tmp_path):
+    """The daemon opens more connections to its log while the journal's is open (replay, the
+    seq for ``Pong``).  Opening one must not drop the locks the others hold: then another
+    process that reads the log and closes its connection would delete the WAL and the -shm
+    under them, and every connection opened after would fail with "disk I/O error"."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "events.sqlite3"
+    log = EventLog(db)
+    try:
+        log.append([(1, "s", "k", b"{}")])
+        reader = LogReader(db)  # a second connection in this process, as the supervisor's
+        out = subprocess.run([sys.executable, "-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\n"
+                              "print(c.execute('SELECT count(*) FROM events').fetchone()[0])\nc.close()", str(db)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.strip() == "1", out.stderr
+        assert (tmp_path / "events.sqlite3-wal").exists(), "another process deleted the daemon's WAL"
+        log.append([(2, "s", "k", b"{}")])
+        fresh = LogReader(db)
+        assert fresh.last_seq() == 2 and reader.last_seq() == 2
+        fresh.close()
+        reader.close()
+    finally:
+        log.close()
