@@ -51,6 +51,7 @@ class Waker:
     def __init__(self, *socks: zmq.Socket) -> None:
         self._loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
+        self._poked = False
         self._socks = socks
         self._fds = []
         for sock in socks:
@@ -68,10 +69,19 @@ class Waker:
                 return True
         return False
 
+    def poke(self) -> None:
+        """Make ``wait`` return False now, or at its next call (for a timer the owner keeps
+        across many waits, which costs less than a timeout per wait)."""
+        self._poked = True
+        self._event.set()
+
     async def wait(self, timeout_s: float | None) -> bool:
-        """True when a socket is readable, False after ``timeout_s``."""
+        """True when a socket is readable, False after ``timeout_s`` or a ``poke``."""
         if self.readable():
             return True
+        if self._poked:
+            self._poked = False
+            return False
         self._event.clear()
         if timeout_s is None:  # the common case of an idle actor: no timeout object per wake-up
             while True:
@@ -79,6 +89,9 @@ class Waker:
                 self._event.clear()
                 if self.readable():
                     return True
+                if self._poked:
+                    self._poked = False
+                    return False
         try:
             async with asyncio.timeout(timeout_s):
                 while True:

@@ -5,8 +5,10 @@ Theory of operation
 Every producer sends ``Append`` batches of pending frames to the journal's
 mailbox.  The journal drains its mailbox, gives each frame the next
 daemon-wide ``seq`` (and, for a session event, ``prev``: the seq of that
-session's previous event), appends the whole drained batch to SQLite in one
-transaction, commits, and only then sends each frame on the events PUB and
+session's previous event), appends the whole drained batch to the log in one
+commit (``orchd/store.py``: a small batch to the log's stage file with one
+``write``, a large one to SQLite in one transaction; staged rows move into
+SQLite within ``FLUSH_AFTER_S``), and only then sends each frame on the events PUB and
 forwards the kinds each follower asked for to that follower's mailbox
 (``Committed``), so a follower never depends on a droppable PUB pipe.  A
 subscriber never sees an event the log does not have, and the log's
@@ -114,6 +116,14 @@ class JournalActor:
         if not s.is_open:
             raise RuntimeError("JournalSockets.open() was not called")
         waker = Waker(s.pull)
+        loop = asyncio.get_running_loop()  # its time() is time.monotonic(), the log's clock
+        flush_timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal flush_timer
+            flush_timer = None
+            waker.poke()
+
         self._out = Outbox(s.ctx)
         metrics.last_seq.set_function(lambda: self.last_seq)
         try:
@@ -127,6 +137,12 @@ class JournalActor:
                     batch = await self._handle(batch)
                 if s.stop_at is not None:
                     break
+                due = self._log.flush_due()
+                if due is not None and time.monotonic() >= due:
+                    await self._write(self._log.flush)  # the staged rows into SQLite (store.py)
+                    continue
+                if due is not None and flush_timer is None:  # one timer per staging period
+                    flush_timer = loop.call_at(due, tick)
                 await waker.wait(None)
                 batch = drain(s.pull)
             await self._flush()
@@ -135,6 +151,8 @@ class JournalActor:
                 s.last_of.clear()
             raise
         finally:
+            if flush_timer is not None:
+                flush_timer.cancel()
             waker.close()
             if self._ckpt_task is not None:
                 await asyncio.wait({self._ckpt_task})
@@ -289,7 +307,7 @@ class JournalActor:
 
     def _append(self, rows: list) -> None:
         started = time.perf_counter()
-        self._log.append(rows)
+        self._log.append(rows, time.monotonic())
         metrics.commit_seconds.observe(time.perf_counter() - started)
 
     async def _write(self, write: Callable[[], None], proves_writable: bool = True) -> bool:

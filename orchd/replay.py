@@ -11,7 +11,6 @@ ask again from ``last_seq``.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from orchd import store
 
 REPLAY_MAX = 10_000
 PAGE_BYTES = 2 << 20
+CHUNK = 500
 
 
 class Replayer:
@@ -29,32 +29,30 @@ class Replayer:
         self.log_path = log_path
         self.max_bytes = max_bytes
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="orchd-replay")
-        self._conn: sqlite3.Connection | None = None  # used by the pool's one thread only
+        self._reader: store.LogReader | None = None  # used by the pool's one thread only
 
     def page(self, since: int, session: str | None, limit: int) -> p.ReplayReply:
-        """One page (blocking: runs in the replay thread)."""
-        if self._conn is None:
-            self._conn = store.connect(self.log_path)
+        """One page (blocking: runs in the replay thread), read in chunks of ``CHUNK`` rows so
+        that a page of big events never holds more than one chunk past its byte bound."""
+        if self._reader is None:
+            self._reader = store.LogReader(self.log_path)
         limit = max(1, min(limit, REPLAY_MAX))
-        if session is None:
-            cur = self._conn.execute("SELECT seq, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                     (since, limit))
-        else:
-            cur = self._conn.execute(
-                "SELECT seq, body FROM events WHERE session = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (session, since, limit))
         events: list[msgspec.Raw] = []
         size = 0
         last = since
         full = False
-        for seq, body in cur:
-            if events and size + len(body) > self.max_bytes:
-                full = True
+        while not full and len(events) < limit:
+            ask = min(CHUNK, limit - len(events))
+            rows = self._reader.since(last, session, ask)
+            for seq, body in rows:
+                if events and size + len(body) > self.max_bytes:
+                    full = True
+                    break
+                events.append(msgspec.Raw(body))
+                size += len(body)
+                last = seq
+            if len(rows) < ask:
                 break
-            events.append(msgspec.Raw(body))
-            size += len(body)
-            last = seq
-        cur.close()
         return p.ReplayReply(events=events, last_seq=last, more=full or len(events) == limit)
 
     async def serve(self, req: p.Replay) -> p.ReplayReply:
@@ -63,7 +61,7 @@ class Replayer:
 
     def close(self) -> None:
         def _close():
-            if self._conn is not None:
-                self._conn.close()
+            if self._reader is not None:
+                self._reader.close()
         self._pool.submit(_close)
         self._pool.shutdown(wait=False, cancel_futures=False)

@@ -28,6 +28,8 @@ from orchd import journal, metrics, wire
 from orchd import protocol as p
 from orchd.actor import ChildSpec, Supervisor, sync_view
 from orchd import journal_sockets
+from orchd import stage
+from orchd.store import FLUSH_AFTER_S, EventLog, stage_path
 from orchd.follow import SUPERVISOR_FOLLOWS, Follower, Follows
 from orchd.journal import JournalActor, JournalSockets
 from tests.conftest import fake, wait_for, write_plan
@@ -86,11 +88,17 @@ def _append(session: str | None, text: str) -> bytes:
 
 
 def _rows(db: Path) -> list[tuple[int, str, bytes]]:
+    """Every event in the log: SQLite's rows and its stage file's (orchd/store.py), read here
+    without orchd's reader; the stage first, as a row leaves it only once SQLite has it."""
+    staged = {seq: (seq, session, body) for seq, session, _, body in stage.read_all(stage_path(db))[0]}
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT seq, session, body FROM events ORDER BY seq").fetchall()
+        rows = {r[0]: r for r in conn.execute("SELECT seq, session, body FROM events ORDER BY seq")}
+    except sqlite3.OperationalError:  # no table: nothing was ever flushed into this file
+        rows = {}
     finally:
         conn.close()
+    return [rows.get(seq) or staged[seq] for seq in sorted(rows.keys() | staged.keys())]
 
 
 class _Harness:
@@ -258,9 +266,9 @@ def test_the_daemons_journal_comes_back_under_its_supervisor(tmp_path, short_tmp
 
 
 def test_a_locked_log_holds_the_batch_and_pushes_back_on_producers(tmp_path, short_tmp):
-    """While another connection holds the write lock the journal retries one batch, drains
-    nothing else (so the producer's PUSH fills up), publishes nothing, says so once; then
-    logs everything in order."""
+    """While another connection holds SQLite's write lock, the journal's next move of staged
+    events into SQLite fails; it retries that, drains nothing else (so the producer's PUSH fills
+    up), publishes nothing more than it had staged, says so once; then logs everything in order."""
 
     async def main():
         h = _Harness(tmp_path, short_tmp, producer_hwm=10)
@@ -273,7 +281,7 @@ def test_a_locked_log_holds_the_batch_and_pushes_back_on_producers(tmp_path, sho
             holder = sqlite3.connect(h.db, isolation_level=None)
             holder.execute("BEGIN IMMEDIATE")
             failures = metrics.log_write_failures._value.get()
-            await h.producer.send(_append("s-1", "1"))
+            await h.producer.send(_append("s-1", "1"))  # staged (a write beside the log) and published
             await h.until(lambda: h.health == ["OperationalError: database is locked"], 10, "LogHealth(error)")
             sent = 2
             push = sync_view(h.producer)
@@ -289,8 +297,8 @@ def test_a_locked_log_holds_the_batch_and_pushes_back_on_producers(tmp_path, sho
             assert metrics.log_writable._value.get() == 0
             assert metrics.log_write_failures._value.get() > failures
             h.read()
-            assert list(h.published) == [1], "published before it was committed"
-            assert _rows(h.db)[-1][0] == 1
+            assert list(h.published) == [1, 2], "published before it was committed"
+            assert [r[0] for r in _rows(h.db)] == [1, 2]  # staged, not in SQLite yet
 
             holder.execute("ROLLBACK")
             holder.close()
@@ -303,6 +311,7 @@ def test_a_locked_log_holds_the_batch_and_pushes_back_on_producers(tmp_path, sho
             await h.sockets.flush_and_stop(5.0)
             events = _check_log(h.db, total, h.published)
             assert [e["text"] for e in events] == [str(i) for i in range(total)]
+            assert not stage_path(h.db).exists(), "a clean stop leaves everything in SQLite"
             assert task.done() and task.exception() is None
         finally:
             h.close()
@@ -310,7 +319,42 @@ def test_a_locked_log_holds_the_batch_and_pushes_back_on_producers(tmp_path, sho
     asyncio.run(main())
 
 
-def test_flush_and_stop_returns_in_time_while_the_log_is_locked(tmp_path, short_tmp, caplog):
+def test_a_staged_event_moves_into_sqlite_while_the_journal_is_idle(tmp_path, short_tmp):
+    """The journal's flush timer: one event, then nothing; it still reaches SQLite (and leaves the
+    stage file) about FLUSH_AFTER_S later, without another event to wake the journal."""
+
+    def in_sqlite() -> list[int]:
+        conn = sqlite3.connect(h.db)
+        try:
+            return [r[0] for r in conn.execute("SELECT seq FROM events")]
+        except sqlite3.OperationalError:  # no table yet
+            return []
+        finally:
+            conn.close()
+
+    async def main():
+        task = asyncio.ensure_future(h.actor().run(0))
+        await h.subscribed()
+        await h.producer.send(_append("s-1", "0"))
+        await h.until(lambda: len(h.published) == 1, 5, "the event")
+        t0 = time.monotonic()
+        assert stage_path(h.db).exists() and in_sqlite() == []
+        await h.until(lambda: in_sqlite() == [1], FLUSH_AFTER_S + 5, "the event in SQLite")
+        assert time.monotonic() - t0 > FLUSH_AFTER_S / 2
+        assert not stage_path(h.db).exists()
+        await h.sockets.flush_and_stop(5.0)
+        assert task.exception() is None
+
+    h = _Harness(tmp_path, short_tmp)
+    try:
+        asyncio.run(main())
+    finally:
+        h.close()
+
+
+def test_flush_and_stop_returns_in_time_while_the_log_is_locked_and_loses_nothing(tmp_path, short_tmp, caplog):
+    """SQLite locked for good: the stop still returns in time; what was published is in the
+    stage file, and the next open of the log (the lock gone) moves it into SQLite."""
     caplog.set_level("INFO", logger="orchd.journal")
 
     async def main():
@@ -329,15 +373,22 @@ def test_flush_and_stop_returns_in_time_while_the_log_is_locked(tmp_path, short_
             assert task.done() and task.exception() is None
             holder.execute("ROLLBACK")
             holder.close()
-            assert _rows(h.db) == []
             h.read()
-            assert h.published == {}
+            assert sorted(h.published) == list(range(1, 51))
+            conn = sqlite3.connect(h.db)
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+            conn.close()
+            _check_log(h.db, 50, h.published)  # all of it in the stage file
+            EventLog(h.db).close()  # the next start
+            assert not stage_path(h.db).exists()
+            conn = sqlite3.connect(h.db)
+            assert [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")] == list(range(1, 51))
+            conn.close()
         finally:
             h.close()
 
     asyncio.run(main())
-    unwritten = [r for r in caplog.records if r.getMessage() == "journal_unwritten"]
-    assert unwritten and unwritten[0].kv["events"] == 50
+    assert not [r for r in caplog.records if r.getMessage() == "journal_unwritten"]
 
 
 def test_each_follower_gets_the_kinds_it_asked_for_and_health_if_it_wants_it(tmp_path, short_tmp):

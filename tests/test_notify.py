@@ -128,7 +128,7 @@ def test_events_before_the_start_are_silent_and_later_ones_are_notified(tmp_path
         body = {"seq": seq, "ts": NOW, "session": sid, "kind": "session.state", "state": state} if state else \
             {"seq": seq, "ts": NOW, "session": sid, "kind": "session.question", "question": "?"}
         rows.append((seq, sid, body["kind"], json.dumps(body).encode()))
-    events.append(rows)
+    events.append(rows, 0.0)
     events.close()
     cfg = config.Config(notify=config.NotifyConfig(command=["true"]))
     ctx = bus.context()
