@@ -8,7 +8,8 @@ daemon-wide ``seq`` (and, for a session event, ``prev``: the seq of that
 session's previous event), appends the whole drained batch to the log in one
 commit (``orchd/store.py``: a small batch to the log's stage file with one
 ``write``, a large one to SQLite in one transaction; staged rows move into
-SQLite within ``FLUSH_AFTER_S``), and only then sends each frame on the events PUB and
+SQLite within ``FLUSH_AFTER_S``, in a thread while the journal goes on
+staging and publishing), and only then sends each frame on the events PUB and
 forwards the kinds each follower asked for to that follower's mailbox
 (``Committed``), so a follower never depends on a droppable PUB pipe.  A
 subscriber never sees an event the log does not have, and the log's
@@ -27,8 +28,9 @@ log is failing.
 **A log that cannot be written** (disk full, another process holding the
 write lock, an I/O error) stops nothing and loses nothing.  The journal rolls
 back and retries the same batch, with the seqs it already gave it, with
-exponential backoff (50 ms doubling up to 2 s).  It drains nothing more from
-its mailbox meanwhile, so producers block on their PUSH high-water mark (a
+exponential backoff (50 ms doubling up to 2 s); a failed move of staged rows
+into SQLite is retried the same way, and no batch is appended until it
+succeeds.  It drains nothing more from its mailbox meanwhile, so producers block on their PUSH high-water mark (a
 worker stops reading its agent's stdout).  The first failure logs a warning,
 sets ``orchd_log_writable`` to 0 and sends ``LogHealth(error)`` to the
 followers; the first success after it does the reverse.  Nothing is published
@@ -110,6 +112,8 @@ class JournalActor:
         self._since_ckpt_bytes = 0
         self._since_wal_check = 0
         self._ckpt_task: asyncio.Task | None = None
+        self._move: asyncio.Task | None = None  # staged rows on their way into SQLite (a thread)
+        self._failing: set[str] = set()         # the writes failing now ("append", "move", "open")
 
     async def run(self, restarts: int = 0) -> None:
         s = self.s
@@ -127,7 +131,7 @@ class JournalActor:
         self._out = Outbox(s.ctx)
         metrics.last_seq.set_function(lambda: self.last_seq)
         try:
-            if not await self._write(self._open, proves_writable=False):
+            if not await self._write(self._open, proves_writable=False, what="open"):
                 _log.warning("journal_unwritten", events=self._count_left(), reason="the log could not be opened")
                 return
             _log.info("journal_started", last_seq=self.last_seq, restarts=restarts)
@@ -137,14 +141,19 @@ class JournalActor:
                     batch = await self._handle(batch)
                 if s.stop_at is not None:
                     break
-                due = self._log.flush_due()
-                if due is not None and time.monotonic() >= due:
-                    await self._write(self._log.flush)  # the staged rows into SQLite (store.py)
-                    continue
-                if due is not None and flush_timer is None:  # one timer per staging period
+                if self._move is not None and s.log_error is not None:
+                    await asyncio.wait({self._move})  # failing: drain nothing until it is in SQLite
+                if self._move is not None and self._move.done():
+                    self._move, done = None, self._move
+                    done.result()  # a bug in it is the journal's crash
+                due = self._log.flush_due() if self._move is None else None
+                if due is not None and time.monotonic() >= due:  # the staged rows into SQLite (store.py)
+                    self._move = loop.create_task(self._move_staged())
+                    self._move.add_done_callback(lambda _: waker.poke())
+                elif due is not None and flush_timer is None:  # one timer per staging period
                     flush_timer = loop.call_at(due, tick)
-                await waker.wait(None)
-                batch = drain(s.pull)
+                if await waker.wait(None) and (self._move is None or s.log_error is None):
+                    batch = drain(s.pull)
             await self._flush()
         except BaseException:
             if self._uncommitted:  # those seqs will be given again, to other events
@@ -154,6 +163,10 @@ class JournalActor:
             if flush_timer is not None:
                 flush_timer.cancel()
             waker.close()
+            if self._move is not None:  # a stop ends its retries at the deadline; a crash cancels them
+                if s.stop_at is None:
+                    self._move.cancel()
+                await asyncio.wait({self._move})
             if self._ckpt_task is not None:
                 await asyncio.wait({self._ckpt_task})
             self._close_log()
@@ -227,6 +240,9 @@ class JournalActor:
                 case p.Wedge():
                     wedged = True
         if rows:
+            move = self._move
+            if move is not None and (s.log_error is not None or self._log.direct(len(rows), size)):
+                await asyncio.wait({move})  # a failing move holds every append; SQLite is the move's
             if not await self._write(lambda: self._append(rows)):
                 self.unwritten += len(rows)
                 return rest
@@ -305,13 +321,24 @@ class JournalActor:
             raise
         self._log = events
 
+    async def _move_staged(self) -> None:
+        """Move the staged rows into SQLite in a thread (retrying like an append), then replace
+        the stage file by one with the rows staged meanwhile.  Gives up at the stop deadline: the
+        rows stay staged, for ``close`` or the next open."""
+        rows = self._log.move_start()
+        if await self._write(lambda: self._log.move(rows), in_thread=True, what="move"):
+            self._log.moved(time.monotonic())
+
     def _append(self, rows: list) -> None:
         started = time.perf_counter()
         self._log.append(rows, time.monotonic())
         metrics.commit_seconds.observe(time.perf_counter() - started)
 
-    async def _write(self, write: Callable[[], None], proves_writable: bool = True) -> bool:
-        """Run ``write`` until it succeeds (True), or until the stop deadline (False).
+    async def _write(self, write: Callable[[], None], proves_writable: bool = True, in_thread: bool = False,
+                     what: str = "append") -> bool:
+        """Run ``write`` (``in_thread``: in a thread) until it succeeds (True), or until the stop
+        deadline (False).  The log is healthy again when no write (``what``: an append, the move
+        running beside it) is failing any more.
 
         While it fails, nothing else is drained from the mailbox: producers
         feel it through their PUSH high-water mark.  Opening the log proves
@@ -322,12 +349,17 @@ class JournalActor:
         attempt = 0
         while True:
             try:
-                write()
+                if in_thread:
+                    await asyncio.to_thread(write)
+                else:
+                    write()
             except (sqlite3.OperationalError, OSError) as exc:
                 metrics.log_write_failures.inc()
+                self._failing.add(what)
                 await self._health(f"{type(exc).__name__}: {exc}")
             else:
-                if s.log_error is not None and proves_writable:
+                self._failing.discard(what)
+                if s.log_error is not None and proves_writable and not self._failing:
                     await self._health(None, attempts=attempt + 1)
                 return True
             delay = backoff_s(attempt)

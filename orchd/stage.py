@@ -107,6 +107,36 @@ class StageWriter:
         self._torn = False
         self._size += len(data)
 
+    def replace(self, rows: list[Row]) -> None:
+        """Replace the file by one holding only ``rows`` (after a move into SQLite took the rows
+        before them): written beside it, then renamed over it, so a reader opening the stage finds
+        the old file or the new one, never none.  ``OSError``: the old file is kept as it was."""
+        data = encode(rows)
+        new = self._replacement()
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.rename(new, self.path)
+        except BaseException:
+            os.close(fd)
+            self.discard_replacement()
+            raise
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._size, self._torn = fd, len(data), False
+
+    def _replacement(self) -> Path:
+        return self.path.with_name(self.path.name + ".new")
+
+    def discard_replacement(self) -> None:
+        """Delete a replacement that was never renamed over the stage (a failed write, a crash)."""
+        try:
+            os.unlink(self._replacement())
+        except FileNotFoundError:
+            pass
+
     def reset(self) -> None:
         """Delete the file (its rows are in SQLite now); a no-op when there is none (a flood's
         batches go to SQLite directly, one after the other)."""

@@ -11,9 +11,13 @@ alone, for latency) is not written to SQLite at once: it is appended to
 ``write`` (the commit point: the bytes are in the OS once it returns, which is
 what survives a process crash, exactly as a WAL commit with
 ``synchronous=NORMAL`` does).  The staged rows move into SQLite in one
-transaction when they are ``FLUSH_AFTER_S`` old, when they pass
-``FLUSH_BYTES``, or when a large batch comes (a flood goes straight to SQLite,
-staged rows first, in one transaction); then the stage file is deleted.  A
+transaction when they are ``FLUSH_AFTER_S`` old or pass ``FLUSH_BYTES``: the
+journal runs that move in a thread (``move_start``, ``move``, ``moved``) and
+keeps staging meanwhile, so a move (~1 ms per 64 KiB) holds no event up; the
+rows staged during the move are written to a new stage file that replaces the
+old one (``os.rename``), or the file is deleted when there are none.  A large
+batch (a flood, or a stage past ``STAGE_MAX_BYTES``) goes straight to SQLite,
+the unmoved staged rows first, in one transaction.  A
 log opened for appending (the journal, the daemon at start) first moves a
 leftover stage (a crash) into SQLite; a torn last record (a crash inside a
 ``write``) was never published and is dropped with a warning.
@@ -28,8 +32,12 @@ events.  The stage is also cheaper on the CPU (a ``write`` instead of an
 ``INSERT`` and a WAL frame).
 
 **Readers see both.**  ``LogReader`` reads the stage file first and SQLite
-second: rows leave the stage only after SQLite committed them, so every row
-is in one or the other, and rows seen twice are taken once.  Power loss: the
+second: rows leave the stage only after SQLite committed them (the file that
+replaces the stage after a move holds only rows SQLite does not have), so
+every row is in one or the other, and rows seen twice are taken once.  Which
+rows SQLite has is one number, ``_in_sqlite`` (the log's seqs only grow):
+opening, a move, a direct commit and ``flush`` all go by it, so a row is
+never inserted twice, whatever order a crash or a cancelled move leaves.  Power loss: the
 stage is not fsynced, like the WAL under ``synchronous=NORMAL``; the records
 that reached the disk are kept up to the first one that fails its checksum.
 A tool that queries the SQLite file directly while the daemon runs may miss
@@ -45,6 +53,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from orchd import log
@@ -91,9 +100,10 @@ def connect(path: Path, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     return conn
 
 
-FLUSH_AFTER_S = 2.0        # staged rows move into SQLite at this age...
-FLUSH_BYTES = 64 * 1024    # ...or past this many bytes staged (a move blocks the loop ~1 ms)...
-DIRECT_ROWS = 64           # ...and a batch of this many rows goes to SQLite directly (a flood)
+FLUSH_AFTER_S = 2.0             # staged rows move into SQLite (in the journal's thread) at this age...
+FLUSH_BYTES = 64 * 1024         # ...or past this many bytes staged (a move takes ~1 ms per 64 KiB)
+STAGE_MAX_BYTES = 1024 * 1024   # a batch that would stage past this goes to SQLite directly...
+DIRECT_ROWS = 64                # ...and so does a batch of this many rows (a flood)
 
 
 def stage_path(path: Path) -> Path:
@@ -116,7 +126,13 @@ class EventLog:
 
     Opening it moves a stage left by a crash into SQLite (so it raises like
     an append when the log cannot be written).  ``flush_due()`` says when
-    the staged rows must move; the journal calls ``flush`` then.
+    the staged rows must move.  The journal then takes ``move_start()`` on
+    its event loop, runs ``move(rows)`` in a thread and calls ``moved(now)``
+    back on the loop; ``append`` may stage more meanwhile, but must not go to
+    SQLite (``direct``) while a move runs.  ``flush`` is all three at once.
+    Every SQLite write holds ``_lock``, so a move still running in its thread
+    when the journal gives up on it (a crash, a stop) finishes before
+    ``close`` writes.
     """
 
     def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
@@ -127,23 +143,27 @@ class EventLog:
         self._staged: list[Row] = []
         self._staged_bytes = 0
         self._staged_at = 0.0   # monotonic time of the oldest staged row
+        self._lock = threading.Lock()  # held by every write to SQLite (a move runs in a thread)
+        self._in_sqlite = 0     # the last seq SQLite has
         try:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._in_sqlite = self._sqlite_last_seq()
             self._recover()
         except BaseException:
             self._conn.close()
             raise
 
     def _recover(self) -> None:
+        self._stage.discard_replacement()  # a crash between writing a replacement and renaming it
         rows, good, size = read_all(self._stage.path)
         if size == 0 and not self._stage.path.exists():
             return
         if good < size:
             _log.warning("event_log_stage_torn", dropped_bytes=size - good, kept_rows=len(rows))
-        top = self._sqlite_last_seq()
-        rows = [r for r in rows if r[0] > top]
+        rows = [r for r in rows if r[0] > self._in_sqlite]
         if rows:
             self._commit(rows)
+            self._in_sqlite = rows[-1][0]
             _log.info("event_log_stage_recovered", rows=len(rows), last_seq=rows[-1][0])
         self._stage.reset()
 
@@ -162,20 +182,26 @@ class EventLog:
         return row[0] or 0
 
     def last_seq(self) -> int:
-        return self._staged[-1][0] if self._staged else self._sqlite_last_seq()
+        return max(self._in_sqlite, self._staged[-1][0] if self._staged else 0)
+
+    def direct(self, n: int, size: int) -> bool:
+        """Would a batch of ``n`` rows and ``size`` body bytes go to SQLite (not to the stage)?"""
+        return n >= DIRECT_ROWS or self._staged_bytes + size >= STAGE_MAX_BYTES
 
     def append(self, rows: list[Row], now: float) -> None:
         """All of ``rows`` durably (against a process crash), or none of them.
 
-        A small batch is staged; a large one, or one that fills the stage, goes
-        to SQLite with the staged rows before it, in one transaction.  A failure
+        A small batch is staged; a large one (``direct``) goes to SQLite with the
+        unmoved staged rows before it, in one transaction.  A failure
         (``sqlite3.OperationalError``: locked, disk full, I/O error; ``OSError``
         from the stage) leaves nothing of ``rows`` behind, so the caller may
         retry the same rows."""
         size = sum(len(r[3]) for r in rows)
-        if len(rows) >= DIRECT_ROWS or self._staged_bytes + size >= FLUSH_BYTES:
-            self._commit(self._staged + rows if self._staged else rows)
-            self._unstage()
+        if self.direct(len(rows), size):
+            with self._lock:
+                self._commit(self._unmoved() + rows)
+                self._in_sqlite = rows[-1][0]
+            self._unstage([])
             return
         self._stage.append(rows)
         if not self._staged:
@@ -185,24 +211,57 @@ class EventLog:
 
     def flush_due(self) -> float | None:
         """The monotonic time at which the staged rows must move into SQLite; None: nothing staged."""
-        return self._staged_at + FLUSH_AFTER_S if self._staged else None
+        if not self._staged:
+            return None
+        if self._staged_bytes >= FLUSH_BYTES:
+            return self._staged_at
+        return self._staged_at + FLUSH_AFTER_S
+
+    def _unmoved(self) -> list[Row]:
+        staged, top = self._staged, self._in_sqlite
+        if not staged or staged[0][0] > top:
+            return staged
+        return [r for r in staged if r[0] > top]
+
+    def move_start(self) -> list[Row]:
+        """The staged rows SQLite does not have yet, for ``move`` (a list of their own)."""
+        return list(self._unmoved())
+
+    def move(self, rows: list[Row]) -> None:
+        """Commit ``rows`` (from ``move_start``) to SQLite; safe in a thread.  Raises like
+        ``append``; the rows stay staged then."""
+        with self._lock:
+            rows = [r for r in rows if r[0] > self._in_sqlite]
+            if rows:
+                self._commit(rows)
+                self._in_sqlite = rows[-1][0]
+
+    def moved(self, now: float) -> None:
+        """After a ``move`` (on the thread that appends): forget the rows SQLite has now, and
+        replace the stage file by one with the rows staged since, if any."""
+        self._unstage(self._unmoved(), now)
 
     def flush(self) -> None:
-        """Move the staged rows into SQLite (raises like ``append``; they stay staged then)."""
+        """Move the staged rows into SQLite now (raises like ``append``; they stay staged then)."""
         if self._staged:
-            self._commit(self._staged)
-            self._unstage()
+            self.move(self.move_start())
+            self.moved(0.0)
 
-    def _unstage(self) -> None:
-        """Forget the staged rows (SQLite has them) and delete the stage file.  A file that cannot
-        be deleted is harmless (its rows are read once, and skipped by the next open), so that
-        is only logged: raising would make the caller append the same rows again."""
-        self._staged = []
-        self._staged_bytes = 0
+    def _unstage(self, rest: list[Row], now: float = 0.0) -> None:
+        """Keep ``rest`` staged (rows SQLite does not have) and drop the others: delete the stage
+        file, or replace it with one of ``rest``.  A file that cannot be deleted or replaced is
+        harmless (its rows are read once, and skipped by the next open), so that is only logged:
+        raising would make the caller append the same rows again."""
+        self._staged = rest
+        self._staged_bytes = sum(len(r[3]) for r in rest)
+        self._staged_at = now
         try:
-            self._stage.reset()
+            if rest:
+                self._stage.replace(rest)
+            else:
+                self._stage.reset()
         except OSError as exc:
-            _log.warning("event_log_stage_not_deleted", error=str(exc))
+            _log.warning("event_log_stage_not_replaced", error=str(exc), rows_left=len(rest))
 
     def _commit(self, rows: list[Row]) -> None:
         conn = self._conn
@@ -228,12 +287,14 @@ class EventLog:
         try:
             self.flush()
             if checkpoint:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         finally:
             self._stage.close()
             if self._ckpt is not None:
                 self._ckpt.close()
-            self._conn.close()
+            with self._lock:
+                self._conn.close()
 
 
 class LogReader:

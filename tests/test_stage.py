@@ -1,6 +1,7 @@
 """The event log's stage file (orchd/stage.py, orchd/store.py): its records cut at every byte,
-corrupt or out of sequence; a reader following it; a writer whose write fails half-way; and the
-move into SQLite after a ``kill -9``."""
+corrupt or out of sequence; a reader following it; a writer whose write fails half-way; the
+move into SQLite after a ``kill -9``; and the move the journal runs in a thread while it goes on
+staging."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 
-from orchd import stage
+from orchd import stage, store
 from orchd.store import EventLog, LogReader, stage_path
 
 ROWS = [
@@ -157,3 +159,89 @@ def test_a_stage_already_in_sqlite_is_read_once_and_not_moved_twice(tmp_path):
     conn = sqlite3.connect(db)
     assert [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")] == list(range(1, 8))
     conn.close()
+
+
+def _in_sqlite(db) -> list[int]:
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    finally:
+        conn.close()
+
+
+def _row(i: int) -> tuple[int, str, str, bytes]:
+    return (i, "s-1", "agent.text", b'{"i":%d}' % i)
+
+
+def test_rows_staged_during_a_move_stay_staged_in_a_file_that_replaces_the_old_one(tmp_path):
+    """The journal moves staged rows into SQLite in a thread and goes on staging: a reader sees
+    every row before, during and after the move; afterwards the stage file holds only the rows
+    staged meanwhile, and SQLite the others."""
+    db = tmp_path / "events.sqlite3"
+    log = EventLog(db)
+    reader = LogReader(db)
+    every = lambda n: [r[0] for r in reader.since(0, None, 100)] == list(range(1, n + 1))  # noqa: E731
+    log.append([_row(i) for i in range(1, 11)], 0.0)
+    moving = log.move_start()
+    assert [r[0] for r in moving] == list(range(1, 11))
+    log.append([_row(11)], 0.1)
+    log.append([_row(12)], 0.2)
+    assert every(12)
+    thread = threading.Thread(target=log.move, args=(moving,))
+    thread.start()
+    thread.join(10)
+    assert _in_sqlite(db) == list(range(1, 11)) and every(12)
+    log.moved(5.0)
+    assert [r[0] for r in stage.read_all(stage_path(db))[0]] == [11, 12]
+    assert not stage_path(db).with_name(stage_path(db).name + ".new").exists()
+    assert every(12) and log.last_seq() == 12
+    assert log.flush_due() == 5.0 + 2.0  # the rows left are as old as the end of the move, at most
+    log.append([_row(13)], 5.5)  # the writer appends to the new file
+    assert every(13)
+    log.close()
+    assert _in_sqlite(db) == list(range(1, 14)) and not stage_path(db).exists()
+    reader.close()
+
+
+def test_a_move_given_up_on_after_it_committed_is_not_inserted_twice(tmp_path):
+    """A crash (or a cancelled move) between the thread's commit and ``moved``: flush, close and
+    the next open go by what SQLite has, never inserting a row twice."""
+    db = tmp_path / "events.sqlite3"
+    log = EventLog(db)
+    log.append([_row(i) for i in range(1, 6)], 0.0)
+    log.move(log.move_start())  # committed; moved() never called
+    log.append([_row(6)], 1.0)
+    assert log.last_seq() == 6
+    log.append([_row(i) for i in range(7, 7 + 64)], 2.0)  # a flood batch goes direct: 6 first, then it
+    assert _in_sqlite(db) == list(range(1, 71)) and not stage_path(db).exists()
+    log.append([_row(71)], 3.0)
+    log.move(log.move_start())
+    log.close()  # flush: nothing left to insert
+    assert _in_sqlite(db) == list(range(1, 72))
+    stage.StageWriter(stage_path(db)).append([_row(i) for i in range(70, 74)])  # crash: a stage, half in SQLite
+    stage_path(db).with_name(stage_path(db).name + ".new").write_bytes(b"a replacement never renamed")
+    log = EventLog(db)
+    assert log.last_seq() == 73
+    assert not stage_path(db).with_name(stage_path(db).name + ".new").exists()
+    log.close()
+    assert _in_sqlite(db) == list(range(1, 74))
+
+
+def test_a_full_stage_is_due_at_once_and_a_big_one_goes_to_sqlite_directly(tmp_path):
+    db = tmp_path / "events.sqlite3"
+    log = EventLog(db)
+    body = b"x" * 1000
+    seq = 0
+    while log.flush_due() is None or log.flush_due() > 1.0:
+        seq += 1
+        log.append([(seq, "s-1", "k", body)], 1.0)
+    assert log.flush_due() == 1.0 and store.FLUSH_BYTES <= seq * 1000 < store.FLUSH_BYTES + 1000
+    assert _in_sqlite(db) == []
+    assert not log.direct(1, 1000) and log.direct(store.DIRECT_ROWS, 64)
+    while not log.direct(1, 1000):
+        seq += 1
+        log.append([(seq, "s-1", "k", body)], 1.0)
+    assert _in_sqlite(db) == []
+    log.append([(seq + 1, "s-1", "k", body)], 1.0)
+    assert _in_sqlite(db) == list(range(1, seq + 2)) and not stage_path(db).exists()
+    log.close()
