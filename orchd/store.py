@@ -104,6 +104,7 @@ FLUSH_AFTER_S = 2.0             # staged rows move into SQLite (in the journal's
 FLUSH_BYTES = 64 * 1024         # ...or past this many bytes staged (a move takes ~1 ms per 64 KiB)
 STAGE_MAX_BYTES = 1024 * 1024   # a batch that would stage past this goes to SQLite directly...
 DIRECT_ROWS = 64                # ...and so does a batch of this many rows (a flood)
+WRITER_CACHE_KIB = 512          # the appending connection's page cache (SQLite's default: 2 MiB)
 
 
 def stage_path(path: Path) -> Path:
@@ -114,6 +115,11 @@ class EventLog:
     """Append side of the log (one per daemon, owned by the journal; ``orchd run`` opens one
     before the journal starts, under the daemon's lock).  Never open one beside a running
     daemon: it would move the live stage file into SQLite under the journal's feet.
+
+    Its page cache is ``WRITER_CACHE_KIB`` (appends touch the last pages of one
+    B-tree): with the move into SQLite in a thread, SQLite's default 2 MiB
+    cache filled a second malloc arena as well (200 agents: 147 KB of RSS per
+    agent with the default, 106 KB with this; the flood rate is unchanged).
 
     Automatic WAL checkpoints are off on this connection: SQLite would run
     them inside a commit, stalling the event pipeline for up to ~100 ms on
@@ -147,6 +153,7 @@ class EventLog:
         self._in_sqlite = 0     # the last seq SQLite has
         try:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             self._in_sqlite = self._sqlite_last_seq()
             self._recover()
         except BaseException:
