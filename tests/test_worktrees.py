@@ -312,14 +312,19 @@ def test_sequential_assignments_merge_without_touching_the_target(repo, root):
     assert git(repo, "rev-parse", "main") == base
 
 
-def test_parallel_assignments_with_disjoint_files_merge(repo, root):
-    before = snapshot(repo)
-    base = wt.head_commit(repo)
+def _two_parallel(repo, root, base) -> tuple[str, str]:
+    """Clones "a" and "b" of session S at ``base``, each adding its own file, committed: their heads."""
     a, _ = wt.create_worktree(repo, root, S, "a", base)
     b, _ = wt.create_worktree(repo, root, S, "b", base)
     write(a / "a.txt", "a\n")
     write(b / "b.txt", "b\n")
-    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    return wt.commit_all(a, "a"), wt.commit_all(b, "b")
+
+
+def test_parallel_assignments_with_disjoint_files_merge(repo, root):
+    before = snapshot(repo)
+    base = wt.head_commit(repo)
+    head_a, head_b = _two_parallel(repo, root, base)
 
     result = merging.merge_session(repo, root, S, ["a", "b"], base)
 
@@ -397,12 +402,7 @@ def test_merge_ignores_hostile_repository_config(repo, root):
     git(repo, "config", "user.useConfigOnly", "true")
 
     base = wt.head_commit(repo)
-    a, _ = wt.create_worktree(repo, root, S, "a", base)
-    b, _ = wt.create_worktree(repo, root, S, "b", base)
-    write(a / "a.txt", "a\n")
-    write(b / "b.txt", "b\n")
-    wt.commit_all(a, "a")
-    wt.commit_all(b, "b")
+    _two_parallel(repo, root, base)
     result = merging.merge_session(repo, root, S, ["a", "b"], base)
     assert result.ok and {"a.txt", "b.txt"} <= branch_files(repo, f"orchd/{S}")
 
@@ -411,11 +411,7 @@ def test_merge_ignores_hostile_repository_config(repo, root):
 
 def test_merged_base_of_two_parallel_assignments(repo, root):
     base = wt.head_commit(repo)
-    a, _ = wt.create_worktree(repo, root, S, "a", base)
-    b, _ = wt.create_worktree(repo, root, S, "b", base)
-    write(a / "a.txt", "a\n")
-    write(b / "b.txt", "b\n")
-    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    head_a, head_b = _two_parallel(repo, root, base)
     branches = git(hub(root), "for-each-ref", "--format=%(refname)")
     target_refs = git(repo, "for-each-ref", "--format=%(refname)")
 
@@ -743,11 +739,7 @@ def test_a_session_merge_into_a_subdirectory_or_a_bare_repository_is_refused(rep
 def test_a_merge_reads_packed_refs_too(repo, root):
     """The hub's and the target's refs packed (say by a ``git gc`` someone ran): the same result."""
     base = wt.head_commit(repo)
-    a, _ = wt.create_worktree(repo, root, S, "a", base)
-    b, _ = wt.create_worktree(repo, root, S, "b", base)
-    write(a / "a.txt", "a\n")
-    write(b / "b.txt", "b\n")
-    head_a, head_b = wt.commit_all(a, "a"), wt.commit_all(b, "b")
+    head_a, head_b = _two_parallel(repo, root, base)
     first = merging.merge_session(repo, root, S, ["a", "b"], base)
     git(hub(root), "pack-refs", "--all")
     git(repo, "pack-refs", "--all")
