@@ -30,10 +30,11 @@ write lock, an I/O error) stops nothing and loses nothing.  The journal rolls
 back and retries the same batch, with the seqs it already gave it, with
 exponential backoff (50 ms doubling up to 2 s); a failed move of staged rows
 into SQLite is retried the same way, and no batch is appended until it
-succeeds.  It drains nothing more from its mailbox meanwhile, so producers block on their PUSH high-water mark (a
-worker stops reading its agent's stdout).  The first failure logs a warning,
-sets ``orchd_log_writable`` to 0 and sends ``LogHealth(error)`` to the
-followers; the first success after it does the reverse.  Nothing is published
+succeeds.  It drains nothing more from its mailbox meanwhile, so producers
+block on their PUSH high-water mark (a worker stops reading its agent's
+stdout).  The first failure logs a warning, sets ``orchd_log_writable`` to 0
+and sends ``LogHealth(error)`` to the followers; the first success after it
+(of every write that was failing) does the reverse.  Nothing is published
 before it is committed (so a ``~sync`` marker asked for meanwhile waits in the
 mailbox too).  ``flush_and_stop`` returns within its deadline even then, and
 logs how many events it could not write.
@@ -146,7 +147,7 @@ class JournalActor:
                 if self._move is not None and self._move.done():
                     self._move, done = None, self._move
                     done.result()  # a bug in it is the journal's crash
-                due = self._log.flush_due() if self._move is None else None
+                due = self._log.flush_due() if self._move is None and s.stop_at is None else None
                 if due is not None and time.monotonic() >= due:  # the staged rows into SQLite (store.py)
                     self._move = loop.create_task(self._move_staged())
                     self._move.add_done_callback(lambda _: waker.poke())

@@ -37,9 +37,10 @@ replaces the stage after a move holds only rows SQLite does not have), so
 every row is in one or the other, and rows seen twice are taken once.  Which
 rows SQLite has is one number, ``_in_sqlite`` (the log's seqs only grow):
 opening, a move, a direct commit and ``flush`` all go by it, so a row is
-never inserted twice, whatever order a crash or a cancelled move leaves.  Power loss: the
-stage is not fsynced, like the WAL under ``synchronous=NORMAL``; the records
-that reached the disk are kept up to the first one that fails its checksum.
+never inserted twice, whatever order a crash or a cancelled move leaves.
+Power loss: the stage is not fsynced, like the WAL under
+``synchronous=NORMAL``; the records that reached the disk are kept up to the
+first one that fails its checksum.
 A tool that queries the SQLite file directly while the daemon runs may miss
 the last ``FLUSH_AFTER_S`` of events; after a clean stop nothing is staged.
 
