@@ -284,8 +284,10 @@ class Daemon:
         disk writes are counted (orchd/store.py moves staged events within FLUSH_AFTER_S)."""
         stage = self.tmp / "state" / "events.sqlite3-stage"
         deadline = time.monotonic() + timeout_s
-        while stage.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while stage.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{stage} still there after {timeout_s}s: the disk figure would miss its events")
+            time.sleep(0.05)  # polled: the daemon tells no one when it moves the stage
 
     def written_through_exit(self) -> tuple[int, int]:
         """``written()`` at the daemon's exit, after SIGTERM: its last flush and checkpoint
@@ -316,7 +318,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
     exit (the disk figure: each event's SQLite pages are written once more by a checkpoint)."""
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)  # let the subscription reach the PUB before anything is published
-    cpu0, written0 = d.cpu_s(), d.written()
+    cpu0, (written0, cancelled0) = d.cpu_s(), d.written()
     session = d.submit([sys.executable, SELF, "_agent", str(n), str(int(paced)), str(period_s)])
     topic = session.encode() + b" "
     exited = topic + b"worker.exited "
@@ -326,7 +328,7 @@ def run_daemon(ctx: zmq.Context, d: Daemon, n: int, paced: bool, period_s: float
         sub.close()
     d.staged_moved()
     cpu = d.cpu_s() - cpu0
-    (written1, cancelled1), (written0, cancelled0) = (d.written_through_exit() if to_exit else d.written()), written0
+    written1, cancelled1 = d.written_through_exit() if to_exit else d.written()
     written, cancelled = written1 - written0, cancelled1 - cancelled0
     mine = [(t, f) for t, f in got if f.startswith(topic)]
     seqs = [int(f[f.index(b'{"seq":') + 7: f.index(b",", f.index(b'{"seq":'))]) for _, f in mine]

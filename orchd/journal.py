@@ -244,7 +244,7 @@ class JournalActor:
             move = self._move
             if move is not None and (s.log_error is not None or self._log.direct(len(rows), size)):
                 await asyncio.wait({move})  # a failing move holds every append; SQLite is the move's
-            if not await self._write(lambda: self._append(rows)):
+            if not await self._write(lambda: self._append(rows, size)):
                 self.unwritten += len(rows)
                 return rest
             self.last_seq = seq
@@ -330,9 +330,9 @@ class JournalActor:
         if await self._write(lambda: self._log.move(rows), in_thread=True, what="move"):
             self._log.moved(time.monotonic())
 
-    def _append(self, rows: list) -> None:
+    def _append(self, rows: list, size: int) -> None:
         started = time.perf_counter()
-        self._log.append(rows, time.monotonic())
+        self._log.append(rows, time.monotonic(), size)
         metrics.commit_seconds.observe(time.perf_counter() - started)
 
     async def _write(self, write: Callable[[], None], proves_writable: bool = True, in_thread: bool = False,

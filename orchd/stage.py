@@ -77,6 +77,12 @@ def read_all(path: Path) -> tuple[list[Row], int, int]:
     return rows, good, len(data)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a regular file takes it all at once unless the disk fills up
+        view = view[os.write(fd, view):]
+
+
 class StageWriter:
     """Appends batches to the stage file (the journal's thread only).
 
@@ -100,10 +106,7 @@ class StageWriter:
             self._torn = False
         data = encode(rows)
         self._torn = True
-        view = memoryview(data)
-        while view:  # a regular file takes it all at once unless the disk fills up
-            n = os.write(self._fd, view)
-            view = view[n:]
+        _write_all(self._fd, data)
         self._torn = False
         self._size += len(data)
 
@@ -115,9 +118,7 @@ class StageWriter:
         new = self._replacement()
         fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, data)
             os.rename(new, self.path)
         except BaseException:
             os.close(fd)

@@ -196,15 +196,17 @@ class EventLog:
         """Would a batch of ``n`` rows and ``size`` body bytes go to SQLite (not to the stage)?"""
         return n >= DIRECT_ROWS or self._staged_bytes + size >= STAGE_MAX_BYTES
 
-    def append(self, rows: list[Row], now: float) -> None:
+    def append(self, rows: list[Row], now: float, size: int | None = None) -> None:
         """All of ``rows`` durably (against a process crash), or none of them.
 
         A small batch is staged; a large one (``direct``) goes to SQLite with the
         unmoved staged rows before it, in one transaction.  A failure
         (``sqlite3.OperationalError``: locked, disk full, I/O error; ``OSError``
         from the stage) leaves nothing of ``rows`` behind, so the caller may
-        retry the same rows."""
-        size = sum(len(r[3]) for r in rows)
+        retry the same rows.  ``size``: the bytes of their bodies, when the
+        caller has counted them already."""
+        if size is None:
+            size = sum(len(r[3]) for r in rows)
         if self.direct(len(rows), size):
             with self._lock:
                 self._commit(self._unmoved() + rows)
