@@ -60,20 +60,37 @@ def prepare(s_id: str, target: str, root: str, base_commit: str, label: str, dep
     """Commit what the assignments before left, base a clone on their merge, create it.
 
     After exactly one assignment, the clone starts from that one's commit
-    and may take over its checkout (``create_worktree(inherit=...)``).
+    and may take over its checkout (``create_worktree(inherit=...)``).  When
+    that one's clone is small, the new clone is checked out at the commit
+    it is on (``worktrees.guess_base``) while it is committed, two git
+    processes side by side: the gap between two chained assignments is
+    then the longer of the two, not their sum (``create_worktree(settle=...)``
+    ends at the real commit either way).
     ``changes``: also list what the clone's earlier runs changed since its
     base (a fresh start after a failed resume is told).
     """
     commits: list[p.CommitMade] = []
+    guess = worktrees.guess_base(Path(deps[0][1])) if len(deps) == 1 else None
     try:
-        commits = _commit(deps, exclude)
-        heads = list(dict.fromkeys(c.commit for c in commits))
-        if len(heads) > 1:
-            base = merging.merged_base(Path(target), Path(root), s_id, label, heads)
+        if guess is None:
+            commits = _commit(deps, exclude)
+            heads = list(dict.fromkeys(c.commit for c in commits))
+            if len(heads) > 1:
+                base = merging.merged_base(Path(target), Path(root), s_id, label, heads)
+            else:
+                base = heads[0] if heads else base_commit
+            inherit = Path(deps[0][1]) if len(deps) == 1 and heads else None
+            cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base, inherit=inherit)
         else:
-            base = heads[0] if heads else base_commit
-        inherit = Path(deps[0][1]) if len(deps) == 1 and heads else None
-        cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, base, inherit=inherit)
+            with ThreadPoolExecutor(1, thread_name_prefix="orchd-commit") as pool:
+                committed = pool.submit(_commit, deps, exclude)
+                try:
+                    cwd, branch = worktrees.create_worktree(Path(target), Path(root), s_id, label, guess,
+                                                            settle=lambda: committed.result()[0].commit)
+                finally:
+                    if committed.exception() is None:  # (waits for it) the commit rides along even so
+                        commits = committed.result()
+            base = commits[0].commit
         changed = worktrees.changed_since(cwd, base) if changes else []
     except worktrees.GitError as exc:
         return p.WorktreeReady(session=s_id, worker=worker, gen=gen, error=f"worktree: {exc}", commits=commits)

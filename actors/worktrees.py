@@ -73,7 +73,7 @@ import time
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from orchd.config import DEFAULT_COMMIT_EXCLUDE as DEFAULT_EXCLUDE
 
@@ -720,7 +720,8 @@ def commit_all(worktree: Path, message: str, exclude: list[str] | None = None) -
 # ---------------------------------------------------------------- public API
 
 def create_worktree(target: Path, root: Path, session: str, assignment: str,
-                    base: str, inherit: Path | None = None) -> tuple[Path, str]:
+                    base: str, inherit: Path | None = None,
+                    settle: Callable[[], str] | None = None) -> tuple[Path, str]:
     """Create the clone ``<root>/<session>/<assignment>`` on a new branch at ``base``.
 
     The clone is a repository of its own (its ``.git`` is a directory in
@@ -742,12 +743,24 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
     two.  The inherited clone's directory is gone afterwards
     (``commit_assignment`` then answers from the hub's branch).
 
+    ``settle``: ``base`` is only a guess (``guess_base``), and ``settle()``
+    returns the real one: the commit of the assignment before, which its
+    caller makes in another thread meanwhile.  A new clone checks the guess
+    out while that commit runs, then moves to the real base if it differs
+    (``reset --hard``: only the files that differ are written).  The files,
+    index and branch end exactly as a call with the real base would leave
+    them.  Wherever the guess is no use (a clone or branch already there, a
+    take-over), ``settle()`` is called first and the call goes on with its
+    answer.
+
     Idempotent: a clone already there on its branch is returned as is (with
     whatever the agent left in it), and a branch that exists in the hub
     without a clone (after ``clean`` or a crash) gets one again *without*
     being moved to ``base``, so an agent's earlier commits are never thrown
     away.
     """
+    if settle is not None and inherit is not None:
+        base, settle = settle(), None
     branch = branch_name(session, assignment)
     # the target was checked when the session's hub was made from it; later clones need only the hub
     hub_made = _hub_ready(hub_path(root, session))
@@ -756,6 +769,8 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
         hub = ensure_hub(top, root, session)
         sdir = _session_dir(root, session)
         path = sdir / assignment
+        if settle is not None and (path.exists() or not _new_branch(hub, branch, base)):
+            base, settle = settle(), None  # a guess is no use here
         if path.exists():
             if _is_repo(path, bare=False):
                 return path, branch  # as the agent left it: its branch changes are commit_all's to judge
@@ -773,8 +788,20 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
             # the branch is unborn in the new clone: this sets it to start and writes every file
             # (a one-way reset: no "would it overwrite an untracked file?" pass, the directory is new)
             big = _big(top / ".git" / "index")
-            _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
-                 background=big)
+            reset = (*_checkout(), "reset", "--hard", "--quiet")
+            try:
+                _git(tmp, *reset, start, env=_read_objects_in_place(hub), background=big)
+            except GitError:
+                if settle is None:
+                    raise
+                shutil.rmtree(tmp)  # a wrong guess: start again from what settle says
+                _new_clone(tmp, hub, branch)
+                start, settle = settle(), None
+                _git(tmp, *reset, start, env=_read_objects_in_place(hub), background=big)
+            if settle is not None and (real := settle()) != start:
+                # from the guess to the real base: only the files that differ are rewritten
+                _git(tmp, *reset, real, env=_read_objects_in_place(hub), background=big)
+                start = real
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
@@ -852,10 +879,15 @@ def _start_branch(hub: Path, branch: str, base: str) -> tuple[str, bool]:
     caller's to create with ``_create_ref`` once the checkout of ``base`` has
     shown it to be a commit.
     """
-    if _full_hash(base) and not (hub / "packed-refs").exists() \
-            and not os.path.lexists(hub / "refs" / "heads" / branch):
+    if _new_branch(hub, branch, base):
         return base, True
     return _start_branch_by_git(hub, branch, base), False
+
+
+def _new_branch(hub: Path, branch: str, base: str) -> bool:
+    """``_start_branch``'s usual case, asked without changing anything."""
+    return _full_hash(base) and not (hub / "packed-refs").exists() \
+        and not os.path.lexists(hub / "refs" / "heads" / branch)
 
 
 def _create_ref(hub: Path, branch: str, commit: str, replace: bool = False) -> None:
@@ -979,6 +1011,30 @@ def _read_objects_in_place(hub: Path) -> dict[str, str]:
                                  for d in (dirs[0], own)) or not os.path.isdir(dirs[0]):
         return {}  # a path the variables cannot carry as they are
     return {"GIT_OBJECT_DIRECTORY": dirs[0], "GIT_ALTERNATE_OBJECT_DIRECTORIES": own}
+
+
+def guess_base(clone: Path) -> str | None:
+    """What the next assignment after ``clone``'s will most likely start from: the commit
+    ``clone`` is on now, when the hub has it as that clone's branch (so its objects are in the
+    hub) and the clone is small; None otherwise (a big clone is taken over instead, see
+    ``create_worktree``; an agent's own commit is not in the hub until orchd commits the clone).
+
+    Read from files, no git command: the clone is the agent's and its files are not trusted,
+    which is fine for a guess (``create_worktree(settle=...)`` moves to the real base).
+    """
+    try:
+        own = branch_name(clone.parent.name, clone.name)
+        git_dir = clone / ".git"
+        if (git_dir / "index").stat().st_size >= INHERIT_MIN_INDEX_BYTES:
+            return None
+        if (git_dir / "HEAD").read_text() != f"ref: refs/heads/{own}\n":
+            return None
+    except (OSError, UnicodeDecodeError, BadName):
+        return None
+    head = _loose_ref(git_dir, own)
+    if head is None or not _full_hash(head) or _loose_ref(clone.parent / HUB_DIR, own) != head:
+        return None
+    return head
 
 
 def _inheritable(clone: Path, sdir: Path, start: str) -> bool:

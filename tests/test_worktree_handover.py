@@ -188,3 +188,107 @@ def test_a_relaunch_that_starts_fresh_is_told_the_files_the_earlier_runs_changed
     line = recovering.fresh_start_files(again.changed)
     assert line == "Files it changed since the assignment started: d00/f0000.txt, d01/f0001.txt, new.py."
     assert recovering.fresh_start_files([f"f{i}" for i in range(60)]).endswith("f49 and 10 more.")
+
+
+# ---------------------------------------------------------------- a small chain: commit and checkout side by side
+
+def files_of_commit(repo: Path, commit: str) -> dict[str, str]:
+    names = git(repo, "ls-tree", "-r", "--name-only", commit).splitlines()
+    return {n: git(repo, "show", f"{commit}:{n}") for n in names}
+
+
+def files_of_clone(clone: Path) -> dict[str, str]:
+    return {n: (clone / n).read_text().rstrip("\n") for n in tree_of(clone)}
+
+
+def test_a_small_chained_clone_checked_out_at_the_guess_ends_exactly_at_the_commit_made_meanwhile(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    a = Path(first.cwd)
+    assert wt.guess_base(a) == base
+    (a / "d00" / "f0000.txt").write_text("changed by a\n")
+    (a / "d01" / "f0001.txt").unlink()
+    (a / "new.txt").write_text("new\n")
+
+    b = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
+
+    assert b.error is None and b.commits[0].made
+    head_a = b.commits[0].commit
+    clone = Path(b.cwd)
+    assert git(clone, "rev-parse", "HEAD") == head_a != base
+    assert git(clone, "symbolic-ref", "--short", "HEAD") == wt.branch_name(S, "b")
+    assert files_of_clone(clone) == files_of_commit(wt.hub_path(root, S), head_a)  # d01/f0001.txt gone, new.txt there
+    assert git(clone, "status", "--porcelain", "--untracked-files=all", "--ignored") == ""
+    assert git(wt.hub_path(root, S), "rev-parse", f"refs/heads/{wt.branch_name(S, 'b')}") == head_a
+    assert sorted(p.name for p in (root / S).iterdir() if not p.name.startswith("_branches")) == ["a", "b"]
+    assert a.is_dir()  # a small clone is not taken over
+
+    again = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 2)
+    assert again.error is None and again.cwd == b.cwd and again.commits[0].commit == head_a  # as it is
+
+
+def test_a_small_chained_clone_after_an_assignment_that_changed_nothing_starts_at_its_commit(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    b = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
+    assert b.error is None and not b.commits[0].made and b.commits[0].commit == base
+    assert git(Path(b.cwd), "rev-parse", "HEAD") == base
+    assert files_of_clone(Path(b.cwd)) == files_of_commit(small, base)
+
+
+def test_no_guess_from_a_clone_whose_head_the_hub_does_not_have(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    a = Path(first.cwd)
+    (a / "by-agent.txt").write_text("committed by the agent\n")
+    git(a, "add", "by-agent.txt")
+    git(a, "-c", "user.name=agent", "-c", "user.email=a@example.invalid", "commit", "-qm", "the agent's own")
+    (a / "later.txt").write_text("left uncommitted\n")
+    assert wt.guess_base(a) is None  # its objects are in its own clone only
+
+    b = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
+
+    assert b.error is None
+    head_a = b.commits[0].commit
+    assert git(Path(b.cwd), "rev-parse", "HEAD") == head_a
+    assert files_of_clone(Path(b.cwd)) == files_of_commit(wt.hub_path(root, S), head_a)
+    assert {"by-agent.txt", "later.txt"} <= set(files_of_clone(Path(b.cwd)))
+
+
+def test_a_guess_that_is_no_commit_falls_back_to_the_real_base(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    wt.create_worktree(small, root, S, "a", base)
+    asked = []
+
+    def settle() -> str:
+        asked.append(1)
+        return base
+
+    clone, _ = wt.create_worktree(small, root, S, "b", "f" * 40, settle=settle)
+    assert asked == [1] and git(clone, "rev-parse", "HEAD") == base
+    assert files_of_clone(clone) == files_of_commit(small, base)
+    assert not (root / S / "_new-b").exists()
+
+
+def test_a_commit_that_fails_while_the_next_clone_is_checked_out_fails_the_prepare_and_leaves_no_clone(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    a = Path(first.cwd)
+    (a / ".git" / "index").write_bytes(b"not an index")  # a hostile agent: small, HEAD and refs as they were
+    assert wt.guess_base(a) == base
+
+    b = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
+
+    assert b.error is not None and b.error.startswith("worktree: ") and b.commits == []
+    assert not (root / S / "b").exists()
+    assert not os.path.lexists(wt.hub_path(root, S) / "refs" / "heads" / wt.branch_name(S, "b"))
