@@ -67,6 +67,7 @@ import re
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -795,13 +796,18 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
                 if settle is None:
                     raise
                 shutil.rmtree(tmp)  # a wrong guess: start again from what settle says
-                _new_clone(tmp, hub, branch)
                 start, settle = settle(), None
+                _new_clone(tmp, hub, branch)
                 _git(tmp, *reset, start, env=_read_objects_in_place(hub), background=big)
-            if settle is not None and (real := settle()) != start:
-                # from the guess to the real base: only the files that differ are rewritten
-                _git(tmp, *reset, real, env=_read_objects_in_place(hub), background=big)
-                start = real
+            if settle is not None:
+                try:
+                    real = settle()
+                except BaseException:
+                    shutil.rmtree(tmp)  # the commit before failed: no clone, not even half of one
+                    raise
+                if real != start:  # from the guess to the real base: only the files that differ are written
+                    _git(tmp, *reset, real, env=_read_objects_in_place(hub), background=big)
+                    start = real
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
@@ -1019,22 +1025,43 @@ def guess_base(clone: Path) -> str | None:
     hub) and the clone is small; None otherwise (a big clone is taken over instead, see
     ``create_worktree``; an agent's own commit is not in the hub until orchd commits the clone).
 
-    Read from files, no git command: the clone is the agent's and its files are not trusted,
-    which is fine for a guess (``create_worktree(settle=...)`` moves to the real base).
+    Read from files, no git command.  The clone is the agent's: only small regular files are
+    read (a FIFO or a symbolic link put there is no guess, never a wait), and what they say is
+    only a guess (``create_worktree(settle=...)`` moves to the real base).
     """
     try:
         own = branch_name(clone.parent.name, clone.name)
-        git_dir = clone / ".git"
+    except BadName:
+        return None
+    git_dir = clone / ".git"
+    try:
         if (git_dir / "index").stat().st_size >= INHERIT_MIN_INDEX_BYTES:
             return None
-        if (git_dir / "HEAD").read_text() != f"ref: refs/heads/{own}\n":
-            return None
-    except (OSError, UnicodeDecodeError, BadName):
+    except OSError:
         return None
-    head = _loose_ref(git_dir, own)
-    if head is None or not _full_hash(head) or _loose_ref(clone.parent / HUB_DIR, own) != head:
+    if _untrusted_small_file(git_dir / "HEAD") != f"ref: refs/heads/{own}\n":
+        return None
+    head = (_untrusted_small_file(git_dir / "refs" / "heads" / own) or "").strip()
+    if not _full_hash(head) or _loose_ref(clone.parent / HUB_DIR, own) != head:
         return None
     return head
+
+
+def _untrusted_small_file(path: Path, most: int = 256) -> str | None:
+    """The text of ``path`` if it is a regular file (not a link) of at most ``most`` bytes, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > most:
+            return None
+        return os.read(fd, most + 1).decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _inheritable(clone: Path, sdir: Path, start: str) -> bool:

@@ -290,5 +290,23 @@ def test_a_commit_that_fails_while_the_next_clone_is_checked_out_fails_the_prepa
     b = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
 
     assert b.error is not None and b.error.startswith("worktree: ") and b.commits == []
-    assert not (root / S / "b").exists()
+    assert not (root / S / "b").exists() and not (root / S / "_new-b").exists()
     assert not os.path.lexists(wt.hub_path(root, S) / "refs" / "heads" / wt.branch_name(S, "b"))
+
+
+def test_no_guess_and_no_wait_when_the_agent_put_a_fifo_or_a_link_where_git_keeps_its_head(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    base = wt.head_commit(small)
+    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    a = Path(first.cwd)
+    ref = a / ".git" / "refs" / "heads" / wt.branch_name(S, "a")
+    ref.unlink()
+    os.mkfifo(ref)  # opened for reading, a FIFO would wait for a writer forever
+    assert wt.guess_base(a) is None
+    ref.unlink()
+    ref.symlink_to(wt.hub_path(root, S) / "refs" / "heads" / wt.branch_name(S, "a"))
+    assert wt.guess_base(a) is None
+    ref.unlink()
+    ref.write_text(base + "\n")
+    assert wt.guess_base(a) == base
