@@ -12,10 +12,13 @@ A ``tcp://`` endpoint cannot be probed that way: a short ``Ping`` comes
 first, and no answer in time is ``Unreachable``.
 
 A remote daemon (``curve``: orchctl.profiles) is reached over CURVE: the
-DEALER and the SUB of ``watch`` (``secure``) carry this client's key pair
+DEALER and the SUB of ``watch`` (``subscribe``) carry this client's key pair
 and the server's public key.  A socket monitor tells a refused key
 (``HANDSHAKE_FAILED_AUTH``: the daemon's ZAP handler said no) from a daemon
-that is not there, so the message says which.
+that is not there, so the message says which.  A ``tcp://`` endpoint without
+keys (``ORCHD_CONTROL_ENDPOINT``, ``ORCHD_EVENTS_ENDPOINT``) is refused at
+once (``Unreachable``): no daemon serves plaintext tcp.  Both sockets are
+made by ``orchd.bus``, like every other socket of orchd.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ def probe_ipc(endpoint: str) -> str | None:
     return None
 
 
+NEEDS_KEYS = "name the daemon with --profile, or with --endpoint, --server-key and --client-key"
+
+
 class Client:
     def __init__(self, control: str, timeout_s: float = 10.0, connect_timeout_s: float = 1.0,
                  curve=None) -> None:
@@ -133,19 +139,21 @@ class Client:
 
     def _socket(self) -> zmq.Socket:
         if self.sock is None:
-            self.sock = self.ctx.socket(zmq.DEALER)
-            self.sock.linger = 0
-            if self.curve is not None:
-                self.secure(self.sock)
-                self._monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-            self.sock.connect(self.control)
+            from orchd import bus
+            try:
+                self.sock, self._monitor = bus.client_dealer(self.ctx, self.control, self.curve)
+            except bus.PlaintextTcpRefused as exc:
+                raise Unreachable(f"{exc}: {NEEDS_KEYS}") from None
         return self.sock
 
-    def secure(self, sock: zmq.Socket) -> None:
-        """Make ``sock`` (before it connects) a CURVE client of the remote daemon; nothing for ipc."""
-        if self.curve is not None:
-            from orchd import bus
-            bus.curve_client(sock, self.curve.client, self.curve.server_public)
+    def subscribe(self, endpoint: str, topics: list[bytes]) -> zmq.Socket:
+        """A SUB to the daemon's events socket at ``endpoint`` (CURVE for a remote daemon, like the
+        control socket), subscribed to ``topics``, queueing without limit; the caller closes it."""
+        from orchd import bus
+        try:
+            return bus.events_sub(self.ctx, endpoint, 0, self.curve, topics)
+        except bus.PlaintextTcpRefused as exc:
+            raise Unreachable(f"{exc}: {NEEDS_KEYS}") from None
 
     def _key_refused(self) -> bool:
         """Whether the daemon's ZAP handler refused our key on this socket."""

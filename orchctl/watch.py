@@ -205,13 +205,7 @@ def _live(client: Client, sub: zmq.Socket, session: str | None, cursor: Cursor, 
 def _stream(client: Client, events_ep: str, session: str | None, since: int, printer: _Printer,
             initial: p.SessionInfo | None) -> None:
     """History from ``since``, then live, until the printer's session ends (or forever without one)."""
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.linger = 0
-    sub.rcvhwm = 0
-    sub.setsockopt(zmq.SUBSCRIBE, wire.topic(session) + b" " if session else b"")
-    sub.setsockopt(zmq.SUBSCRIBE, wire.SYNC_TOPIC)
-    client.secure(sub)  # a remote daemon: CURVE, like the control socket
-    sub.connect(events_ep)
+    sub = client.subscribe(events_ep, [wire.topic(session) + b" " if session else b"", wire.SYNC_TOPIC])
     try:
         early: list[bytes] = []
         _sync(client, sub, early)

@@ -1,4 +1,5 @@
-"""Every ZeroMQ socket the daemon makes, made here.
+"""Every ZeroMQ socket orchd makes, made here: the daemon's, and its clients' (``orchctl``,
+the HTTP bridge).
 
 One place decides each socket's type, options and limits, so securing the
 public sockets (CURVE, a ZAP handler) is a change to this module only.
@@ -25,8 +26,18 @@ Internal sockets (inproc between actors; any endpoint would do):
 
 * ``mailbox``: an actor's PULL inbox; ``push``: a PUSH to one.
 
+Client sockets (they connect; over tcp only as CURVE clients, ``_connect``):
+
+* ``control_dealer``: a DEALER to the control ROUTER (``client_dealer`` is
+  orchctl's, with a monitor of refused CURVE handshakes);
+* ``events_sub``: a SUB to the events PUB.
+
 Every socket has ``linger = 0`` except PUSH sockets that must deliver what
 was sent before their owner went away (``push(..., linger_s=...)``).
+
+``zmq.asyncio`` (and so ``asyncio``) is imported by ``context()`` only: the
+client sockets take any context, and orchctl, which uses the blocking one,
+starts without asyncio.
 """
 
 from __future__ import annotations
@@ -38,9 +49,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import zmq
-import zmq.asyncio
 
 if TYPE_CHECKING:
+    import zmq.asyncio
+
     from orchd.keys import ClientCurve, ClientKeys, ServerKeys
 
 ZAP_DOMAIN = b"orchd"  # orchd.zap.DOMAIN: the domain the ZAP handler answers for
@@ -50,6 +62,7 @@ CONTROL_SNDHWM = 16  # replies queued per control peer (replay pages are <= 2 Mi
 
 def context() -> zmq.asyncio.Context:
     """The daemon's one context (never the global one)."""
+    import zmq.asyncio
     return zmq.asyncio.Context()
 
 
@@ -186,32 +199,52 @@ def push(ctx: zmq.asyncio.Context, endpoint: str, hwm: int, linger_s: float = 0.
     return sock
 
 
-# ---------------------------------------------------------------- the HTTP bridge's client sockets
+# ---------------------------------------------------------------- clients' sockets (orchctl, the HTTP bridge)
 
-def control_dealer(ctx: zmq.asyncio.Context, endpoint: str, curve: ClientCurve | None = None) -> zmq.asyncio.Socket:
+CLIENT_HWM = 1000  # requests or replies queued on a client's DEALER
+
+
+def control_dealer(ctx: zmq.Context, endpoint: str, curve: ClientCurve | None = None) -> zmq.Socket:
     """A client's DEALER to the control socket (the HTTP bridge is a client like ``orchctl``).
 
-    ``curve``: connect as a CURVE client (required for a tcp endpoint).
+    ``curve``: connect as a CURVE client (required for a tcp endpoint:
+    ``PlaintextTcpRefused`` without it).
     """
+    return client_dealer(ctx, endpoint, curve, watch_auth=False)[0]
+
+
+def client_dealer(ctx: zmq.Context, endpoint: str, curve: ClientCurve | None = None,
+                  watch_auth: bool = True) -> tuple[zmq.Socket, zmq.Socket | None]:
+    """``control_dealer``, and with ``curve`` and ``watch_auth`` a monitor socket that receives
+    ``EVENT_HANDSHAKE_FAILED_AUTH`` (the daemon refused the client's key), attached before the
+    connect so that no refusal is missed (None otherwise; the caller closes both)."""
     sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.sndhwm = 1000
-    sock.rcvhwm = 1000
+    monitor = None
     try:
+        sock.linger = 0
+        sock.sndhwm = CLIENT_HWM
+        sock.rcvhwm = CLIENT_HWM
+        if curve is not None and watch_auth:
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         _connect(sock, endpoint, curve)
     except BaseException:
+        if monitor is not None:
+            monitor.close(linger=0)
         sock.close(linger=0)
         raise
-    return sock
+    return sock, monitor
 
 
-def events_sub(ctx: zmq.asyncio.Context, endpoint: str, hwm: int, curve: ClientCurve | None = None) -> zmq.asyncio.Socket:
-    """A client's SUB to the events socket, subscribed to every event and to sync markers."""
+def events_sub(ctx: zmq.Context, endpoint: str, hwm: int, curve: ClientCurve | None = None,
+               topics: Sequence[bytes] = (b"",)) -> zmq.Socket:
+    """A client's SUB to the events socket, subscribed to ``topics`` (by default every event and
+    the sync markers); ``hwm`` 0: no limit (a client that must see every event it subscribed to)."""
     sock = ctx.socket(zmq.SUB)
-    sock.linger = 0
-    sock.rcvhwm = hwm
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
     try:
+        sock.linger = 0
+        sock.rcvhwm = hwm
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
         _connect(sock, endpoint, curve)
     except BaseException:
         sock.close(linger=0)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.asyncio
 
 from orchd import bus, keys
 from tests.conftest import ROOT, fake, wait_for, write_plan

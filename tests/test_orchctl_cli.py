@@ -239,7 +239,8 @@ def test_a_killed_daemon_is_not_running_within_2s(daemon_factory):
     assert res.stderr.decode().startswith("orchd is not running at ipc://")
 
 
-def test_tcp_endpoint_without_daemon_is_exit_3_within_2s():
+def test_a_tcp_endpoint_without_keys_is_exit_3_at_once_and_says_it_needs_keys():
+    # no daemon serves plaintext tcp: orchctl says so before it sends anything (orchd.bus refuses it)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -247,7 +248,9 @@ def test_tcp_endpoint_without_daemon_is_exit_3_within_2s():
     t0 = time.monotonic()
     res = run("status", env=_env(ORCHD_CONTROL_ENDPOINT=f"tcp://127.0.0.1:{port}"))
     assert res.returncode == 3 and time.monotonic() - t0 < 2.0, res.stderr
-    assert res.stderr.decode().strip() == f"orchd is not running at tcp://127.0.0.1:{port}: start it with 'orchd run'"
+    assert res.stderr.decode().strip() == (
+        f"tcp://127.0.0.1:{port}: a tcp endpoint needs the server's public key (CURVE): "
+        "name the daemon with --profile, or with --endpoint, --server-key and --client-key")
 
 
 # ---------------------------------------------------------------- 3, 4. watch: unknown session, exit codes
