@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.conftest import fake, wait_for, write_plan
 from tests.helpers import proc_state, watch_until_done
@@ -43,6 +44,11 @@ def test_plan_of_commands_runs_end_to_end(daemon, git_repo, tmp_path):
     assert {w["name"]: (w["state"], w["exit_code"]) for w in status["workers"]} == {
         "first": ("done", 0), "second": ("done", 0), "third": ("done", 0)}
     assert all(w["host"] is None for w in status["workers"])  # run here, not on an agent host
+    # both started from first's work (second's clone was checked out while first was committed)
+    trees = {w["name"]: Path(w["worktree"]) for w in status["workers"]}
+    assert (trees["first"] / "first.txt").read_text().strip() == "one"
+    for name in ("second", "third"):
+        assert (trees[name] / "first.txt").read_text() == (trees["first"] / "first.txt").read_text()
     # every event of the session is in the log, exactly what a late watcher sees
     again = watch_until_done(daemon, sid)
     assert again == events
