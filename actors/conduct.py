@@ -21,7 +21,7 @@ from actors import decide as d
 from actors import launch, preflight, submit, workspace
 from actors.agents import ADAPTERS
 from actors.doctor import find_binary
-from actors.recovering import fresh_start_files
+from actors.recovering import HOST_LOST, fresh_start_files
 from actors.sessions import SessionView, WorkerView
 from actors.worker import Worker, WorkerSpec, mailbox_endpoint
 from orchd import metrics
@@ -217,19 +217,25 @@ class Conduct:
         return True
 
     def _host_lost(self, s: SessionView, msg: p.HostLost) -> None:
-        """A run's agent host went silent: relaunch the assignment, placed anew, from its branch as the
-        daemon has it (what the lost run did is lost with it)."""
+        """A run's agent host went silent: the run failed with it (``host_lost``), and the recovery
+        actor decides what follows like for any failed run: a relaunch, placed anew, from the
+        assignment's branch as the daemon has it (what the lost run did is lost with it), within
+        ``max_relaunches`` per ``window_s`` like every relaunch, so a host that keeps dropping
+        escalates the session instead of relaunching it forever."""
         w = s.workers.get(msg.worker)
         if w is None or w.gen != msg.gen or w.state in p.WORKER_TERMINAL:
             return
-        self.emit(s, p.SessionNote(message=f"{msg.reason}; {w.spec.name} is relaunched"), w)
         if s.state in p.SESSION_TERMINAL or s.stop_reason is not None:
+            self.emit(s, p.SessionNote(message=f"{msg.reason}; {w.spec.name} stops with it"), w)
             self.emit(s, p.WorkerExited(state="stopped", reason=msg.reason), w)
             self._advance(s)
             return
-        metrics.relaunches.labels(w.spec.agent).inc()
+        self.emit(s, p.SessionNote(message=f"{msg.reason}; {w.spec.name}'s run failed with it"), w)
         # fresh: the agent's own session (what a resume would continue) is kept on the lost host's disk
-        self._launch(s, w, d.Launch(worker=w.spec.name, resume=False, reason=msg.reason))
+        self.emit(s, p.WorkerFailure(code=HOST_LOST, message=msg.reason, action="relaunch",
+                                     remedy=p.Fix(fresh=True), source=f"agent host {msg.host}"), w)
+        self.emit(s, p.WorkerExited(state="failed", reason=f"{HOST_LOST}: {msg.reason}"), w)
+        self._advance(s)
 
     def _find(self, agent: str) -> str | None:
         return find_binary(agent, self.cfg.agent(agent).binary)

@@ -13,8 +13,8 @@ back to the journal (``Append``), so the events are committed as if the worker r
 
 Reliability (the ZeroMQ Guide's Paranoid Pirate, plus numbered messages): both ends send a
 heartbeat every ``heartbeat_s``.  A host silent for ``host_timeout_s`` is lost: each of its
-stand-ins tells the supervisor (``HostLost``), which relaunches the assignment elsewhere (resuming
-the agent's own session when its CLI can, else fresh), and ends.  What a host sends about one
+stand-ins tells the supervisor (``HostLost``), which fails the run (``host_lost``) for the recovery
+actor to relaunch it elsewhere, fresh, within the relaunch bound, and ends.  What a host sends about one
 worker generation is numbered (``seq``); this end takes each number once, in order, acknowledges
 it, and answers a duplicate with the acknowledgement again, so the host can resend what was not
 acknowledged after a reconnect.  Events of a generation this end no longer runs (its host was

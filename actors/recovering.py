@@ -53,6 +53,9 @@ TRANSIENT = frozenset({"rate_limited", "overloaded", "server_error", "network", 
                        "usage_limit"})
 """Causes that pass by themselves: waited out with backoff (a fix like an env var or a flag needs none)."""
 LOGIN = frozenset({"not_logged_in", "auth_invalid"})
+HOST_LOST = "host_lost"
+"""The run's agent host went silent (``actors.hostlink``): orchd's failure, not the agent's, so the
+assignment is relaunched (fresh, placed anew) whatever its ``retry`` says, within the same bound."""
 PENDING = frozenset({"relaunch", "park", "resume_after_quota"})
 """Actions after which the assignment is not finished: the supervisor relaunches it (now or later)."""
 SUMMARY_CHARS = 2000
@@ -126,7 +129,7 @@ def decide(f: Failed, policy: Policy, now: float, draw: float) -> Decision:
     if catalogue != "relaunch":
         lead = f"log in to {f.agent}: " if code in LOGIN else ""
         return _stop("escalate", f, code, lead + what)
-    if f.agent == "command" and not f.retry:
+    if f.agent == "command" and not f.retry and code != HOST_LOST:
         return _stop("fail", f, code, f"{what} (a command is not run again unless its assignment sets retry = true)")
     recent = [t for t in f.relaunch_ts if now - t < policy.window_s]
     if len(recent) >= policy.max_relaunches:

@@ -189,6 +189,10 @@ def test_host_cut_off_has_its_run_relaunched_on_the_other(cluster, netns, git_re
     assert events[-1]["state"] == "done", events[-5:]
     _check_no_loss_or_dup(events, sid, 20)
     assert any(e["kind"] == "session.note" and "agent host h1 lost" in e.get("message", "") for e in events)
+    # the lost run failed with its host and the recovery actor relaunched it, like any failed run
+    lost = [e for e in events if e.get("worker") == on_h1 and e.get("gen") == 0]
+    assert any(e["kind"] == "recovery.detected" and e["code"] == "host_lost" for e in lost)
+    assert any(e["kind"] == "recovery.action" and e["action"] == "relaunch" for e in lost)
     assert git(git_repo, "show", f"orchd/{sid}:a.txt").strip() == "from a"
     assert git(git_repo, "show", f"orchd/{sid}:b.txt").strip() == "from b"
     # h1 comes back: what it still had of the dropped run is refused, nothing reaches the log

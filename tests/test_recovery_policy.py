@@ -108,6 +108,18 @@ def test_a_command_is_relaunched_only_when_it_says_retry():
     assert yes.action == "relaunch" and not yes.resume
 
 
+def test_a_lost_agent_host_relaunches_fresh_at_once_even_a_command_and_within_the_bound():
+    lost = dict(message="agent host h1 lost: no heartbeat for 2 s", remedy=p.Fix(fresh=True))
+    got = recovering.decide(_f(recovering.HOST_LOST, **lost), POLICY, NOW, 0.0)
+    assert (got.action, got.resume, got.delay_s) == ("relaunch", False, 0.0)  # its session is on the lost disk
+    cmd = recovering.decide(_f(recovering.HOST_LOST, agent="command", session_id=None, **lost), POLICY, NOW, 0.0)
+    assert cmd.action == "relaunch"  # orchd's failure, not the command's: retry = false does not apply
+    flapping = (NOW - 100.0, NOW - 50.0, NOW - 5.0)
+    bound = recovering.decide(_f(recovering.HOST_LOST, agent="command", session_id=None, relaunch_ts=flapping,
+                                 **lost), POLICY, NOW, 0.0)
+    assert bound.action == "escalate" and bound.reason.startswith("relaunch bound reached")
+
+
 def test_a_resume_that_fails_before_any_output_starts_fresh_with_a_summary():
     hung = recovering.decide(_f("network", resumed=True, produced_output=False, last_text="wrote a.py, b.py"),
                              POLICY, NOW, 0.0)
