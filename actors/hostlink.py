@@ -19,6 +19,9 @@ worker generation is numbered (``seq``); this end takes each number once, in ord
 it, and answers a duplicate with the acknowledgement again, so the host can resend what was not
 acknowledged after a reconnect.  Events of a generation this end no longer runs (its host was
 declared lost meanwhile) are refused with ``LinkDrop``: the relaunch is the one that counts.
+What this end sends a host is not numbered; a hello (every reconnect) makes each stand-in resend
+what may have been lost with the old connection: the assignment until the host has it, and the
+last pause or resume and the stop, which the host's worker takes idempotently.
 
 The link and its stand-ins share the daemon's event loop: the stand-ins call the link's
 ``send``/``attach`` and the supervisor calls ``place``/``hosts_info``, all synchronous and short.
@@ -239,6 +242,7 @@ class RemoteWorker:
         self._assign: list[p.Msg] = []   # the assignment and its bundle chunks, until the host has it
         self._delivered = False
         self._stop: p.StopWorker | None = None
+        self._held: p.PauseWorker | p.ResumeWorker | None = None  # the last pause or resume sent
         self._result: list[bytes] = []
 
     # called by the link (same loop)
@@ -250,13 +254,17 @@ class RemoteWorker:
         self._items.put_nowait(reason)
 
     def hello(self, running: bool) -> None:
-        """The host (re)connected: resend what it may have missed."""
+        """The host (re)connected: resend what it may have missed.  What this end sends a host is
+        not numbered (what a host sends is): the assignment until the host has it, and the
+        commands as state, the last pause or resume and the stop, each idempotent on the host."""
         self._delivered = self._delivered or running
         if not self._delivered:
             for msg in self._assign:
                 self.link.send(self.host, msg)
         if self._stop is not None:
             self.link.send(self.host, p.LinkTell(key=self.key, msg=self._stop))
+        elif self._held is not None:
+            self.link.send(self.host, p.LinkTell(key=self.key, msg=self._held))
 
     async def run(self, restarts: int = 0) -> None:
         spec = self.spec
@@ -310,6 +318,8 @@ class RemoteWorker:
             return
         if type(msg) is p.StopWorker and self._stop is None:
             self._stop = msg
+        elif type(msg) in (p.PauseWorker, p.ResumeWorker):
+            self._held = msg
         self.link.send(self.host, p.LinkTell(key=self.key, msg=msg))
 
     async def _handle_all(self, items: list, out: Outbox) -> bool:

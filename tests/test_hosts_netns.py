@@ -248,3 +248,34 @@ def test_plaintext_tcp_is_refused(cluster, netns, tmp_path):
     finally:
         stop_host(stranger)
     assert {h["name"] for h in hosts(d)} == {"h1", "h2"}
+
+
+def test_a_pause_sent_while_the_link_is_down_reaches_the_run_after_the_reconnect(cluster, netns, git_repo, tmp_path):
+    d, _ = cluster(host_timeout_s=6.0)
+    go = tmp_path / "go"
+    plan = write_plan(tmp_path / "plan.json", [
+        {"name": "a", "agent": "command",
+         "argv": fake(f"touch:{tmp_path}/started-a", f"waitfile:{go}", "json:5", "exit:0")}])
+    sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    wait_for(lambda: (tmp_path / "started-a").exists(), 60, "the run to start")
+    host = _placed(_events(d))[("a", 0)]
+    log = tmp_path / f"{host}.log"
+    reconnects = log.read_text().count('"action": "reconnecting"')
+    cut(netns, host, False)
+    try:
+        d.ctl("pause", sid)  # sent on a connection the host is about to give up
+        wait_for(lambda: log.read_text().count('"action": "reconnecting"') > reconnects, 10,
+                 "the host to give its connection up")
+    finally:
+        cut(netns, host, True)
+
+    def paused() -> bool:
+        return any(e["kind"] == "worker.state" and e.get("worker") == "a" and e["state"] == "paused"
+                   for e in _events(d))
+    wait_for(paused, 20, "the pause to reach the run on its host after the reconnect")
+    d.ctl("resume", sid)
+    go.touch()
+    events = watch_until_done(d, sid, timeout_s=90)
+    assert events[-1]["state"] == "done", events[-5:]
+    assert set(_placed(events)) == {("a", 0)}, "nothing was relaunched"
+    _check_no_loss_or_dup(events, sid, 5)
