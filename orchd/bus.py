@@ -114,9 +114,48 @@ def bind_curve(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys) -> 
     """Bind ``endpoints`` with CURVE (after the socket's plaintext ipc binds, which stay plaintext)."""
     if endpoints:
         curve_server(sock, keys)
+        _watch_handshakes(sock)
         for ep in endpoints:
             _bind(sock, ep)
             _curve_listeners.append((weakref.ref(sock), ep, sock.last_endpoint.decode()))
+
+
+_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) | int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MONITOR_STOPPED = int(zmq.EVENT_MONITOR_STOPPED)
+# the monitors of the CURVE sockets: (the monitor socket, a blocking view of it to drain)
+_handshake_monitors: list[tuple[zmq.Socket, zmq.Socket]] = []
+
+
+def _watch_handshakes(sock: zmq.Socket) -> None:
+    """Monitor ``sock``'s failed handshakes that are not ZAP's refusals (those are counted there)."""
+    monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED | _MONITOR_STOPPED)  # stopped: the socket closed
+    _handshake_monitors.append((monitor, zmq.Socket.shadow(monitor.underlying)))
+
+
+def failed_handshakes() -> int:
+    """How many connections to a CURVE endpoint failed their handshake since the last call, as
+    libzmq reports them (``HANDSHAKE_FAILED_PROTOCOL`` / ``_NO_DETAIL``): a plaintext ZeroMQ
+    peer, a protocol error, a connection dropped mid-handshake.  A key the ZAP handler refuses
+    is not among them (``orchd.zap`` counts those).  Never blocks; a monitor whose socket was
+    closed is closed too."""
+    from zmq.utils.monitor import parse_monitor_message
+    failed = 0
+    for pair in list(_handshake_monitors):
+        monitor, view = pair
+        while True:
+            try:
+                frames = view.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                frames = None
+            event = parse_monitor_message(frames)["event"] if frames and len(frames) == 2 else _MONITOR_STOPPED
+            if event == _MONITOR_STOPPED:
+                _handshake_monitors.remove(pair)
+                monitor.close(linger=0)
+                break
+            failed += 1
+    return failed
 
 
 # (socket, endpoint as configured, endpoint as bound): what drop_curve_clients unbinds and binds again

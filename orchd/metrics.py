@@ -103,7 +103,8 @@ http_events_sub = Gauge("orchd_http_events_subscribed", "1 while the bridge's ev
 http_sse_dropped = Counter("orchd_http_sse_dropped_total", "SSE clients dropped because their queue was full "
                            "(a slow or frozen browser; it resumes from Last-Event-ID)", registry=REGISTRY)
 auth_refused = Counter("orchd_auth_refused_total", "CURVE clients refused by the ZAP handler "
-                       "(unknown, revoked, store_unreadable)", ["reason"], registry=REGISTRY)
+                       "(unknown, revoked, store_unreadable), or whose handshake failed before it "
+                       "(handshake: a plaintext ZeroMQ peer, a protocol error)", ["reason"], registry=REGISTRY)
 
 workers = Gauge("orchd_workers", "Workers (assignment runs) by agent and state", ["agent", "state"],
                 registry=REGISTRY)

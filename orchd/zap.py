@@ -10,7 +10,11 @@ Only sockets bound with ``orchd.bus.curve_server`` ask ZAP (their
 ``zap_domain`` is ``DOMAIN``); the ipc endpoints, bound before CURVE is
 switched on, never do.  A refused key gives one warning line naming its
 fingerprint and why (``unknown``, ``revoked``, or ``store_unreadable``)
-and counts ``orchd_auth_refused_total{reason}``.  A refused client that keeps
+and counts ``orchd_auth_refused_total{reason}``.  A connection whose
+handshake fails before ZAP is asked (a plaintext ZeroMQ peer knocking on
+a CURVE port, or any other handshake libzmq reports as failed: a protocol
+error, a connection dropped mid-handshake) is counted as ``handshake`` (socket monitors, ``bus.failed_handshakes``, read
+every ``REVOKE_CHECK_S``) and logged at most once per ``LOG_EVERY_S``.  A refused client that keeps
 reconnecting (libzmq retries every 100 ms) is counted every time but logged
 at most once per ``LOG_EVERY_S`` per key, with how many refusals the line
 stands for.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import zmq
 import zmq.asyncio
@@ -111,6 +116,8 @@ class Zap:
         from zmq.auth.asyncio import AsyncioAuthenticator
         self.store = keys.ClientStore(state_dir)
         self._auth = AsyncioAuthenticator(ctx, log=logging.getLogger("orchd.zap.pyzmq"))
+        self._handshakes_logged_at = -LOG_EVERY_S
+        self._handshakes_unlogged = 0
 
     def start(self) -> None:
         self._auth.start()
@@ -122,6 +129,21 @@ class Zap:
         self._watcher.cancel()
         self._auth.stop()
 
+    def _count_failed_handshakes(self) -> None:
+        """Connections whose handshake failed before ZAP (``bus.failed_handshakes``): counted as
+        ``handshake``, logged at most once per ``LOG_EVERY_S`` with how many there were since the
+        last line."""
+        failed = bus.failed_handshakes()
+        if not failed:
+            return
+        metrics.auth_refused.labels("handshake").inc(failed)
+        self._handshakes_unlogged += failed
+        now = time.monotonic()
+        if now - self._handshakes_logged_at >= LOG_EVERY_S:
+            _log.warning("handshake_refused", refusals=self._handshakes_unlogged,
+                         why="a peer that does not speak CURVE (plaintext ZeroMQ), or a broken handshake")
+            self._handshakes_logged_at, self._handshakes_unlogged = now, 0
+
     def _active(self) -> frozenset[str] | None:
         try:
             return active_keys(self.store.clients())
@@ -131,6 +153,7 @@ class Zap:
     async def _watch_revocations(self) -> None:
         while True:
             await asyncio.sleep(REVOKE_CHECK_S)
+            self._count_failed_handshakes()
             now = self._active()
             if now is None:
                 continue

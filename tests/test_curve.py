@@ -444,3 +444,21 @@ def test_profiles_resolve_flags_and_files(tmp_path, monkeypatch):
     assert profiles.resolve("tcp://other:5", None, None, None, "a").control == "tcp://other:5"  # flags win
     with pytest.raises(profiles.ProfileError, match="serverkey"):
         profiles.resolve(None, None, None, None, "b")
+
+
+def test_plaintext_knocks_on_a_curve_port_are_counted_and_logged(daemon_factory, tmp_path):
+    metrics_port = free_port()
+    d, server_key, port = remote_daemon(daemon_factory, tmp_path, extra=f"metrics_port = {metrics_port}\n")
+    start = refused_count(metrics_port, "handshake")
+    ctx = zmq.Context()
+    try:
+        knock = ctx.socket(zmq.DEALER)  # plaintext ZeroMQ (orchd.bus would refuse to make it)
+        knock.linger = 0
+        knock.connect(f"tcp://127.0.0.1:{port}")
+        knock.send(b"hello?", zmq.NOBLOCK) if knock.poll(0, zmq.POLLOUT) else None
+        wait_for(lambda: refused_count(metrics_port, "handshake") > start, 10, "the plaintext knock to be counted")
+        knock.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
+    wait_for(lambda: '"handshake_refused"' in d.log(), 10, "a log line for the knocks")
+    assert d.ctl("status", "--json").returncode == 0  # the daemon goes on
