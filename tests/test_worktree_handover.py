@@ -170,10 +170,7 @@ def test_merges_write_no_files_and_list_conflicts_from_merge_tree(big, tmp_path)
 
 
 def test_a_relaunch_that_starts_fresh_is_told_the_files_the_earlier_runs_changed(tmp_path):
-    small = make_repo(tmp_path / "small", 3)
-    root = tmp_path / "wt"
-    base = wt.head_commit(small)
-    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    small, root, base, first = small_and_a(tmp_path)
     assert first.changed == []  # not asked for: a first launch lists nothing
     clone = Path(first.cwd)
     (clone / "d00" / "f0000.txt").write_text("changed\n")        # modified, then committed
@@ -201,11 +198,16 @@ def files_of_clone(clone: Path) -> dict[str, str]:
     return {n: (clone / n).read_text().rstrip("\n") for n in tree_of(clone)}
 
 
-def test_a_small_chained_clone_checked_out_at_the_guess_ends_exactly_at_the_commit_made_meanwhile(tmp_path):
+def small_and_a(tmp_path):
+    """A small repository, its clones' root, its head, and the prepared clone of assignment a."""
     small = make_repo(tmp_path / "small", 3)
     root = tmp_path / "wt"
     base = wt.head_commit(small)
-    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    return small, root, base, workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+
+
+def test_a_small_chained_clone_checked_out_at_the_guess_ends_exactly_at_the_commit_made_meanwhile(tmp_path):
+    small, root, base, first = small_and_a(tmp_path)
     a = Path(first.cwd)
     assert wt.guess_base(a) == base
     (a / "d00" / "f0000.txt").write_text("changed by a\n")
@@ -230,10 +232,7 @@ def test_a_small_chained_clone_checked_out_at_the_guess_ends_exactly_at_the_comm
 
 
 def test_a_small_chained_clone_after_an_assignment_that_changed_nothing_starts_at_its_commit(tmp_path):
-    small = make_repo(tmp_path / "small", 3)
-    root = tmp_path / "wt"
-    base = wt.head_commit(small)
-    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    small, root, base, first = small_and_a(tmp_path)
     b = workspace.prepare(S, str(small), str(root), base, "b", [("a", first.cwd, "a's work")], [], "b", 1)
     assert b.error is None and not b.commits[0].made and b.commits[0].commit == base
     assert git(Path(b.cwd), "rev-parse", "HEAD") == base
@@ -241,10 +240,7 @@ def test_a_small_chained_clone_after_an_assignment_that_changed_nothing_starts_a
 
 
 def test_no_guess_from_a_clone_whose_head_the_hub_does_not_have(tmp_path):
-    small = make_repo(tmp_path / "small", 3)
-    root = tmp_path / "wt"
-    base = wt.head_commit(small)
-    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    small, root, base, first = small_and_a(tmp_path)
     a = Path(first.cwd)
     (a / "by-agent.txt").write_text("committed by the agent\n")
     git(a, "add", "by-agent.txt")
@@ -279,10 +275,7 @@ def test_a_guess_that_is_no_commit_falls_back_to_the_real_base(tmp_path):
 
 
 def test_a_commit_that_fails_while_the_next_clone_is_checked_out_fails_the_prepare_and_leaves_no_clone(tmp_path):
-    small = make_repo(tmp_path / "small", 3)
-    root = tmp_path / "wt"
-    base = wt.head_commit(small)
-    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    small, root, base, first = small_and_a(tmp_path)
     a = Path(first.cwd)
     (a / ".git" / "index").write_bytes(b"not an index")  # a hostile agent: small, HEAD and refs as they were
     assert wt.guess_base(a) == base
@@ -295,10 +288,7 @@ def test_a_commit_that_fails_while_the_next_clone_is_checked_out_fails_the_prepa
 
 
 def test_no_guess_and_no_wait_when_the_agent_put_a_fifo_or_a_link_where_git_keeps_its_head(tmp_path):
-    small = make_repo(tmp_path / "small", 3)
-    root = tmp_path / "wt"
-    base = wt.head_commit(small)
-    first = workspace.prepare(S, str(small), str(root), base, "a", [], [], "a", 1)
+    small, root, base, first = small_and_a(tmp_path)
     a = Path(first.cwd)
     ref = a / ".git" / "refs" / "heads" / wt.branch_name(S, "a")
     ref.unlink()
