@@ -10,14 +10,15 @@ Only sockets bound with ``orchd.bus.curve_server`` ask ZAP (their
 ``zap_domain`` is ``DOMAIN``); the ipc endpoints, bound before CURVE is
 switched on, never do.  A refused key gives one warning line naming its
 fingerprint and why (``unknown``, ``revoked``, or ``store_unreadable``)
-and counts ``orchd_auth_refused_total{reason}``.  A connection whose
-handshake fails before ZAP is asked (a plaintext ZeroMQ peer knocking on
-a CURVE port, or any other handshake libzmq reports as failed: a protocol
-error, a connection dropped mid-handshake) is counted as ``handshake`` (socket monitors, ``bus.failed_handshakes``, read
-every ``REVOKE_CHECK_S``) and logged at most once per ``LOG_EVERY_S``.  A refused client that keeps
+and counts ``orchd_auth_refused_total{reason}``.  A refused client that keeps
 reconnecting (libzmq retries every 100 ms) is counted every time but logged
 at most once per ``LOG_EVERY_S`` per key, with how many refusals the line
-stands for.
+stands for.  A connection whose handshake fails before ZAP is asked (a
+plaintext ZeroMQ peer knocking on a CURVE port, or any other handshake
+libzmq reports as failed: a protocol error, a connection dropped
+mid-handshake) is counted as ``handshake`` (socket monitors,
+``bus.failed_handshakes``, read every ``REVOKE_CHECK_S``) and logged the
+same way, as one ``handshake_refused`` line per ``LOG_EVERY_S``.
 
 A revocation also ends the connections the key already has: ``Zap`` looks
 at the store every ``REVOKE_CHECK_S``; when a key it has let in is not
@@ -75,18 +76,18 @@ class _Provider:
         self._logged: dict[str, tuple[float, int]] = {}  # fingerprint -> (monotonic time logged, refusals since)
         self.let_in: set[str] = set()  # Z85 keys allowed since the last drop: who may hold a connection
 
-    def _should_log(self, fp: str) -> int:
-        """How many refusals of ``fp`` a line logged now stands for (0: do not log yet)."""
-        import time
+    def _should_log(self, fp: str, n: int = 1) -> int:
+        """How many refusals of ``fp`` (``n`` more now) a line logged now stands for (0: do not
+        log yet)."""
         now = time.monotonic()
         last, count = self._logged.get(fp, (None, 0))
         if last is not None and now - last < LOG_EVERY_S:
-            self._logged[fp] = (last, count + 1)
+            self._logged[fp] = (last, count + n)
             return 0
         if len(self._logged) >= LOG_KEYS_MAX:
             self._logged.clear()
         self._logged[fp] = (now, 0)
-        return count + 1
+        return count + n
 
     def callback(self, domain: str, key: bytes) -> bool:
         fp = keys.fingerprint(key)
@@ -116,14 +117,12 @@ class Zap:
         from zmq.auth.asyncio import AsyncioAuthenticator
         self.store = keys.ClientStore(state_dir)
         self._auth = AsyncioAuthenticator(ctx, log=logging.getLogger("orchd.zap.pyzmq"))
-        self._handshakes_logged_at = -LOG_EVERY_S
-        self._handshakes_unlogged = 0
 
     def start(self) -> None:
         self._auth.start()
         self._provider = _Provider(self.store)
         self._auth.configure_curve_callback(DOMAIN, credentials_provider=self._provider)
-        self._watcher = asyncio.ensure_future(self._watch_revocations())
+        self._watcher = asyncio.ensure_future(self._watch())
 
     def stop(self) -> None:
         self._watcher.cancel()
@@ -137,12 +136,9 @@ class Zap:
         if not failed:
             return
         metrics.auth_refused.labels("handshake").inc(failed)
-        self._handshakes_unlogged += failed
-        now = time.monotonic()
-        if now - self._handshakes_logged_at >= LOG_EVERY_S:
-            _log.warning("handshake_refused", refusals=self._handshakes_unlogged,
+        if refusals := self._provider._should_log("handshake", failed):  # no fingerprint is that word
+            _log.warning("handshake_refused", refusals=refusals,
                          why="a peer that does not speak CURVE (plaintext ZeroMQ), or a broken handshake")
-            self._handshakes_logged_at, self._handshakes_unlogged = now, 0
 
     def _active(self) -> frozenset[str] | None:
         try:
@@ -150,7 +146,8 @@ class Zap:
         except (OSError, keys.KeyFileError):
             return None  # unreadable: every handshake is refused meanwhile (and logged there)
 
-    async def _watch_revocations(self) -> None:
+    async def _watch(self) -> None:
+        """Every ``REVOKE_CHECK_S``: count failed handshakes, drop the connections of revoked keys."""
         while True:
             await asyncio.sleep(REVOKE_CHECK_S)
             self._count_failed_handshakes()
