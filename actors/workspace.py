@@ -134,8 +134,7 @@ def clean(s_id: str, target: str, root: str, call: str, trees: list[Tree] = (),
 def check_target(target: str, call: str) -> p.TargetChecked:
     """The target's HEAD, and what it holds uncommitted (which the agents will not see)."""
     try:
-        head = worktrees.head_commit(Path(target))
-        dirty = worktrees.uncommitted(Path(target))
+        head, dirty = worktrees.head_and_uncommitted(Path(target))
     except worktrees.GitError as exc:
         return p.TargetChecked(call=call, error=str(exc))
     return p.TargetChecked(call=call, base_commit=head, dirty=dirty[:DIRTY_MAX],

@@ -44,7 +44,7 @@ tests/test_target_readonly.py shows), and an unsandboxed agent runs as the
 user already.
 
 A new clone costs one git command: its ``.git`` is a copy of an empty
-repository made once per session (``_new_clone``), and its files come from
+repository made once per worktrees root (``TEMPLATES``), and its files come from
 one ``reset --hard`` that reads the objects in the target's own store, in
 place, and writes nothing there (``_read_objects_in_place``), with git's
 parallel checkout at a lower CPU priority (``_BACKGROUND``); its branch is then created in the
@@ -334,14 +334,29 @@ def _toplevel(target: Path) -> Path:
     the user meant when naming a directory that is not a repository itself.
     One git command when all is well; the reasons are worked out only when not.
     """
+    return _toplevel_asking(target)[0]
+
+
+def _toplevel_and_stores(target: Path) -> tuple[Path, str, str]:
+    """``_toplevel``, and the target's object directory and shallow file (absolute; the shallow
+    file need not exist), in the same one git command."""
+    top, more = _toplevel_asking(target, "--path-format=absolute", "--git-path", "objects",
+                                 "--git-path", "shallow")
+    if len(more) != 2:
+        raise GitError(f"git rev-parse --git-path in {top} printed {len(more)} lines, not 2")
+    return top, more[0], more[1]
+
+
+def _toplevel_asking(target: Path, *more: str) -> tuple[Path, list[str]]:
+    """``_toplevel``, and the lines ``git rev-parse`` prints for ``more`` in the same command."""
     target = Path(os.path.abspath(target))
     if not target.is_dir():
         raise NotARepo(f"{target} is not a git repository (no such directory)")
-    r = _run(target, "rev-parse", "--is-inside-work-tree", "--show-toplevel")
+    r = _run(target, "rev-parse", "--is-inside-work-tree", "--show-toplevel", *more)
     lines = r.stdout.splitlines()
-    if r.returncode == 0 and len(lines) == 2 and lines[0] == "true":
-        top = lines[1]
-    else:
+    if r.returncode == 0 and len(lines) >= 2 and lines[0] == "true":
+        top, answers = lines[1], lines[2:]
+    else:  # work out why (or, a work tree after all, ask for ``more`` on its own)
         r = _run(target, "rev-parse", "--is-inside-work-tree")
         if r.returncode != 0:
             if "not a git repository" in r.stderr:
@@ -350,14 +365,18 @@ def _toplevel(target: Path) -> Path:
         if r.stdout.strip() != "true":
             raise NotARepo(f"{target} is not a git repository (not a work tree)")
         top = _git(target, "rev-parse", "--show-toplevel")
+        answers = _git(target, "rev-parse", *more).splitlines() if more else []
     if os.path.realpath(top) != os.path.realpath(target):
         raise NotARepo(f"{target} is not a git repository (it is inside the repository {top})")
-    return target
+    return target, answers
 
 
 def head_commit(target: Path) -> str:
     """The target repository's HEAD commit."""
-    top = _toplevel(target)
+    return _head_commit(_toplevel(target))
+
+
+def _head_commit(top: Path) -> str:
     r = _run(top, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
     if r.returncode != 0:
         raise NotARepo(f"{top} has no commits yet")
@@ -371,7 +390,17 @@ def uncommitted(target: Path) -> list[str]:
     untracked directory once, as ``dir/``).  Read with optional locks off, so
     not even the index's stat cache is rewritten.
     """
+    return _uncommitted(_toplevel(target))
+
+
+def head_and_uncommitted(target: Path) -> tuple[str, list[str]]:
+    """``head_commit`` and ``uncommitted`` of the target, checked to be a top level once (what a
+    submit asks: one git command fewer than the two calls)."""
     top = _toplevel(target)
+    return _head_commit(top), _uncommitted(top)
+
+
+def _uncommitted(top: Path) -> list[str]:
     raw = _git(top, "--no-optional-locks", "status", "--porcelain=v1", "-z", "--untracked-files=normal")
     out, parts = [], iter(raw.split("\0"))
     for entry in parts:
@@ -509,25 +538,28 @@ def _is_repo(path: Path, bare: bool) -> bool:
     return is_bare == ("true" if bare else "false") and os.path.realpath(git_dir) == os.path.realpath(own)
 
 
-def ensure_hub(target: Path, root: Path, session: str) -> Path:
+def ensure_hub(target: Path, root: Path, session: str, stores: tuple[str, str] | None = None) -> Path:
     """The session's branch repository, created on first use (the caller holds the turn).
 
     A bare repository owned by orchd whose alternates name the target's
     object directory: it reads the target's history without copying it and
     without writing anything into the target.  Every assignment branch lives
     here (and in the assignment's own clone); so does ``orchd/<session>``
-    before it is fetched into the target.
+    before it is fetched into the target.  It starts as a copy of the empty
+    bare repository in ``TEMPLATES`` (no ``git init`` per session).
+    ``stores``: the target's object directory and shallow file, when the
+    caller has asked git already (``_toplevel_and_stores``).
     """
     hub = hub_path(root, session)
     if _hub_ready(hub):
         return hub
-    if hub.exists():  # a daemon killed half-way through ``init``
+    if hub.exists():  # a daemon killed half-way through making it
         shutil.rmtree(hub)
     hub.parent.mkdir(parents=True, exist_ok=True)
-    _git(hub.parent, "init", "--quiet", "--bare", "--template=", str(hub))
+    _copy_template(_template(root, "bare"), hub)
     # the target's object dir and shallow file in one command; the hub's are known (bare, ours)
-    objects, shallow = _git(target, "rev-parse", "--path-format=absolute", "--git-path", "objects",
-                            "--git-path", "shallow").splitlines()
+    objects, shallow = stores or _git(target, "rev-parse", "--path-format=absolute", "--git-path", "objects",
+                                      "--git-path", "shallow").splitlines()
     (hub / "objects" / "info").mkdir(parents=True, exist_ok=True)
     (hub / "objects" / "info" / "alternates").write_text(objects + "\n")  # as _borrow
     if Path(shallow).is_file():  # as _copy_shallow
@@ -764,10 +796,14 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
         base, settle = settle(), None
     branch = branch_name(session, assignment)
     # the target was checked when the session's hub was made from it; later clones need only the hub
-    hub_made = _hub_ready(hub_path(root, session))
-    top = Path(os.path.abspath(target)) if hub_made else _toplevel(target)
+    stores = None
+    if _hub_ready(hub_path(root, session)):
+        top = Path(os.path.abspath(target))
+    else:  # checked, and its object store found for the hub, in one command
+        top, objects, shallow = _toplevel_and_stores(target)
+        stores = (objects, shallow)
     with _exclusive(top):
-        hub = ensure_hub(top, root, session)
+        hub = ensure_hub(top, root, session, stores)
         sdir = _session_dir(root, session)
         path = sdir / assignment
         if settle is not None and (path.exists() or not _new_branch(hub, branch, base)):
@@ -845,9 +881,11 @@ def _checkout() -> tuple[str, ...]:
     return ("-c", f"checkout.workers={checkout_workers()}")
 
 
-SKELETON = "orchd-empty-clone"
-"""In the hub (orchd's, kept by ``clean``; git ignores it there): the empty repository each new
-clone's ``.git`` is copied from."""
+TEMPLATES = ".orchd-templates"
+"""In the worktrees root (orchd's own, beside the sessions' directories): the two empty repositories
+``git init`` made once for every session under that root (and so on the file system git probed for
+them): ``bare``, which each session's hub starts as a copy of, and ``clone``, whose ``.git`` each
+new clone's is a copy of.  Made once, each is renamed into place whole."""
 
 LOWER_MIN_INDEX_BYTES = 64 * 1024
 """A checkout or scan runs at a lower CPU priority (``_BACKGROUND``) only when the index it works from
@@ -934,26 +972,10 @@ def _start_branch_by_git(hub: Path, branch: str, base: str) -> str:
 def _new_clone(tmp: Path, hub: Path, branch: str) -> None:
     """A new repository at ``tmp`` on ``branch``, borrowing the hub's objects (as ``_borrow``).
 
-    Its ``.git`` is a copy of an empty repository ``git init`` made once in
-    the hub (``SKELETON``, beside the clones: git probed that file system),
-    with ``HEAD`` naming ``branch``: no git process per clone.
+    Its ``.git`` is a copy of the empty repository in ``TEMPLATES`` with
+    ``HEAD`` naming ``branch``: no git process per clone.
     """
-    skel = hub / SKELETON
-    if not (skel / "ready").is_file():
-        shutil.rmtree(skel, ignore_errors=True)  # a half-made one
-        _skeletons.pop(str(skel / "repo" / ".git"), None)
-        _git(hub, "init", "--quiet", "--template=", str(skel / "repo"))
-        # what a plain init adds, less its sample hooks (copying those cost more than the init)
-        (skel / "repo" / ".git" / "hooks").mkdir()
-        (skel / "repo" / ".git" / "info").mkdir()
-        (skel / "repo" / ".git" / "info" / "exclude").write_text("")
-        (skel / "ready").write_text("")
-    for rel, data in _skeleton(skel / "repo" / ".git"):
-        dest = tmp / ".git" / rel
-        if data is None:
-            dest.mkdir(parents=rel == ".")
-        else:
-            dest.write_bytes(data)
+    _copy_template(_template(hub.parent.parent, "clone"), tmp / ".git")  # hub: <root>/<session>/_branches.git
     (tmp / ".git" / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
     info = tmp / ".git" / "objects" / "info"
     info.mkdir(parents=True, exist_ok=True)
@@ -962,29 +984,86 @@ def _new_clone(tmp: Path, hub: Path, branch: str) -> None:
         shutil.copyfile(hub / "shallow", tmp / ".git" / "shallow")
 
 
-_skeletons: dict[str, list[tuple[str, bytes | None]]] = {}
+Template = list[tuple[str, bytes | None]]
+"""An empty repository's git directory as (relative path, content; None: a directory), parents first."""
+
+_templates: dict[str, Template] = {}
+_templates_guard = threading.Lock()
 
 
-def _skeleton(git_dir: Path) -> list[tuple[str, bytes | None]]:
-    """The empty repository's ``.git`` as (relative path, content; None: a directory), parents first.
+def _template(root: Path, kind: str) -> Template:
+    """``TEMPLATES``' ``kind`` (``bare`` or ``clone``) under ``root``, made on first use.
 
-    Read once per session (it never changes once made); a clone's ``.git`` is
-    then a few ``mkdir`` and writes (~0.2 ms) instead of ``shutil.copytree``'s
-    walk and metadata copies (~0.9 ms).
+    Read once per daemon (it never changes once made); a new repository is
+    then a few ``mkdir`` and writes (~0.2 ms) instead of a ``git init``
+    (~3 ms here) or ``shutil.copytree``'s walk and metadata copies (~0.9 ms).
+    Made by ``git init`` in a directory of its own and renamed into place,
+    so a template is whole or absent (a crash leaves a ``_new-*`` beside it,
+    deleted by the next making).
     """
-    key = str(git_dir)
-    entries = _skeletons.get(key)
-    if entries is None:
-        entries = []
-        for dirpath, dirnames, filenames in os.walk(git_dir):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, git_dir)
-            entries.append((rel, None))
-            entries += [(os.path.join(rel, f), (Path(dirpath) / f).read_bytes()) for f in sorted(filenames)]
-        if len(_skeletons) >= 64:  # one per session: keep the recent ones
-            _skeletons.clear()
-        _skeletons[key] = entries
+    final = root / TEMPLATES / kind
+    key = str(final)
+    with _templates_guard:
+        entries = _templates.get(key)
+        if entries is None:
+            if not final.is_dir():
+                _make_template(final, kind)
+            git_dir = final if kind == "bare" else final / ".git"
+            entries = []
+            for dirpath, dirnames, filenames in os.walk(git_dir):
+                dirnames.sort()
+                rel = os.path.relpath(dirpath, git_dir)
+                entries.append((rel, None))
+                entries += [(os.path.join(rel, f), (Path(dirpath) / f).read_bytes()) for f in sorted(filenames)]
+            if len(_templates) >= 64:  # two per worktrees root: only tests have many roots
+                _templates.clear()
+            _templates[key] = entries
     return entries
+
+
+def _make_template(final: Path, kind: str) -> None:
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for left in parent.glob(f"_new-{kind}-*"):  # a crash while one was made
+        if not _alive(left.name.rpartition("-")[2]):
+            shutil.rmtree(left, ignore_errors=True)
+    tmp = parent / f"_new-{kind}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)  # this process's own failed attempt (the caller holds the guard)
+    if kind == "bare":
+        _git(parent, "init", "--quiet", "--bare", "--template=", str(tmp))
+    else:
+        _git(parent, "init", "--quiet", "--template=", str(tmp))
+        # what a plain init adds, less its sample hooks (copying those cost more than the init)
+        (tmp / ".git" / "hooks").mkdir()
+        (tmp / ".git" / "info").mkdir()
+        (tmp / ".git" / "info" / "exclude").write_text("")
+    try:
+        tmp.rename(final)
+    except OSError:  # made meanwhile by another process on this root: that one is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.is_dir():
+            raise
+
+
+def _alive(pid: str) -> bool:
+    """A process of this pid runs (a name that is no pid: no)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _copy_template(template: Template, dest: Path) -> None:
+    """A new git directory at ``dest`` (which must not exist; its parents may not either)."""
+    for rel, data in template:
+        path = dest / rel
+        if data is None:
+            path.mkdir(parents=rel == ".")
+        else:
+            path.write_bytes(data)
 
 
 def _read_objects_in_place(hub: Path) -> dict[str, str]:

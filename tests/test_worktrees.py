@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -648,9 +649,51 @@ def test_objects_in_place_only_for_an_alternates_file_it_can_carry(tmp_path):
         assert wt._read_objects_in_place(hub_dir) == {}, text
 
 
+def git_commands(trace: Path) -> list[str]:
+    """The git commands a ``GIT_TRACE2_EVENT`` file saw start, as their subcommand names."""
+    names = []
+    for line in trace.read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("event") == "cmd_name":
+            names.append(ev["name"])
+    return names
+
+
+def test_a_later_sessions_hub_and_first_clone_take_two_git_commands_and_no_init(repo, root, tmp_path, monkeypatch):
+    """The empty repositories a hub and a clone's ``.git`` start from are made once per worktrees
+    root (``TEMPLATES``): a later session's first clone costs one command that checks the target
+    and finds its object store, and one checkout.  The copies are real repositories, alike."""
+    base = wt.head_commit(repo)
+    wt.create_worktree(repo, root, "s1", "a", base)
+    trace = tmp_path / "trace2.json"
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+    b, branch = wt.create_worktree(repo, root, "s2", "b", base)
+    monkeypatch.delenv("GIT_TRACE2_EVENT")
+    assert git_commands(trace) == ["rev-parse", "reset"]
+    assert git(hub(root, "s2"), "rev-parse", "--is-bare-repository") == "true"
+    assert (hub(root, "s2") / "config").read_bytes() == (hub(root, "s1") / "config").read_bytes()
+    assert git(b, "rev-parse", "--is-bare-repository", "--abbrev-ref", "HEAD").split() == ["false", branch]
+    write(b / "b.txt", "b\n")
+    head = wt.commit_all(b, "b")
+    assert git(hub(root, "s2"), "rev-parse", branch) == head
+    assert sorted(p.name for p in (root / wt.TEMPLATES).iterdir()) == ["bare", "clone"]
+
+
+def test_a_template_left_half_made_by_a_dead_process_is_made_again(repo, root):
+    """A crash while a template was made leaves ``_new-<kind>-<pid>``: whoever makes it next
+    deletes that one (its process is gone) and makes a whole one."""
+    left = root / wt.TEMPLATES / "_new-bare-999999999"
+    left.mkdir(parents=True)
+    (left / "HEAD").write_text("junk\n")
+    a, _ = wt.create_worktree(repo, root, S, "a", wt.head_commit(repo))
+    assert not left.exists()
+    assert git(hub(root), "rev-parse", "--is-bare-repository") == "true"
+    assert (a / "README").read_text() == "hello\n"
+
+
 def test_each_clone_gets_a_git_dir_of_its_own_without_a_git_init(repo, root):
-    """New clones' ``.git`` are copies of one empty repository in the hub: what an agent does to its
-    clone's config or hooks reaches neither that copy nor the next clone."""
+    """New clones' ``.git`` are copies of one empty repository (``TEMPLATES``): what an agent does
+    to its clone's config or hooks reaches neither that copy nor the next clone."""
     base = wt.head_commit(repo)
     a, branch_a = wt.create_worktree(repo, root, S, "a", base)
     git(a, "config", "user.name", "agent-a")
