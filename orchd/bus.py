@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING
 
 import zmq
 
+from orchd import handshakes
+
 if TYPE_CHECKING:
     import zmq.asyncio
 
@@ -120,28 +122,29 @@ def bind_curve(sock: zmq.Socket, endpoints: Sequence[str], keys: ServerKeys) -> 
             _curve_listeners.append((weakref.ref(sock), ep, sock.last_endpoint.decode()))
 
 
-_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) | int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _MONITOR_STOPPED = int(zmq.EVENT_MONITOR_STOPPED)
-# the monitors of the CURVE sockets: (the monitor socket, a blocking view of it to drain)
-_handshake_monitors: list[tuple[zmq.Socket, zmq.Socket]] = []
+# the monitors of the CURVE sockets: (the monitor socket, a blocking view of it to drain, its tally)
+_handshake_monitors: list[tuple[zmq.Socket, zmq.Socket, handshakes.Tally]] = []
 
 
 def _watch_handshakes(sock: zmq.Socket) -> None:
-    """Monitor ``sock``'s failed handshakes that are not ZAP's refusals (those are counted there)."""
-    monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED | _MONITOR_STOPPED)  # stopped: the socket closed
-    _handshake_monitors.append((monitor, zmq.Socket.shadow(monitor.underlying)))
+    """Monitor ``sock``'s connections for failed handshakes that are not ZAP's refusals (those are
+    counted there)."""
+    monitor = sock.get_monitor_socket(handshakes.EVENTS | _MONITOR_STOPPED)  # stopped: the socket closed
+    _handshake_monitors.append((monitor, zmq.Socket.shadow(monitor.underlying), handshakes.Tally()))
 
 
 def failed_handshakes() -> int:
-    """How many connections to a CURVE endpoint failed their handshake since the last call, as
-    libzmq reports them (``HANDSHAKE_FAILED_PROTOCOL`` / ``_NO_DETAIL``): a plaintext ZeroMQ
-    peer, a protocol error, a connection dropped mid-handshake.  A key the ZAP handler refuses
-    is not among them (``orchd.zap`` counts those).  Never blocks; a monitor whose socket was
-    closed is closed too."""
+    """How many connections to a CURVE endpoint failed their handshake since the last call: those
+    libzmq reports as failed (``HANDSHAKE_FAILED_PROTOCOL`` / ``_NO_DETAIL``: a plaintext ZeroMQ
+    peer, a protocol error, a connection dropped mid-handshake) and tcp connections that ended
+    without any handshake outcome (no ZeroMQ greeting: an HTTP request, a port scan; see
+    ``orchd.handshakes``).  A key the ZAP handler refuses is not among them (``orchd.zap``
+    counts those).  Never blocks; a monitor whose socket was closed is closed too."""
     from zmq.utils.monitor import parse_monitor_message
     failed = 0
-    for pair in list(_handshake_monitors):
-        monitor, view = pair
+    for entry in list(_handshake_monitors):
+        monitor, view, tally = entry
         while True:
             try:
                 frames = view.recv_multipart(zmq.NOBLOCK)
@@ -149,12 +152,12 @@ def failed_handshakes() -> int:
                 break
             except zmq.ZMQError:
                 frames = None
-            event = parse_monitor_message(frames)["event"] if frames and len(frames) == 2 else _MONITOR_STOPPED
-            if event == _MONITOR_STOPPED:
-                _handshake_monitors.remove(pair)
+            event = parse_monitor_message(frames) if frames and len(frames) == 2 else None
+            if event is None or event["event"] == _MONITOR_STOPPED:
+                _handshake_monitors.remove(entry)
                 monitor.close(linger=0)
                 break
-            failed += 1
+            failed += tally.event(event["event"], event["value"], event["endpoint"])
     return failed
 
 

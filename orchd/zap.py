@@ -16,7 +16,8 @@ at most once per ``LOG_EVERY_S`` per key, with how many refusals the line
 stands for.  A connection whose handshake fails before ZAP is asked (a
 plaintext ZeroMQ peer knocking on a CURVE port, or any other handshake
 libzmq reports as failed: a protocol error, a connection dropped
-mid-handshake) is counted as ``handshake`` (socket monitors,
+mid-handshake), and a tcp connection that ends without speaking ZeroMQ at
+all (an HTTP request, a port scan: ``orchd.handshakes``), is counted as ``handshake`` (socket monitors,
 ``bus.failed_handshakes``, read every ``REVOKE_CHECK_S``) and logged the
 same way, as one ``handshake_refused`` line per ``LOG_EVERY_S``.
 
@@ -138,7 +139,8 @@ class Zap:
         metrics.auth_refused.labels("handshake").inc(failed)
         if refusals := self._provider._should_log("handshake", failed):  # no fingerprint is that word
             _log.warning("handshake_refused", refusals=refusals,
-                         why="a peer that does not speak CURVE (plaintext ZeroMQ), or a broken handshake")
+                         why="a peer that does not speak CURVE (plaintext ZeroMQ, or no ZeroMQ at all), "
+                             "or a broken handshake")
 
     def _active(self) -> frozenset[str] | None:
         try:

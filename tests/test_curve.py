@@ -446,9 +446,13 @@ def test_profiles_resolve_flags_and_files(tmp_path, monkeypatch):
         profiles.resolve(None, None, None, None, "b")
 
 
-def test_plaintext_knocks_on_a_curve_port_are_counted_and_logged(daemon_factory, tmp_path):
+def test_plaintext_knocks_and_non_zeromq_bytes_on_a_curve_port_are_counted_and_logged(daemon_factory, tmp_path):
     metrics_port = free_port()
     d, server_key, port = remote_daemon(daemon_factory, tmp_path, extra=f"metrics_port = {metrics_port}\n")
+    start = refused_count(metrics_port, "handshake")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as http:  # no ZeroMQ greeting at all
+        http.sendall(b"GET / HTTP/1.1\r\nHost: orchd\r\n\r\n")
+    wait_for(lambda: refused_count(metrics_port, "handshake") > start, 10, "the HTTP request to be counted")
     start = refused_count(metrics_port, "handshake")
     ctx = zmq.Context()
     try:
