@@ -100,8 +100,9 @@ def child_agent(n: int, paced: bool, period_s: float = 0.001) -> None:
 
 def child_relay(endpoint: str, n: int) -> None:
     """The floor of any asyncio daemon on this machine: a bare relay that starts the paced agent,
-    reads its stdout in the pipe's read callback and sends each line on an XPUB (no parsing, no
-    log, no actors).  Its CPU per line is what one wake-up per line costs here."""
+    reads its stdout in the pipe's read callback (one loop turn per read) and sends each line on
+    an XPUB (no parsing, no log, no actors).  Its CPU per line is what one wake-up per line costs
+    here."""
     import asyncio
     ctx = zmq.Context()
     pub = ctx.socket(zmq.XPUB)
@@ -133,9 +134,27 @@ def child_relay(endpoint: str, n: int) -> None:
                 if fd == 1 and not done.done():
                     done.set_result(None)
 
+        class AtOnce(asyncio.Protocol):
+            """The pipe's reads straight to the relay in the read callback, as orchd/proc.py does
+            (asyncio's subprocess transport would hand each one on a loop turn later)."""
+
+            def __init__(self, inner, relay) -> None:
+                self.inner, self.relay = inner, relay
+
+            def data_received(self, data: bytes) -> None:
+                self.relay.pipe_data_received(1, data)
+
+            def eof_received(self):
+                return self.inner.eof_received()
+
+            def connection_lost(self, exc) -> None:
+                self.inner.connection_lost(exc)
+
         cpu0 = time.process_time()
-        transport, _ = await loop.subprocess_exec(Relay, sys.executable, SELF, "_agent", str(n), "1", "0.001",
-                                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        transport, proto = await loop.subprocess_exec(Relay, sys.executable, SELF, "_agent", str(n), "1", "0.001",
+                                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        pipe = transport.get_pipe_transport(1)
+        pipe.set_protocol(AtOnce(pipe.get_protocol(), proto))
         await done
         cpu = time.process_time() - cpu0
         await exited  # reaped before the loop closes
