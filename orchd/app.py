@@ -61,7 +61,7 @@ import signal  # noqa: E402
 import stat  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from orchd import __version__, config, log, redact  # noqa: E402
+from orchd import __version__, config, log, redact, wakeups  # noqa: E402
 
 _log = log.get("orchd")
 
@@ -472,7 +472,8 @@ def _run(args) -> int:
         return config.load(args.config, flags)
 
     try:
-        return asyncio.run(serve(cfg, reload_config))
+        with asyncio.Runner(loop_factory=wakeups.loop_factory(cfg.wake_coalesce_us)) as runner:
+            return runner.run(serve(cfg, reload_config))
     finally:
         state_lock.close()
         lock.close()
@@ -687,7 +688,8 @@ def cmd_host(args) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await host.run(stop)
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=wakeups.loop_factory(cfg.wake_coalesce_us)) as runner:
+        runner.run(main())
     return 0
 
 
