@@ -472,8 +472,7 @@ def _run(args) -> int:
         return config.load(args.config, flags)
 
     try:
-        with asyncio.Runner(loop_factory=wakeups.loop_factory(cfg.wake_coalesce_us)) as runner:
-            return runner.run(serve(cfg, reload_config))
+        return wakeups.run(serve(cfg, reload_config), cfg.wake_coalesce_us)
     finally:
         state_lock.close()
         lock.close()
@@ -688,8 +687,7 @@ def cmd_host(args) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await host.run(stop)
-    with asyncio.Runner(loop_factory=wakeups.loop_factory(cfg.wake_coalesce_us)) as runner:
-        runner.run(main())
+    wakeups.run(main(), cfg.wake_coalesce_us)
     return 0
 
 

@@ -40,7 +40,10 @@ from __future__ import annotations
 import math
 import selectors
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Coalescer:
@@ -114,3 +117,10 @@ def loop_factory(window_us: int) -> Callable[[], object] | None:
         asyncio.set_event_loop(loop)  # what Runner does for its default loop only
         return loop
     return new_loop
+
+
+def run(main: Coroutine[Any, Any, T], window_us: int) -> T:
+    """``asyncio.run(main)`` on a loop with shared wake-ups of ``window_us`` (0: asyncio's own)."""
+    import asyncio
+    with asyncio.Runner(loop_factory=loop_factory(window_us)) as runner:
+        return runner.run(main)
