@@ -288,6 +288,7 @@ class ClientStore:
 
 
 KEY_OPTIONS = ("--server-key",)
+_KEYS_ADD_VALUED = ("--config", "--state-dir")  # keys add's options that take a value
 
 
 def argv_with_keys(argv: list[str]) -> list[str]:
@@ -296,9 +297,10 @@ def argv_with_keys(argv: list[str]) -> list[str]:
     Z85 has ``-`` in its alphabet, and argparse reads any word that starts with
     ``-`` as an option: ``--server-key -Xy...`` would be a missing value and
     ``orchd keys add NAME -Xy...`` an unknown option.  A key given to
-    ``--server-key`` becomes ``--server-key=KEY``; before the operands of
-    ``keys add`` an end of options is put (argparse hands the subcommand what
-    follows it).
+    ``--server-key`` becomes ``--server-key=KEY``; ``keys add``'s key operand,
+    wherever it stands after the name (options such as ``--state-dir`` may
+    follow it), moves to the end behind an end of options (argparse hands the
+    subcommand what follows it).
     """
     out: list[str] = []
     i = 0
@@ -310,6 +312,11 @@ def argv_with_keys(argv: list[str]) -> list[str]:
             continue
         out.append(word)
         i += 1
-    if out[:2] == ["keys", "add"] and "--" not in out and len(out[-1]) == 40 and out[-1].startswith("-"):
-        out = out[:-2] + ["--"] + out[-2:]
+    if out[:2] == ["keys", "add"] and "--" not in out:
+        operands = 0
+        for j in range(2, len(out)):
+            word, after_option = out[j], out[j - 1] in _KEYS_ADD_VALUED
+            if word.startswith("-") and len(word) == 40 and _Z85_RE.match(word) and not after_option and operands:
+                return out[:j] + out[j + 1:] + ["--", word]
+            operands += not word.startswith("-") and not after_option
     return out

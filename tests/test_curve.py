@@ -161,15 +161,25 @@ def test_a_key_that_starts_with_a_dash_is_added_as_it_is(tmp_path):
     key = "-" + "b" * 39  # Z85 has "-" in its alphabet: argparse alone would read this as an option
     res = orchd("keys", "add", "--state-dir", str(state), "dash", key)
     assert res.returncode == 0, res.stderr
+    other = "-" + "d" * 39  # and with options after it
+    res = orchd("keys", "add", "dash2", other, "--state-dir", str(state), "--json")
+    assert res.returncode == 0, res.stderr
     listed = json.loads(orchd("keys", "list", "--state-dir", str(state), "--json").stdout)
-    assert [(c["name"], c["public_key"]) for c in listed["clients"]] == [("dash", key)], listed
+    assert [(c["name"], c["public_key"]) for c in listed["clients"]] == [("dash", key), ("dash2", other)], listed
 
 
 def test_a_server_key_that_starts_with_a_dash_is_read_as_the_options_value():
     key = "-" + "c" * 39
     assert keys.argv_with_keys(["status", "--server-key", key, "--endpoint", "tcp://h:1"]) == \
         ["status", f"--server-key={key}", "--endpoint", "tcp://h:1"]
-    assert keys.argv_with_keys(["keys", "add", "n", key]) == ["keys", "add", "--", "n", key]
+    assert keys.argv_with_keys(["keys", "add", "n", key]) == ["keys", "add", "n", "--", key]
+    # options after the key (a CI run drew a key starting with "-" and failed here)
+    assert keys.argv_with_keys(["keys", "add", "n", key, "--state-dir", "s"]) == \
+        ["keys", "add", "n", "--state-dir", "s", "--", key]
+    # a state dir that looks like a key is the option's value, and a key before the name is left to argparse
+    assert keys.argv_with_keys(["keys", "add", "--state-dir", key, "n", "k" * 40]) == \
+        ["keys", "add", "--state-dir", key, "n", "k" * 40]
+    assert keys.argv_with_keys(["keys", "add", key, "n"]) == ["keys", "add", key, "n"]
     assert keys.argv_with_keys(["status", "--server-key", "/path/to/key"]) == ["status", "--server-key", "/path/to/key"]
     from orchctl.cli import build_parser
     args = build_parser().parse_args(keys.argv_with_keys(["status", "--server-key", key, "--endpoint", "tcp://h:1"]))
