@@ -143,7 +143,7 @@ def recipe(cfg: Config, limits: Limits, s: SessionView, w: WorkerView, cmd: Laun
     spec = WorkerSpec(session=s.id, name=a.name, agent=a.agent, gen=gen, run=run,
                       wall_time_s=min(limits.wall_time_s, cfg.review.deadline_s) if reviewer else limits.wall_time_s,
                       stall_s=min(limits.stall_s, cfg.review.deadline_s) if reviewer else limits.stall_s,
-                      max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s,
+                      max_line_bytes=cfg.max_line_bytes, stop_grace_s=cfg.stop_grace_s, nice=cfg.agent_nice,
                       state_dir=str(cfg.state_dir), allow_unconfined=cfg.allow_unconfined,
                       extra_env=extra_env, start_delay_s=cmd.delay_s, start_paused=start_paused,
                       base_env=agent_env(os.environ, a.agent, [*cfg.agent_env_pass, *acfg.env_pass]))

@@ -94,6 +94,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     extra_env: dict[str, str] = {}
     start_delay_s: float = 0.0  # a recovery backoff: wait (stoppable) before starting the agent
     start_paused: bool = False  # the session is paused: wait for ResumeWorker before starting the agent
+    nice: int = 0  # the agent runs this many nice levels below the daemon (config agent_nice; orchd.proc)
     exit_grace_s: float = 2.0  # after the agent exits, how long to read on before killing what it left
     base_env: dict[str, str] | None = None  # the environment the agent starts from (actors.launch.agent_env);
                                             # None: the daemon's whole environment
@@ -184,7 +185,7 @@ class Worker:
         try:
             if not Path(launch.cwd).is_dir():
                 raise FileNotFoundError(f"working directory {launch.cwd} does not exist")
-            child = await proc.spawn(launch.argv, launch.cwd, env, limit=READ_CHUNK)
+            child = await proc.spawn(launch.argv, launch.cwd, env, limit=READ_CHUNK, nice=spec.nice)
         except OSError as exc:
             _log.warning("agent_spawn_failed", session=spec.session, worker=spec.name, error=str(exc))
             await self.emit(p.WorkerExited(state="failed", reason=f"cannot start {launch.argv[0]!r}: {exc}"))

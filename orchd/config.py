@@ -211,6 +211,7 @@ class Config(BaseModel):
     max_line_bytes: int = 8 * 1024 * 1024
     stop_grace_s: float = 5.0
     pub_hwm: int = 100_000
+    agent_nice: int = Field(10, ge=0, le=19)  # agents run this many nice levels below the daemon (orchd/proc.py)
     wake_coalesce_us: int = Field(1000, ge=0, le=20_000)  # shared wake-ups under load (orchd/wakeups.py); 0: off
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"

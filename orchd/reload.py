@@ -8,8 +8,8 @@ one event loop, so no actor sees half a config).
 Applied without a restart (``LIVE``): ``limits`` (every launch and budget
 check from now on; a session's own ``--limit`` overrides stay on top),
 ``agents`` (binaries, profiles, models, homes of new runs), ``roles`` and
-``agent_preference`` (new sessions' default plans), ``max_line_bytes`` and
-``allow_unconfined`` (new runs), ``log_level`` and ``log_format``, and the
+``agent_preference`` (new sessions' default plans), ``max_line_bytes``,
+``agent_nice`` and ``allow_unconfined`` (new runs), ``log_level`` and ``log_format``, and the
 notify targets (``notify``) where the config has them.  Anything else
 (endpoints, directories, ``metrics_port``, queue sizes, ``stop_grace_s``,
 ``fault_injection``) is bound when the daemon starts: a change is reported as
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from orchd.config import Config
 
-LIVE = frozenset({"limits", "agents", "roles", "agent_preference", "max_line_bytes", "allow_unconfined",
+LIVE = frozenset({"limits", "agents", "roles", "agent_preference", "max_line_bytes", "agent_nice", "allow_unconfined",
                   "log_level", "log_format", "notify"})
 
 

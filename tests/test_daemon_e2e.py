@@ -54,6 +54,15 @@ def test_plan_of_commands_runs_end_to_end(daemon, git_repo, tmp_path):
     assert again == events
 
 
+def test_agents_run_agent_nice_levels_below_the_daemon(daemon_factory, git_repo, tmp_path):
+    d = daemon_factory(config="agent_nice = 3\n")
+    code = "import os; print('nice', os.getpriority(os.PRIO_PROCESS, 0))"
+    plan = write_plan(tmp_path / "plan.json", [{"name": "n", "agent": "command", "argv": [sys.executable, "-c", code]}])
+    sid = d.ctl_json("submit", "--plan", str(plan), "--target", str(git_repo))["session"]
+    texts = [e["text"] for e in watch_until_done(d, sid, timeout_s=60) if e["kind"] == "agent.text"]
+    assert texts == [f"nice {min(19, os.getpriority(os.PRIO_PROCESS, d.proc.pid) + 3)}"], texts
+
+
 def test_failed_assignment_fails_session_with_exit_code(daemon, git_repo, tmp_path):
     plan = write_plan(tmp_path / "plan.json", [
         {"name": "bad", "agent": "command", "argv": fake("line:trying", "exit:7")},

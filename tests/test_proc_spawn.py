@@ -98,6 +98,27 @@ def test_the_agent_pid_runs_the_program_itself(tmp_path: Path) -> None:
     assert int(out) == pid
 
 
+PRIORITY = ("import os; from orchd import proc; "
+            "print(os.getpriority(os.PRIO_PROCESS, 0), proc.autogroup_nice('self'), flush=True)")
+
+
+def test_an_agent_runs_below_the_daemon_and_so_does_its_session_group(tmp_path: Path) -> None:
+    """``nice=N``: the agent N levels below this process, its session's CPU group N below ours."""
+    async def go(nice: int) -> list[str]:
+        child = await proc.spawn([sys.executable, "-c", PRIORITY], str(ROOT), dict(os.environ), limit=4096,
+                                 nice=nice)
+        out = await read_all(child)
+        await child.wait()
+        return out.decode().split()
+    own, own_group = os.getpriority(os.PRIO_PROCESS, 0), proc.autogroup_nice("self")
+    lowered, same = asyncio.run(go(7)), asyncio.run(go(0))
+    assert int(lowered[0]) == min(19, own + 7) and int(same[0]) == own
+    if own_group is None:  # a kernel without autogroups: nothing more to lower
+        assert lowered[1] == "None"
+    else:
+        assert int(lowered[1]) == min(19, own_group + 7) and int(same[1]) == own_group
+
+
 def test_spawning_needs_no_full_fork_when_setpriv_is_there() -> None:
     argv, kwargs = proc.with_pdeathsig(["sleep", "1"], "/", dict(os.environ))
     if proc._SETPRIV is None:
