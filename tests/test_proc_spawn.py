@@ -119,6 +119,33 @@ def test_an_agent_runs_below_the_daemon_and_so_does_its_session_group(tmp_path: 
         assert int(lowered[1]) == min(19, own_group + 7) and int(same[1]) == own_group
 
 
+def test_spawns_take_turns_with_the_event_loop(tmp_path: Path) -> None:
+    """Agents started together (a new session's) are spawned one per loop turn, so the loop
+    polls for I/O between them; without the gate all of them finish in the same turn."""
+    async def go() -> list[int]:
+        turns = 0
+
+        async def count() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        async def one() -> tuple[int, proc.Child]:
+            child = await proc.spawn(["sleep", "30"], str(tmp_path), dict(os.environ), limit=4096)
+            return turns, child
+
+        counter = asyncio.ensure_future(count())
+        done = await asyncio.gather(*(one() for _ in range(5)))
+        counter.cancel()
+        for _, child in done:
+            child.kill_group()
+            await child.wait()
+        return [t for t, _ in done]
+    finished = asyncio.run(go())
+    assert all(a < b for a, b in zip(finished, finished[1:])), finished
+
+
 def test_spawning_needs_no_full_fork_when_setpriv_is_there() -> None:
     argv, kwargs = proc.with_pdeathsig(["sleep", "1"], "/", dict(os.environ))
     if proc._SETPRIV is None:
