@@ -346,9 +346,9 @@ def lower_priority(pgid: int, nice: int) -> None:
     its session's CPU group (autogroup) ``nice`` levels below this process's group.
 
     Relative, so that a daemon run at a nice level of its own never raises an agent above
-    itself (as root it could).  Done right after the exec, before the agent could have
-    forked (the whole group is set, in case it has).  Best effort: a group already gone, or
-    a kernel without autogroups, leaves it as it is."""
+    itself (as root it could).  Done right after the spawn returns, in the same loop turn;
+    the whole group is set, in case the agent has forked already.  Best effort: a group
+    already gone, or a kernel without autogroups, leaves it as it is."""
     try:
         os.setpriority(os.PRIO_PGRP, pgid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
     except OSError:
