@@ -364,12 +364,27 @@ def lower_priority(pgid: int, nice: int) -> None:
 
 
 def autogroup_nice(pid: int | str) -> int | None:
-    """The nice level of ``pid``'s autogroup (``/proc/PID/autogroup``: ``/autogroup-N nice K``);
-    None where the kernel has none."""
+    """The nice level of ``pid``'s autogroup; None where the kernel has no autogroups."""
     try:
         with open(f"/proc/{pid}/autogroup") as f:
-            return int(f.read().split()[-1])
-    except (OSError, ValueError, IndexError):
+            return autogroup_level(f.read())
+    except OSError:
+        return None
+
+
+def autogroup_level(text: str) -> int | None:
+    """The nice level in a ``/proc/PID/autogroup`` text: ``/autogroup-N nice K`` gives K.
+
+    An empty text is the root group's (init's, and every process that never started a
+    session of its own, as under some CI runners): the kernel prints nothing for it, and its
+    tasks weigh as nice 0 against the autogroups beside it, so it is 0.  Anything else
+    unreadable is None."""
+    words = text.split()
+    if not words:
+        return 0
+    try:
+        return int(words[-1])
+    except ValueError:
         return None
 
 

@@ -119,6 +119,14 @@ def test_an_agent_runs_below_the_daemon_and_so_does_its_session_group(tmp_path: 
         assert int(lowered[1]) == min(19, own_group + 7) and int(same[1]) == own_group
 
 
+def test_the_root_autogroup_reads_as_nice_0() -> None:
+    """A process that never started a session (init's group, some CI runners) has an empty
+    ``/proc/PID/autogroup``; its group weighs as nice 0, so agents are still lowered from 0."""
+    assert proc.autogroup_level("") == 0
+    assert proc.autogroup_level("/autogroup-11106 nice 3\n") == 3
+    assert proc.autogroup_level("/autogroup-7 nice x\n") is None
+
+
 def test_spawns_take_turns_with_the_event_loop(tmp_path: Path) -> None:
     """Agents started together (a new session's) are spawned one per loop turn, so the loop
     polls for I/O between them; without the gate all of them finish in the same turn."""
