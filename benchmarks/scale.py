@@ -2,6 +2,7 @@
 """Many agents at once: N ``command`` agents x R lines/s, through a real daemon.
 
     python benchmarks/scale.py [--agents 200] [--rate 10] [--seconds 60] [--sessions 20] [--repeat 3]
+                               [--ping-ms 10]
 
 One real ``orchd run``; ``--sessions`` sessions of ``--agents / --sessions``
 parallel ``command`` assignments each; every agent prints ``--rate`` JSON lines
@@ -19,9 +20,10 @@ A SUB here (RCVHWM 0) stamps receipt.  Measured:
   the lines received) is the figure to compare between runs;
 * ``rss_idle_mb``: the daemon's RSS before any session (the first run's); ``rss_per_agent_kb``:
   its peak RSS during a run minus at that run's start, per agent;
-* ``ping_p99_us``: control ``Ping`` round trips (one every 10 ms) while the agents
+* ``ping_p99_us``: control ``Ping`` round trips (one every ``--ping-ms``, 10 ms) while the agents
   run, against ``raw_ping_p99_us``: a bare DEALER -> ROUTER echo over ipc in the same
-  run (the baseline);
+  run (the baseline).  The pings are load too: 100 a second cost the daemon ~3-4% of a
+  core here, so ``--ping-ms 1000`` measures the CPU of the agents' lines nearly alone;
 * ``raw_p99_us``: the same lines published by one bare pyzmq PUB at the same total
   rate (the baseline for ``p99_us``).
 
@@ -102,14 +104,15 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def pinger(ctx: zmq.Context, endpoint: str, stop: threading.Event, out: list[float], raw: bool) -> None:
-    """A Ping every 10 ms until ``stop``; round trips in us into ``out``."""
+def pinger(ctx: zmq.Context, endpoint: str, stop: threading.Event, out: list[float], raw: bool,
+           every_s: float = 0.01) -> None:
+    """A Ping every ``every_s`` until ``stop``; round trips in us into ``out``."""
     dealer = ctx.socket(zmq.DEALER)
     dealer.linger = 0
     dealer.connect(endpoint)
     body = b"ping" if raw else wire.encode_request(p.Ping(), "b")
     try:
-        while not stop.wait(0.01):
+        while not stop.wait(every_s):
             t0 = time.perf_counter_ns()
             dealer.send(body)
             if not dealer.poll(5000):
@@ -141,7 +144,7 @@ def run_raw(ctx: zmq.Context, tmp: Path, rate: float, seconds: float) -> float:
 
 
 def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: float, seconds: float,
-              echo_ep: str) -> dict:
+              echo_ep: str, ping_s: float = 0.01) -> dict:
     per = max(1, agents // sessions)
     sub = new_sub(ctx, d.events)
     time.sleep(0.3)
@@ -196,8 +199,8 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
     pings: list[float] = []
     raw_pings: list[float] = []
     control = f"ipc://{d.rt}/control"
-    threads = [threading.Thread(target=pinger, args=(ctx, control, stop, pings, False)),
-               threading.Thread(target=pinger, args=(ctx, echo_ep, stop, raw_pings, True))]
+    threads = [threading.Thread(target=pinger, args=(ctx, control, stop, pings, False, ping_s)),
+               threading.Thread(target=pinger, args=(ctx, echo_ep, stop, raw_pings, True, ping_s))]
     rss_peak = rss0
     try:
         ids = []
@@ -253,6 +256,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ping-ms", type=float, default=10.0,
+                    help="one control Ping (and one bare echo) every this many ms while the agents run")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="os", dir="/tmp"))
     ctx = zmq.Context()
@@ -263,7 +268,7 @@ def main() -> int:
     try:
         time.sleep(1.0)  # settle: the idle RSS is read at the first run's start
         for r in range(args.repeat):
-            res = run_scale(ctx, d, args.agents, args.sessions, args.rate, args.seconds, echo_ep)
+            res = run_scale(ctx, d, args.agents, args.sessions, args.rate, args.seconds, echo_ep, args.ping_ms / 1000)
             res["raw_p99_us"] = run_raw(ctx, tmp, args.rate * res["agents"], args.seconds)
             runs.append(res)
             print(f"[{r + 1}/{args.repeat}] " + " ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}"
