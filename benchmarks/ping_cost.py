@@ -102,15 +102,15 @@ def main() -> int:
         for r in range(args.repeat):
             ping_us, ping_p50 = cost(d.proc.pid, ping, body, args.pings, every_s)
             echo_us, echo_p50 = cost(echo.pid, bare, b"ping", args.pings, every_s)
-            runs.append({"ping_cpu_us": ping_us, "echo_cpu_us": echo_us, "ratio": ping_us / max(echo_us, 1e-9),
+            runs.append({"ping_cpu_us": ping_us, "echo_cpu_us": echo_us, "ratio": ping_us / echo_us if echo_us > 0 else float("nan"),  # 0: below the resolution
                          "ping_p50_us": ping_p50, "echo_p50_us": echo_p50})
             print(f"[{r + 1}/{args.repeat}] " + " ".join(f"{k}={v:,.1f}" for k, v in runs[-1].items()), flush=True)
         ping.close()
-        bare.send(b"quit")
         bare.close()
     finally:
         d.stop()
-        echo.wait(10)
+        echo.kill()  # a throwaway: also when a request went unanswered and the loop stopped
+        echo.wait()
         ctx.destroy(linger=0)
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: round(statistics.median(r[k] for r in runs), 1) for k in runs[0]}
