@@ -102,7 +102,8 @@ def main() -> int:
         for r in range(args.repeat):
             ping_us, ping_p50 = cost(d.proc.pid, ping, body, args.pings, every_s)
             echo_us, echo_p50 = cost(echo.pid, bare, b"ping", args.pings, every_s)
-            runs.append({"ping_cpu_us": ping_us, "echo_cpu_us": echo_us, "ratio": ping_us / echo_us if echo_us > 0 else float("nan"),  # 0: below the resolution
+            ratio = ping_us / echo_us if echo_us > 0 else float("nan")  # 0: below /proc's resolution
+            runs.append({"ping_cpu_us": ping_us, "echo_cpu_us": echo_us, "ratio": ratio,
                          "ping_p50_us": ping_p50, "echo_p50_us": echo_p50})
             print(f"[{r + 1}/{args.repeat}] " + " ".join(f"{k}={v:,.1f}" for k, v in runs[-1].items()), flush=True)
         ping.close()
