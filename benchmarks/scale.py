@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -275,12 +276,10 @@ def main() -> int:
                                                          for k, v in res.items()), flush=True)
     finally:
         d.stop()
-        q = ctx.socket(zmq.DEALER)
-        q.connect(echo_ep)
-        q.send(b"quit")
-        echo.wait(10)
-        q.close()
+        echo.kill()  # a throwaway: also when a run failed half-way
+        echo.wait()
         ctx.destroy(linger=0)
+        shutil.rmtree(tmp, ignore_errors=True)  # the daemon's log, state and clones: ~50 MB a run
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     med["rss_idle_mb"] = runs[0]["rss_idle_mb"]  # only the first run starts from a daemon that has run nothing
     print(f"\nmedians of {args.repeat} ({med['agents']:.0f} agents x {args.rate:g} lines/s for {args.seconds:g} s, "
