@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -190,7 +191,6 @@ def test_missing_and_unrunnable_programs_fail_the_spawn_as_subprocess_does(tmp_p
 
 def test_no_thread_waits_for_a_running_agent(tmp_path: Path) -> None:
     """The exit of every agent is seen by the event loop (a pidfd), not by a thread per agent."""
-    import threading
 
     async def go() -> tuple[int, list[int]]:
         children = [await proc.spawn(["sleep", "30"], str(tmp_path), dict(os.environ), limit=4096) for _ in range(5)]
@@ -202,8 +202,91 @@ def test_no_thread_waits_for_a_running_agent(tmp_path: Path) -> None:
             c.close_pipes()
         return threads, codes
 
+    proc._spawn_thread()  # the one thread agents are spawned from (made at the first spawn)
     before = threading.active_count()
     during, codes = asyncio.run(go())
     if sys.version_info < (3, 12):
         assert during == before, "a thread was started per agent"
     assert codes == [-9] * 5
+
+
+def _spawn_thread_busy() -> threading.Event:
+    """Hold ``proc``'s spawn thread until the returned event is set."""
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(30)
+    proc._spawn_thread().submit(hold)
+    assert started.wait(10)
+    return release
+
+
+async def _spawn_thread_idle() -> None:
+    """Everything submitted to the spawn thread before this call has run (it runs one job at a time)."""
+    await asyncio.wrap_future(proc._spawn_thread().submit(lambda: None))
+
+
+def test_the_event_loop_runs_while_an_agent_is_spawned(tmp_path: Path) -> None:
+    """The process is made in the spawn thread: while that thread is busy (as while ``vfork`` waits for a
+    slow ``exec``), the event loop goes on turning and the spawn is not finished; then it is."""
+    async def go() -> tuple[int, bool, bytes]:
+        release = _spawn_thread_busy()
+        try:
+            spawning = asyncio.ensure_future(proc.spawn(["echo", "made"], str(tmp_path), dict(os.environ),
+                                                        limit=4096))
+            for _ in range(50):
+                await asyncio.sleep(0)  # 50 loop turns: the loop is not held by the spawn
+            pending = not spawning.done()
+        finally:
+            release.set()
+        child = await asyncio.wait_for(spawning, 10)
+        out = await read_all(child)
+        await child.wait()
+        return pending, out
+
+    pending, out = asyncio.run(go())
+    if proc._MadeTransport is None:  # other Pythons: asyncio makes the process in the loop's thread
+        assert not pending
+    else:
+        assert pending, "the spawn finished while the spawn thread was held: it ran in the loop's thread"
+    assert out == b"made\n"
+
+
+def _with_marker(mark: str) -> list[int]:
+    """Live processes whose environment holds ``mark``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "environ").read_bytes() and not gone(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.skipif(proc._MadeTransport is None, reason="this Python makes the process in the loop's thread")
+def test_a_spawn_cancelled_while_its_process_is_made_leaves_no_agent(tmp_path: Path) -> None:
+    """Cancelled while the spawn thread makes the process: once made, it is killed and reaped."""
+    mark = f"ORCHD_TEST_SPAWN_MARK={os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, mark.split("=")[0]: mark.split("=")[1]}
+
+    async def go() -> None:
+        release = _spawn_thread_busy()
+        spawning = asyncio.ensure_future(proc.spawn(["sleep", "60"], str(tmp_path), env, limit=4096))
+        await asyncio.sleep(0)
+        spawning.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await spawning
+        release.set()
+        await _spawn_thread_idle()  # the process has been made (after the hold, in order)
+        deadline = time.monotonic() + 10
+        while _with_marker(mark):
+            assert time.monotonic() < deadline, f"left running: {_with_marker(mark)}"
+            await asyncio.sleep(0.02)
+        await _spawn_thread_idle()  # and reaped
+
+    asyncio.run(go())
+    assert not _with_marker(mark)
