@@ -28,25 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import Daemon  # noqa: E402  (same directory)
+from scale import daemon_and_echo, echo_endpoint  # noqa: E402  (same directory)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orchd import protocol as p  # noqa: E402
 from orchd import wire  # noqa: E402
-
-SCALE = str(Path(__file__).resolve().parent / "scale.py")
-
 
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -84,17 +78,12 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     every_s = args.every_ms / 1000
-    tmp = Path(tempfile.mkdtemp(prefix="op", dir="/tmp"))
-    ctx = zmq.Context()
-    echo_ep = f"ipc://{tmp}/echo"
-    echo = subprocess.Popen([sys.executable, SCALE, "_echo", echo_ep])
-    d = Daemon(tmp, None)
     runs = []
-    try:
+    with daemon_and_echo("op") as (tmp, ctx, echo, d):
         ping, bare = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         ping.linger = bare.linger = 0
         ping.connect(f"ipc://{d.rt}/control")
-        bare.connect(echo_ep)
+        bare.connect(echo_endpoint(tmp))
         body = wire.encode_request(p.Ping(), "b")
         round_trips(ping, body, 50, 0)  # both connected and warm before measuring
         round_trips(bare, b"ping", 50, 0)
@@ -108,12 +97,6 @@ def main() -> int:
             print(f"[{r + 1}/{args.repeat}] " + " ".join(f"{k}={v:,.1f}" for k, v in runs[-1].items()), flush=True)
         ping.close()
         bare.close()
-    finally:
-        d.stop()
-        echo.kill()  # a throwaway: also when a request went unanswered and the loop stopped
-        echo.wait()
-        ctx.destroy(linger=0)
-        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: round(statistics.median(r[k] for r in runs), 1) for k in runs[0]}
     print(f"\nmedians of {args.repeat} ({args.pings:,} requests, one every {args.every_ms:g} ms):")
     print(f"  daemon CPU per Ping          {med['ping_cpu_us']:>8,.0f} us   (p50 round trip {med['ping_p50_us']:,.0f} us)")

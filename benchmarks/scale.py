@@ -34,6 +34,7 @@ Ends with one JSON line of the medians.  The children are this file run as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
@@ -244,6 +246,32 @@ def run_scale(ctx: zmq.Context, d: Daemon, agents: int, sessions: int, rate: flo
             "raw_ping_p99_us": pct(raw_pings, 0.99) if raw_pings else float("nan")}
 
 
+def echo_endpoint(tmp: Path) -> str:
+    return f"ipc://{tmp}/echo"
+
+
+@contextlib.contextmanager
+def daemon_and_echo(prefix: str) -> Iterator[tuple[Path, zmq.Context, subprocess.Popen, Daemon]]:
+    """A temp dir under /tmp, a context, this file's bare ROUTER echo as a child (on
+    ``echo_endpoint(tmp)``) and a real daemon; afterwards the daemon stopped, the echo killed
+    (also when a run failed half-way) and the temp dir (the daemon's log, state and clones:
+    ~50 MB a scale run) removed."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    ctx = zmq.Context()
+    echo = subprocess.Popen([sys.executable, SELF, "_echo", echo_endpoint(tmp)])
+    d = None
+    try:
+        d = Daemon(tmp, None)
+        yield tmp, ctx, echo, d
+    finally:
+        if d is not None:
+            d.stop()
+        echo.kill()
+        echo.wait()
+        ctx.destroy(linger=0)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_agent":
         return child_agent(float(sys.argv[2]), float(sys.argv[3])) or 0
@@ -260,26 +288,16 @@ def main() -> int:
     ap.add_argument("--ping-ms", type=float, default=10.0,
                     help="one control Ping (and one bare echo) every this many ms while the agents run")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="os", dir="/tmp"))
-    ctx = zmq.Context()
-    echo_ep = f"ipc://{tmp}/echo"
-    echo = subprocess.Popen([sys.executable, SELF, "_echo", echo_ep])
-    d = Daemon(tmp, None)
     runs = []
-    try:
+    with daemon_and_echo("os") as (tmp, ctx, echo, d):
         time.sleep(1.0)  # settle: the idle RSS is read at the first run's start
         for r in range(args.repeat):
-            res = run_scale(ctx, d, args.agents, args.sessions, args.rate, args.seconds, echo_ep, args.ping_ms / 1000)
+            res = run_scale(ctx, d, args.agents, args.sessions, args.rate, args.seconds, echo_endpoint(tmp),
+                            args.ping_ms / 1000)
             res["raw_p99_us"] = run_raw(ctx, tmp, args.rate * res["agents"], args.seconds)
             runs.append(res)
             print(f"[{r + 1}/{args.repeat}] " + " ".join(f"{k}={v:,.1f}" if isinstance(v, float) else f"{k}={v}"
                                                          for k, v in res.items()), flush=True)
-    finally:
-        d.stop()
-        echo.kill()  # a throwaway: also when a run failed half-way
-        echo.wait()
-        ctx.destroy(linger=0)
-        shutil.rmtree(tmp, ignore_errors=True)  # the daemon's log, state and clones: ~50 MB a run
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     med["rss_idle_mb"] = runs[0]["rss_idle_mb"]  # only the first run starts from a daemon that has run nothing
     print(f"\nmedians of {args.repeat} ({med['agents']:.0f} agents x {args.rate:g} lines/s for {args.seconds:g} s, "
