@@ -76,7 +76,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from orchd import log
 from orchd.config import DEFAULT_COMMIT_EXCLUDE as DEFAULT_EXCLUDE
+
+_log = log.get("actors.worktrees")
 
 TIMEOUT_S = 300.0
 """Per git command.  Generous: a checkout of a large repository is slow."""
@@ -96,6 +99,12 @@ _CONFIG = (
     "-c", "core.fsmonitor=false",
     "-c", "rerere.enabled=false",
     "-c", "advice.detachedHead=false",
+    # a file is compared with the index by every stat field git records, whatever the user's
+    # config says; the change time matters most: no one but the kernel sets it, so a file
+    # changed with its size and modification time put back still shows (``_take_over``)
+    "-c", "core.trustctime=true",
+    "-c", "core.checkStat=default",
+    "-c", "core.ignoreStat=false",
 )
 
 # What ``git rev-parse --local-env-vars`` prints: inherited, these would
@@ -768,12 +777,15 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
     of checking ``base`` out again: its files move here, its ``.git`` (with
     whatever that agent did to config, hooks or refs) is deleted and a new
     one made, the index is rebuilt from ``base`` and every file compared
-    with it (``update-index --refresh`` hashes them; a stat cache the agent
-    wrote is not trusted), then ``reset --hard`` and ``clean -ffdx`` make the
-    files exactly ``base``'s: untracked, ignored and left-out files go.  The
-    result is the same tree a fresh checkout gives, at the cost of reading
-    the files instead of writing them, and one checkout on disk instead of
-    two.  The inherited clone's directory is gone afterwards
+    with it, then ``reset --hard`` and ``clean -ffdx`` make the files
+    exactly ``base``'s: untracked, ignored and left-out files go.  The index
+    the agent left is never used: the comparison starts from the one orchd's
+    own git wrote when it made that clone (``_keep_trusted_index``), so only
+    the files whose stat data changed since then are read and hashed
+    (without it, every file is).  The result is the same tree a fresh
+    checkout gives, at the cost of a ``stat`` per file and a read of what
+    changed instead of writing every file, and one checkout on disk instead
+    of two.  The inherited clone's directory is gone afterwards
     (``commit_assignment`` then answers from the hub's branch).
 
     ``settle``: ``base`` is only a guess (``guess_base``), and ``settle()``
@@ -846,6 +858,7 @@ def create_worktree(target: Path, root: Path, session: str, assignment: str,
                     start = real
         if later:  # start is a commit: the checkout of it just succeeded
             _create_ref(hub, branch, start)
+        _keep_trusted_index(tmp, hub, assignment)
         tmp.rename(path)  # all or nothing: a clone at ``path`` is always a whole one
         return path, branch
 
@@ -1158,6 +1171,53 @@ def _inheritable(clone: Path, sdir: Path, start: str) -> bool:
     return r.returncode == 0 and r.stdout.strip() == start
 
 
+TRUSTED_INDEX_DIR = "orchd-index"
+"""In a session's hub: ``<assignment>``, a copy of the index orchd's own git wrote when it made that
+assignment's big clone (checkout or take-over), before any agent ran there; what a take-over of
+the clone compares its files against (``_take_over``)."""
+
+def _trusted_index(hub: Path, assignment: str) -> Path:
+    return hub / TRUSTED_INDEX_DIR / assignment
+
+
+def _keep_trusted_index(clone: Path, hub: Path, assignment: str) -> None:
+    """Keep a copy of the index of the big clone orchd just made, for its take-over (``_take_over``).
+
+    Written by orchd's git before the agent starts, it holds each file's stat data as it was then,
+    with the file's content known to be the tree's.  Kept in the hub, which a confined agent cannot
+    write.  The copy keeps the index file's modification time: git compares it with each entry's
+    to tell which entries were written too close to the index to be trusted by their stat data alone
+    (its "racy" entries), and hashes those.  Small clones are never taken over: nothing is kept.
+    """
+    index = clone / ".git" / "index"
+    dest = _trusted_index(hub, assignment)
+    try:
+        if index.stat().st_size < INHERIT_MIN_INDEX_BYTES:
+            dest.unlink(missing_ok=True)  # a clone of that name made earlier may have left one
+            return
+        dest.parent.mkdir(exist_ok=True)
+        part = dest.with_name(f"_new-{assignment}")
+        shutil.copy2(index, part)
+        os.replace(part, dest)
+    except OSError as exc:  # only a take-over's speed depends on it
+        _log.warning("trusted_index_not_kept", clone=str(clone), error=str(exc))
+
+
+def _index_from_trusted(trusted: Path, tmp: Path, start: str, env: dict[str, str]) -> bool:
+    """Make ``tmp``'s index ``start``'s tree with the stat data of ``trusted`` (moved there) for every
+    entry whose content is the same in both.  False (and no index) when there is no such index or git
+    cannot read it."""
+    index = tmp / ".git" / "index"
+    try:
+        os.rename(trusted, index)  # keeps its modification time (see _keep_trusted_index)
+    except OSError:
+        return False
+    if _run(tmp, "read-tree", "-m", "-i", start, env=env).returncode == 0:  # -i: the files are not looked at
+        return True
+    index.unlink(missing_ok=True)
+    return False
+
+
 def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> None:
     """Move ``clone``'s files to ``tmp`` under a new ``.git`` on ``branch``, exactly ``start``'s tree."""
     clone.rename(tmp)
@@ -1167,9 +1227,13 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     (tmp / ".git").rename(gone)  # the agent's git dir never reaches the next assignment
     shutil.rmtree(gone)
     _new_clone(tmp, hub, branch)
-    _git(tmp, "read-tree", start, env=_read_objects_in_place(hub))  # an index of start's tree, no stat data yet
-    # hashes every file once and records its stat data; exit 1: some differ or are missing
-    r = _run(tmp, "update-index", "--refresh", background=True)
+    env = _read_objects_in_place(hub)
+    if not _index_from_trusted(_trusted_index(hub, clone.name), tmp, start, env):
+        _git(tmp, "read-tree", start, env=env)  # an index of start's tree, no stat data yet
+    # stat()s every file: hashes those whose stat data is not the index's (without a trusted index:
+    # all of them) and records it; exit 1: some differ from start or are missing.  "really":
+    # an entry's assume-unchanged bit is not believed either
+    r = _run(tmp, "update-index", "--really-refresh", background=True)
     if r.returncode == 1:
         # rewrites those, sets the branch
         _git(tmp, *_checkout(), "reset", "--hard", "--quiet", start, env=_read_objects_in_place(hub),
@@ -1177,7 +1241,7 @@ def _take_over(clone: Path, tmp: Path, hub: Path, branch: str, start: str) -> No
     elif r.returncode == 0:
         _git(tmp, "update-ref", f"refs/heads/{branch}", start)  # every file is start's already
     else:
-        raise _fail(tmp, ("update-index", "--refresh"), r)
+        raise _fail(tmp, ("update-index", "--really-refresh"), r)
     _git(tmp, *_UNTRACKED_CACHE, "clean", "-ffdxq", background=True)  # untracked, ignored, nested repositories: gone
 
 

@@ -6,7 +6,9 @@ Real git in temp dirs.  The repository has enough files for its index to pass
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,100 @@ def test_a_chained_assignment_takes_over_the_checkout_and_starts_exactly_at_its_
     res = merging.merge_session(big, root, S, ["a", "b"], base)
     assert res.ok and res.commit == head_b  # b contains a: the result is b itself
     assert git(big, "rev-parse", f"orchd/{S}") == head_b
+
+
+def past_the_second_of(path: Path, deadline_s: float = 5.0) -> None:
+    """Wait until the clock is in a later second than ``path``'s modification time.  git trusts an
+    index entry's stat data only for a file older than the index (by whole seconds here), and
+    hashes the others ("racy" entries); the tests below are about the ones it trusts."""
+    second = int(path.stat().st_mtime)
+    deadline = time.monotonic() + deadline_s
+    while int(time.time()) <= second:
+        assert time.monotonic() < deadline, "the clock did not move on"
+        time.sleep(0.01)
+
+
+def refresh_scans(trace: Path) -> list[int]:
+    """``refresh/sum_scan`` (files read and hashed) of each ``update-index --really-refresh`` in a
+    ``GIT_TRACE2_EVENT`` file."""
+    argv: dict[str, list[str]] = {}
+    scans = []
+    for line in trace.read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("event") == "start":
+            argv[ev["sid"]] = ev["argv"]
+        elif ev.get("key") == "refresh/sum_scan" and "--really-refresh" in argv.get(ev["sid"], []):
+            scans.append(int(ev["value"]))
+    return scans
+
+
+def test_a_take_over_reads_only_the_files_that_changed_since_orchd_made_the_clone(big, tmp_path, monkeypatch):
+    root = tmp_path / "wt"
+    a, _ = wt.create_worktree(big, root, S, "a", wt.head_commit(big))
+    trusted = root / S / wt.HUB_DIR / wt.TRUSTED_INDEX_DIR / "a"
+    assert trusted.read_bytes() == (a / ".git" / "index").read_bytes()
+    past_the_second_of(trusted)
+    (a / "d00" / "f0000.txt").write_text("changed by a\n")
+    head_a = wt.commit_assignment(a, "a").commit
+    (a / "d01" / "f0001.txt").write_text("changed after the commit\n")
+    trace = tmp_path / "trace2.json"
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+
+    b, _ = wt.create_worktree(big, root, S, "b", head_a, inherit=a)
+
+    monkeypatch.delenv("GIT_TRACE2_EVENT")
+    assert refresh_scans(trace) == [2]  # of 1,201 files: the one a committed and the one it changed after
+    assert (b / "d00" / "f0000.txt").read_text() == "changed by a\n"
+    assert (b / "d01" / "f0001.txt").read_text() == "file 1\n"
+    assert git(b, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    assert not trusted.exists()  # used up; b's own is kept for the next take-over
+    assert (trusted.parent / "b").read_bytes() == (b / ".git" / "index").read_bytes()
+
+
+def test_a_take_over_finds_a_file_changed_with_its_size_and_modification_time_put_back(big, tmp_path):
+    # and the user's git config, which would compare only those, does not change that
+    (tmp_path / "empty-gitconfig").write_text("[core]\n\tcheckStat = minimal\n\ttrustctime = false\n")
+    root = tmp_path / "wt"
+    a, _ = wt.create_worktree(big, root, S, "a", wt.head_commit(big))
+    past_the_second_of(root / S / wt.HUB_DIR / wt.TRUSTED_INDEX_DIR / "a")
+    # b's index is written in a later second than every file: by whole seconds, which that
+    # config compares, none of them is too recent to trust
+    b, _ = wt.create_worktree(big, root, S, "b", wt.commit_assignment(a, "a").commit, inherit=a)
+    head_b = wt.commit_assignment(b, "b").commit
+    f = b / "d02" / "f0002.txt"
+    before = f.stat()
+    f.write_text("FILE 2\n")  # the same size
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    c, _ = wt.create_worktree(big, root, S, "c", head_b, inherit=b)
+
+    assert (c / "d02" / "f0002.txt").read_text() == "file 2\n"
+
+
+def test_a_take_over_without_a_readable_trusted_index_compares_every_file(big, tmp_path, monkeypatch):
+    root = tmp_path / "wt"
+    a, _ = wt.create_worktree(big, root, S, "a", wt.head_commit(big))
+    trusted = root / S / wt.HUB_DIR / wt.TRUSTED_INDEX_DIR / "a"
+    trusted.write_bytes(b"DIRC garbage")
+    head_a = wt.commit_assignment(a, "a").commit
+    (a / "d03" / "f0003.txt").write_text("changed after the commit\n")
+    trace = tmp_path / "trace2.json"
+    monkeypatch.setenv("GIT_TRACE2_EVENT", str(trace))
+
+    b, _ = wt.create_worktree(big, root, S, "b", head_a, inherit=a)
+
+    monkeypatch.delenv("GIT_TRACE2_EVENT")
+    assert refresh_scans(trace) == [FILES + 1]  # every file, .gitignore included
+    assert (b / "d03" / "f0003.txt").read_text() == "file 3\n"
+    assert git(b, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+
+
+def test_a_small_clone_keeps_no_trusted_index(tmp_path):
+    small = make_repo(tmp_path / "small", 3)
+    root = tmp_path / "wt"
+    wt.create_worktree(small, root, S, "a", wt.head_commit(small))
+    assert not (root / S / wt.HUB_DIR / wt.TRUSTED_INDEX_DIR / "a").exists()
 
 
 def test_the_prepare_job_hands_the_checkout_on_and_a_fan_out_still_starts_from_the_commit(big, tmp_path):
