@@ -50,6 +50,7 @@ def working_copy(root: Path, session: str, assignment: str, branch: str, base: s
 
 def result_bundle(wc: Path, branch: str, base: str, message: str, exclude: list[str]) -> tuple[bytes, str, bool]:
     """(bundle of ``base..branch``, head, wrapped) after committing what the agent left."""
+    worktrees.disarm(wc)  # the agent's git config runs nothing of orchd's
     c = worktrees.commit_assignment(wc, message, exclude)
     if c.commit == base:
         return b"", base, False

@@ -228,7 +228,8 @@ class ReviewActor(ProjectionFollower):
                 converged = t.last_decision not in reviewing.NOT_CONVERGED
                 self._workspace.start(author, snapshots.take, s.id, r.id, author, str(dest), t.last_commit,
                                       self.cfg.review.diff_max_bytes, self.cfg.review.check,
-                                      self.cfg.review.check_deadline_s, converged)
+                                      self.cfg.review.check_deadline_s, converged,
+                                      str(self.cfg.state_dir / "reviews" / s.id / "snapshots.git"))
 
     def _skip(self, s: SessionView, k: reviewing.Skip) -> None:
         _log.info("review_skipped", session=s.id, assignment=k.assignment, reason=k.reason)

@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from orchd import log
+from orchd import agent_tree, log
 from orchd.config import DEFAULT_COMMIT_EXCLUDE as DEFAULT_EXCLUDE
 
 _log = log.get("actors.worktrees")
@@ -105,6 +105,10 @@ _CONFIG = (
     "-c", "core.trustctime=true",
     "-c", "core.checkStat=default",
     "-c", "core.ignoreStat=false",
+    # a nested repository an agent committed as a submodule is never worked in: git there
+    # would run with that repository's config (``disarm``)
+    "-c", "submodule.recurse=false",
+    "-c", "diff.ignoreSubmodules=dirty",
 )
 
 # What ``git rev-parse --local-env-vars`` prints: inherited, these would
@@ -425,7 +429,9 @@ def _uncommitted(top: Path) -> list[str]:
 def changed_since(clone: Path, base: str, most: int = 200) -> list[str]:
     """The paths a clone's work changed since ``base``: committed or not, untracked included
     (what a fresh start after a failed resume is told the earlier run touched)."""
-    names = _git(clone, "--no-optional-locks", "diff", "--name-only", "-z", base).split("\0")
+    disarm(clone)
+    names = _git(clone, "--no-optional-locks", "diff", "--ignore-submodules=dirty", "--name-only", "-z",
+                 base).split("\0")
     untracked = _git(clone, "--no-optional-locks", "ls-files", "--others", "--exclude-standard", "-z").split("\0")
     return sorted({n for n in names + untracked if n})[:most]
 
@@ -675,11 +681,13 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     hub = wt.parent / HUB_DIR
     if not wt.exists() and (handed := _handed_over(wt, hub)) is not None:
         return handed
+    if hub.is_dir():  # a session's clone (a host's working copy is disarmed by its caller)
+        disarm(wt)
     # One scan says where HEAD is and whether anything changed at all: an
     # assignment that left nothing to commit costs one git command here.
     big = _big(wt / ".git" / "index")
     raw = _git(wt, *_UNTRACKED_CACHE, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=normal",
-               background=big)
+               "--ignore-submodules=dirty", background=big)
     head_line = next((e for e in raw.split("\0") if e.startswith("# branch.head ")), "")
     on = head_line.removeprefix("# branch.head ")
     if not on or on == "(detached)":
@@ -697,14 +705,21 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
             if own == on and _hub_ready(hub) and _loose_ref(hub, own) != head:
                 _publish(wt, hub, own)
             return Commit(branch=on, commit=head, made=False, left_out=[])
-    raw = _git(wt, "diff", "--name-only", "--diff-filter=U", "-z")
+    raw = _git(wt, "diff", "--ignore-submodules=dirty", "--name-only", "--diff-filter=U", "-z")
     unmerged = sorted({f for f in raw.split("\0") if f})
     if unmerged:
         raise MergeConflict(unmerged)
     specs = exclude_pathspecs(DEFAULT_EXCLUDE if exclude is None else exclude)
     if specs:
         _git(wt, "reset", "--quiet", "--", *specs)  # what the agent staged of them: out again
-    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs), background=big)
+    # a nested repository the agent checked out is not looked into (agent_tree.nested_repositories)
+    nested = agent_tree.nested_repositories(_git(wt, "ls-files", "--stage", "-z"), wt)
+    _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs),
+         *agent_tree.exclude_literal([path for path, _ in nested]), background=big)
+    for path, staged in nested:
+        head = agent_tree.nested_head(wt / path)
+        if head is not None and head != staged:
+            _git(wt, "update-index", "--cacheinfo", f"160000,{head},{path}")
     left = _left_out(wt, specs)
     r = _run(wt, "diff", "--cached", "--quiet", "--no-ext-diff")
     made = r.returncode == 1
@@ -1077,6 +1092,53 @@ def _copy_template(template: Template, dest: Path) -> None:
             path.mkdir(parents=rel == ".")
         else:
             path.write_bytes(data)
+
+
+def disarm(clone: Path) -> None:
+    """Make the git directory of an agent's clone one that runs nothing of the agent's, before
+    orchd's own git works in it (to commit it, or to list what it changed).
+
+    The agent may write anything in its clone, ``.git`` included, and orchd's git runs outside
+    the agent's sandbox, as the daemon's user.  A clean filter, a textconv or diff driver, an
+    include or ``core.worktree`` in ``.git/config`` (or in a common directory ``.git/commondir``
+    names, or in ``config.worktree``) would have it run the agent's programs or work on other
+    files.  So ``.git`` must be a directory (not a link, not a ``gitdir:`` file naming some other
+    repository: ``GitError``), its ``config`` becomes the one every clone under that root starts
+    with again (``TEMPLATES``), and ``commondir`` and ``config.worktree`` go.  What git only
+    reads stays: HEAD, refs, objects, the index.  Hooks and fsmonitor are off for every orchd git
+    command, and none recurses into submodules (``_CONFIG``, ``--ignore-submodules=dirty``).
+
+    Called once the agent is gone (its process group is killed when it exits).  An agent's
+    process that escaped both its group and its sandbox could write the file again after this;
+    an unconfined agent has no sandbox to escape in the first place.
+    """
+    git_dir = clone / ".git"
+    try:
+        mode = os.lstat(git_dir).st_mode
+    except OSError as exc:
+        raise GitError(f"{clone} has no git directory: {exc.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        raise GitError(f"{git_dir} is not a directory (a link, or a file naming another repository): "
+                       "orchd does not work in it")
+    config = next(data for rel, data in _template(clone.parent.parent, "clone") if os.path.normpath(rel) == "config")
+    for name in ("commondir", "config.worktree", "config.orchd-new"):
+        _remove(git_dir / name)
+    part = git_dir / "config.orchd-new"
+    part.write_bytes(config)
+    if os.path.isdir(git_dir / "config") and not os.path.islink(git_dir / "config"):
+        _remove(git_dir / "config")
+    os.replace(part, git_dir / "config")  # a link there is replaced, never followed
+
+
+def _remove(path: Path) -> None:
+    """``path`` gone, whatever it is (a link is removed, not followed)."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _read_objects_in_place(hub: Path) -> dict[str, str]:

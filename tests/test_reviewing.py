@@ -134,7 +134,9 @@ def test_a_snapshot_leaves_the_authors_index_head_and_files_alone(git_repo, tmp_
     after = (_git(git_repo, "rev-parse", "HEAD"), _git(git_repo, "status", "--porcelain"),
              (git_repo / ".git" / "index").read_bytes())
     assert after == before
-    assert _git(git_repo, "rev-parse", "refs/orchd/review/s-1/r1") == res.commit
+    # held in orchd's own snapshot repository (beside the checkout by default), not in the author's
+    assert _git(tmp_path / "snapshots.git", "rev-parse", "refs/orchd/review/s-1/r1") == res.commit
+    assert _git(git_repo, "for-each-ref", "refs/orchd") == ""
     co = Path(res.checkout)
     assert (co / "new.txt").read_text() == "new\n" and (co / "README.md").read_text() == "changed\n"
     assert "new.txt" in res.diff and "staged.txt" in res.diff
