@@ -102,6 +102,19 @@ class Daemon:
 
 
 @pytest.fixture
+def no_user_git_config(tmp_path, monkeypatch):
+    """Run git as on a machine where it was never configured: no identity anywhere, an empty
+    global config at ``tmp_path / "empty-gitconfig"`` (a test may write one there), no system one."""
+    empty = tmp_path / "empty-gitconfig"
+    empty.write_text("")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                "GIT_COMMITTER_EMAIL", "EMAIL", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
 def short_tmp():
     """A short temp dir (ipc socket paths must stay under ~100 bytes)."""
     d = tempfile.mkdtemp(prefix="o", dir="/tmp")

@@ -22,12 +22,7 @@ from tests import helpers
 S = "s-cfg"
 
 
-@pytest.fixture(autouse=True)
-def no_user_git_config(tmp_path, monkeypatch):
-    empty = tmp_path / "empty-gitconfig"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+pytestmark = pytest.mark.usefixtures("no_user_git_config")  # conftest
 
 
 def git(cwd: Path, *args: str) -> str:

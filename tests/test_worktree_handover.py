@@ -21,12 +21,7 @@ S = "s-ho"
 FILES = 1200  # ~100 KB of index: above INHERIT_MIN_INDEX_BYTES
 
 
-@pytest.fixture(autouse=True)
-def no_user_git_config(tmp_path, monkeypatch):
-    empty = tmp_path / "empty-gitconfig"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+pytestmark = pytest.mark.usefixtures("no_user_git_config")  # conftest
 
 
 def git(cwd: Path, *args: str) -> str:

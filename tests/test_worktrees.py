@@ -20,16 +20,7 @@ from tests import helpers
 S = "s-1a2b"
 
 
-@pytest.fixture(autouse=True)
-def no_user_git_config(tmp_path, monkeypatch):
-    """Run as on a machine where git was never configured: no identity anywhere."""
-    empty = tmp_path / "empty-gitconfig"
-    empty.write_text("")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
-                "GIT_COMMITTER_EMAIL", "EMAIL", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = pytest.mark.usefixtures("no_user_git_config")  # conftest: no identity anywhere
 
 
 def git(cwd: Path, *args: str) -> str:
