@@ -1121,13 +1121,16 @@ def disarm(clone: Path) -> None:
         raise GitError(f"{git_dir} is not a directory (a link, or a file naming another repository): "
                        "orchd does not work in it")
     config = next(data for rel, data in _template(clone.parent.parent, "clone") if os.path.normpath(rel) == "config")
-    for name in ("commondir", "config.worktree", "config.orchd-new"):
-        _remove(git_dir / name)
-    part = git_dir / "config.orchd-new"
-    part.write_bytes(config)
-    if os.path.isdir(git_dir / "config") and not os.path.islink(git_dir / "config"):
-        _remove(git_dir / "config")
-    os.replace(part, git_dir / "config")  # a link there is replaced, never followed
+    try:
+        for name in ("commondir", "config.worktree", "config.orchd-new"):
+            _remove(git_dir / name)
+        part = git_dir / "config.orchd-new"
+        part.write_bytes(config)
+        if os.path.isdir(git_dir / "config") and not os.path.islink(git_dir / "config"):
+            _remove(git_dir / "config")
+        os.replace(part, git_dir / "config")  # a link there is replaced, never followed
+    except OSError as exc:  # say, the agent made its .git read-only
+        raise GitError(f"cannot put orchd's own config back in {git_dir}: {exc}") from None
 
 
 def _remove(path: Path) -> None:
