@@ -1241,6 +1241,7 @@ TRUSTED_INDEX_DIR = "orchd-index"
 assignment's big clone (checkout or take-over), before any agent ran there; what a take-over of
 the clone compares its files against (``_take_over``)."""
 
+
 def _trusted_index(hub: Path, assignment: str) -> Path:
     return hub / TRUSTED_INDEX_DIR / assignment
 
