@@ -116,7 +116,9 @@ def test_a_command_agent_cannot_change_the_target(daemon, git_repo, tmp_path):
     # the agent did change its own clone: the commands ran
     clone = Path(next(w["worktree"] for w in status["workers"] if w["name"] == "evil"))
     assert git(clone, "tag", "--list").split() == ["evil-tag"]
-    assert "name = evil" in (clone / ".git" / "config").read_text()
+    assert (clone / ".git" / "hooks" / "pre-commit").read_text() == "x\n"
+    # ...and its config, which orchd put back before its own git worked there (worktrees.disarm)
+    assert "evil" not in (clone / ".git" / "config").read_text()
 
 
 @pytest.fixture
