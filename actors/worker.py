@@ -132,12 +132,14 @@ class Worker:
         """Every event of this worker is framed here, so secrets are redacted here (``orchd.redact``):
         agent text, tool inputs and outputs, stderr lines, argv, error messages."""
         ts = time.time() if ts is None else ts
-        frames = wire.pending_frames(self._topic, self._stamp, ts, events)
+        bodies = wire.event_bodies(events)
         r = self._redactor
-        # one check for the whole chunk (a join only adds false alarms); rare: only then are events walked
-        if r.maybe_bytes(frames[0] if len(frames) == 1 else b"\n".join(frames)):
-            frames = wire.pending_frames(self._topic, self._stamp, ts, [r.event(ev) for ev in events])
-        return frames
+        # one check of the events' own JSON for the whole chunk (a join only adds false alarms; the
+        # stamp around it holds no agent text); rare: only then are events walked
+        if r.maybe_bytes(bodies[0] if len(bodies) == 1 else b"\n".join(bodies)):
+            events = [r.event(ev) for ev in events]
+            bodies = wire.event_bodies(events)
+        return wire.frames_of(self._topic, self._stamp, ts, events, bodies)
 
     async def emit(self, *events: p.Ev) -> None:
         await self._out.send(self.journal, wire.pack(p.Append(frames=self._frames(list(events)))))

@@ -242,11 +242,24 @@ def pending_frame(topic_b: bytes, stamp: bytes, ts: float, ev: p.Ev) -> bytes:
 
 def pending_frames(topic_b: bytes, stamp: bytes, ts: float, events) -> list[bytes]:
     """``pending_frame`` for several events sharing one timestamp (one chunk of output)."""
-    head_ts = b"\"ts\":%.6f," % ts
+    return frames_of(topic_b, stamp, ts, events, event_bodies(events))
+
+
+def event_bodies(events) -> list[bytes]:
+    """Each event's JSON, as ``frames_of`` splices it: all an event's own text is in it (the rest
+    of a frame is its producer's stamp), so a producer checks these for secrets
+    (``actors.worker``)."""
     try:
-        return _pending(topic_b, stamp, head_ts, events, _json_enc.encode)
+        return [_json_enc.encode(ev) for ev in events]
     except UnicodeEncodeError:  # rare (a path decoded with surrogateescape): repair, do not fail
-        return _pending(topic_b, stamp, head_ts, events, _encode_text_safe)
+        return [_encode_text_safe(ev) for ev in events]
+
+
+def frames_of(topic_b: bytes, stamp: bytes, ts: float, events, bodies: list[bytes]) -> list[bytes]:
+    """``pending_frames`` of ``events`` whose ``event_bodies`` are ``bodies``."""
+    head_ts = b"\"ts\":%.6f," % ts
+    return [b"%s %s %s%s%s" % (topic_b, ev.__struct_config__.tag.encode(), head_ts, stamp, body[1:])
+            for ev, body in zip(events, bodies)]
 
 
 def append_one(session: str | None, ev: p.Ev, ts: float, worker: str | None = None,
@@ -254,11 +267,6 @@ def append_one(session: str | None, ev: p.Ev, ts: float, worker: str | None = No
     """One event, stamped and packed as the journal's ``Append`` (what every producer but
     the worker, which frames whole chunks, sends)."""
     return pack(p.Append(frames=[pending_frame(topic(session), stamp_prefix(session, worker, agent, gen), ts, ev)]))
-
-
-def _pending(topic_b: bytes, stamp: bytes, head_ts: bytes, events, enc) -> list[bytes]:
-    return [b"%s %s %s%s%s" % (topic_b, ev.__struct_config__.tag.encode(), head_ts, stamp, enc(ev)[1:])
-            for ev in events]
 
 
 def sequence_frame(pending: bytes, seq: int,
