@@ -18,6 +18,8 @@ import pytest
 from actors import hostlink_git, snapshots
 from actors import worktrees as wt
 from tests import helpers
+from tests.conftest import write_plan
+from tests.helpers import watch_until_done
 
 S = "s-cfg"
 
@@ -242,3 +244,22 @@ def test_a_snapshot_and_the_dashboards_diff_do_not_work_in_a_nested_repository_e
     assert not marker.exists()
     assert git(tmp_path / "reviews" / "snapshots.git", "ls-tree", res.commit, "moved").split()[2] == now
     assert f"+Subproject commit {now}" in diff.parts[0].patch
+
+
+def test_a_session_whose_agent_plants_a_filter_runs_it_nowhere(daemon, git_repo, tmp_path):
+    """Through the daemon: the agent's commit (before the assignment after it starts) and the
+    session's merge never run the filter it configured; its work is merged as it wrote it."""
+    marker = tmp_path / "ran"
+    plant = (f"git config filter.x.clean 'touch {marker}; cat'; git config diff.x.textconv 'touch {marker}; cat'; "
+             "printf '* filter=x diff=x\\n' > .gitattributes; echo work > evil.txt")
+    plan = [{"name": "evil", "agent": "command", "argv": ["sh", "-c", plant]},
+            {"name": "next", "agent": "command", "argv": ["sh", "-c", "echo next > next.txt"], "after": ["evil"]}]
+    sid = daemon.ctl_json("submit", "--plan", str(write_plan(tmp_path / "plan.json", plan)),
+                          "--target", str(git_repo))["session"]
+    events = watch_until_done(daemon, sid, timeout_s=120)
+
+    assert events[-1]["state"] == "done", daemon.ctl("logs", sid, check=False).stdout[-3000:]
+    assert not marker.exists()
+    branch = f"orchd/{sid}"
+    assert git(git_repo, "show", f"{branch}:evil.txt") == "work"
+    assert git(git_repo, "show", f"{branch}:next.txt") == "next"
