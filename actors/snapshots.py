@@ -48,11 +48,7 @@ from orchd import protocol as p
 GIT_TIMEOUT_S = 300.0
 CHECK_OUTPUT_MAX = 8000
 IDENTITY = ("orchd", "orchd@localhost")
-_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "gc.auto=0",
-           "-c", "core.fsmonitor=false", "-c", "advice.detachedHead=false", "-c", "submodule.recurse=false")
-_REPO_ENV = {"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-             "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
-             "GIT_PREFIX", "GIT_NAMESPACE"}
+_CONFIG = (*agent_tree.CONFIG, "-c", "advice.detachedHead=false")
 
 
 class SnapshotError(Exception):
@@ -62,7 +58,7 @@ class SnapshotError(Exception):
 def _git(cwd: Path, *args: str, index: str | None = None, store: Path | None = None) -> str:
     """git in ``cwd``; with ``store``, that repository's git directory over ``cwd`` as the work tree
     (``GIT_DIR``, ``GIT_WORK_TREE``): ``cwd``'s own git directory is not read at all."""
-    env = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
+    env = agent_tree.plain_env()
     name, email = IDENTITY
     env.update(GIT_TERMINAL_PROMPT="0", GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email,
                GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email, LC_ALL="C")
@@ -98,10 +94,8 @@ def commit_worktree(author: Path, store: Path, ref: str, message: str) -> str:
                                                 author)
         _git(author, "add", "-A", "--", ".", *agent_tree.exclude_literal([path for path, _ in nested]),
              index=index, store=store)
-        for path, staged in nested:
-            now = agent_tree.nested_head(author / path, GIT_TIMEOUT_S)
-            if now is not None and now != staged:
-                _git(author, "update-index", "--cacheinfo", f"160000,{now},{path}", index=index, store=store)
+        agent_tree.stage_nested_heads(lambda *a: _git(author, *a, index=index, store=store), author, nested,
+                                      GIT_TIMEOUT_S)
         tree = _git(author, "write-tree", index=index, store=store)
         commit = _git(store, "commit-tree", tree, "-p", head, "-m", message)
         _git(store, "update-ref", ref, commit)

@@ -716,10 +716,7 @@ def commit_assignment(worktree: Path, message: str, exclude: list[str] | None = 
     nested = agent_tree.nested_repositories(_git(wt, "ls-files", "--stage", "-z"), wt)
     _git(wt, *_UNTRACKED_CACHE, "add", "--all", "--", ".", *(":(exclude," + s[2:] for s in specs),
          *agent_tree.exclude_literal([path for path, _ in nested]), background=big)
-    for path, staged in nested:
-        head = agent_tree.nested_head(wt / path)
-        if head is not None and head != staged:
-            _git(wt, "update-index", "--cacheinfo", f"160000,{head},{path}")
+    agent_tree.stage_nested_heads(lambda *a: _git(wt, *a), wt, nested)
     left = _left_out(wt, specs)
     r = _run(wt, "diff", "--cached", "--quiet", "--no-ext-diff")
     made = r.returncode == 1

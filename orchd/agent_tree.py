@@ -20,22 +20,29 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "submodule.recurse=false",
           "-c", "gc.auto=0", "-c", "commit.gpgSign=false")
 """Overrides on every git command over an agent's tree (the user's own config is still read)."""
 
-_REPO_ENV = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-                       "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
-                       "GIT_PREFIX", "GIT_NAMESPACE"})
+REPO_ENV = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
+                      "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_CONFIG", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
+                      "GIT_PREFIX", "GIT_NAMESPACE"})
+"""Inherited, these would point git at some other repository."""
 
 _guard = threading.Lock()
 
 
+def plain_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) without ``REPO_ENV``."""
+    return {k: v for k, v in (os.environ if base is None else base).items() if k not in REPO_ENV}
+
+
 def env(store: Path, work_tree: Path, index: str | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for git over ``work_tree`` with ``store`` as its git directory."""
-    out = {k: v for k, v in (os.environ if base is None else base).items() if k not in _REPO_ENV}
+    out = plain_env(base)
     out.update(GIT_DIR=str(store), GIT_WORK_TREE=str(work_tree))
     if index is not None:
         out["GIT_INDEX_FILE"] = index
@@ -45,10 +52,9 @@ def env(store: Path, work_tree: Path, index: str | None = None, base: dict[str, 
 def object_dirs(work_tree: Path, timeout_s: float = 20.0) -> list[str]:
     """The object directories git would read for ``work_tree``'s repository: its own, then the ones
     its ``objects/info/alternates`` names (paths only; git follows their alternates itself)."""
-    base = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
     r = subprocess.run(["git", "-C", str(work_tree), *CONFIG, "rev-parse", "--path-format=absolute",
                         "--git-common-dir"], capture_output=True, text=True, errors="surrogateescape",
-                       stdin=subprocess.DEVNULL, timeout=timeout_s, env=base, check=False)
+                       stdin=subprocess.DEVNULL, timeout=timeout_s, env=plain_env(), check=False)
     if r.returncode != 0:
         raise NotARepository((r.stderr.strip() or f"git rev-parse exited {r.returncode}")[:300])
     objects = Path(r.stdout.strip()) / "objects"
@@ -75,9 +81,8 @@ def open_store(store: Path, objects: list[str], timeout_s: float = 20.0) -> None
     with _guard:  # two authors of one session at once
         if not (store / "HEAD").is_file():
             store.parent.mkdir(parents=True, exist_ok=True)
-            base = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
             subprocess.run(["git", *CONFIG, "init", "--quiet", "--bare", str(store)], capture_output=True,
-                           stdin=subprocess.DEVNULL, timeout=timeout_s, env=base, check=True)
+                           stdin=subprocess.DEVNULL, timeout=timeout_s, env=plain_env(), check=True)
         alternates = store / "objects" / "info" / "alternates"
         have = alternates.read_text().splitlines() if alternates.exists() else []
         new = [o for o in objects if o not in have]
@@ -109,15 +114,25 @@ def nested_repositories(ls_files_stage: str, work_tree: Path) -> list[tuple[str,
 def nested_head(repo: Path, timeout_s: float = 20.0) -> str | None:
     """The commit checked out in a nested repository (``rev-parse``: reads its config, runs nothing
     of it); None when there is none to read."""
-    base = {k: v for k, v in os.environ.items() if k not in _REPO_ENV}
     try:
         r = subprocess.run(["git", "-C", str(repo), *CONFIG, "rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
-                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s, env=base,
-                           check=False)
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s,
+                           env=plain_env(), check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     head = r.stdout.strip()
     return head if r.returncode == 0 and len(head) in (40, 64) else None
+
+
+def stage_nested_heads(git: Callable[..., object], work_tree: Path, nested: list[tuple[str, str]],
+                       timeout_s: float = 20.0) -> None:
+    """After an ``add`` that left ``nested`` (``nested_repositories``) out, record where each is
+    checked out now, as ``add`` would have: ``git("update-index", "--cacheinfo", ...)`` for each
+    one whose HEAD moved (``git`` runs git over ``work_tree``'s index)."""
+    for path, staged in nested:
+        head = nested_head(work_tree / path, timeout_s)
+        if head is not None and head != staged:
+            git("update-index", "--cacheinfo", f"160000,{head},{path}")
 
 
 def exclude_literal(paths: list[str]) -> list[str]:

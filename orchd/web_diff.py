@@ -73,10 +73,9 @@ def _worktree_part(worker: str | None, cwd: str, base: str, budget: int) -> Part
             nested = agent_tree.nested_repositories(listed.stdout.decode(errors="surrogateescape"), Path(cwd))
             added = _git(cwd, "add", "-A", "--", ".", *agent_tree.exclude_literal([path for path, _ in nested]),
                          index=index, store=store)
-            for path, staged in nested:
-                now = agent_tree.nested_head(Path(cwd) / path, GIT_TIMEOUT_S)
-                if added.returncode == 0 and now is not None and now != staged:
-                    _git(cwd, "update-index", "--cacheinfo", f"160000,{now},{path}", index=index, store=store)
+            if added.returncode == 0:
+                agent_tree.stage_nested_heads(lambda *a: _git(cwd, *a, index=index, store=store), Path(cwd), nested,
+                                              GIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return Part(worker=worker, ref="worktree", error=f"git add took over {GIT_TIMEOUT_S:g} s")
         except (agent_tree.NotARepository, subprocess.CalledProcessError, OSError) as exc:
