@@ -166,9 +166,8 @@ def git_commands(trace: Path) -> list[tuple[float, float, str]]:
             continue  # a git process started by another one: counted in its parent
         if ev.get("event") == "start":
             at = datetime.datetime.fromisoformat(ev["time"].replace("Z", "+00:00")).timestamp()
-            argv = [a for a in ev.get("argv", [])[1:] if not a.startswith(("-c", "core.", "commit.", "gc.",
-                                                                             "maintenance.", "rerere.", "advice."))]
-            if argv[:1] == ["-C"]:
+            argv = ev.get("argv", [])[1:]
+            while argv[:1] in (["-c"], ["-C"]):  # orchd's settings and directory: not the command
                 argv = argv[2:]
             starts[sid] = (at, " ".join(argv)[:60])
         elif ev.get("event") == "exit" and sid in starts:
