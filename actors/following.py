@@ -4,6 +4,12 @@ Both keep the supervisor's ``Projection`` of the log: rebuilt from the log at
 start (``rebuild``), then moved on by every ``Committed`` event the journal
 forwards (``follow``).  Both drop a message that does not decode with a log
 line and a count, and go on.  What each does with an event is its own.
+
+Both act on live sessions only, so each forgets a session once it has ended
+(its last event is still handed on): the supervisor's projection is the one
+that answers ``status`` for every session.  Without that, each follower held
+a second and a third copy of every session the daemon ever ran (~17 KB per
+five-assignment session here), rebuilt from the whole log at every start.
 """
 
 from __future__ import annotations
@@ -49,11 +55,18 @@ class ProjectionFollower:
             return None
         self.proj.apply(stamp, ev)
         s = self.proj.sessions.get(stamp.session or "")
-        return None if s is None else (stamp, ev, s)
+        if s is None:
+            return None
+        if s.state in p.SESSION_TERMINAL:
+            self.proj.forget(s.id)
+        return stamp, ev, s
 
     async def rebuild(self) -> list[tuple[p.Stamp, p.Ev]]:
-        """The projection from the log (read in a thread); the events it was built from."""
+        """The projection of the live sessions from the log (read in a thread); the events of those
+        sessions it was built from."""
         from actors.supervisor import FOLLOWED_AGENT_KINDS
+        proj = self.proj
+        metrics.follower_sessions.labels(self.name).set_function(lambda: len(proj.sessions))
         rows = await asyncio.to_thread(LogReader.read_state, self.log_path, "agent.", FOLLOWED_AGENT_KINDS)
         events = []
         for _, body in rows:
@@ -63,4 +76,6 @@ class ProjectionFollower:
                 continue
             self.proj.apply(stamp, ev)
             events.append((stamp, ev))
-        return events
+        for sid in [sid for sid, s in self.proj.sessions.items() if s.state in p.SESSION_TERMINAL]:
+            self.proj.forget(sid)
+        return [(stamp, ev) for stamp, ev in events if stamp.session in self.proj.sessions]

@@ -271,6 +271,13 @@ class Projection:
         # review_on(session, worker) -> bool: whether reviews apply to an assignment (the review config decides)
         self.review_on = review_on or (lambda s, w: False)
 
+    def forget(self, sid: str) -> None:
+        """Drop a session from this projection: the session's later events are ignored, as those of a
+        session never submitted are.  For a projection that acts on live sessions only (the review
+        and recovery actors'): an ended session does not come back (``p.SESSION_TERMINAL``), and one
+        kept for every session ever would grow for as long as the daemon runs."""
+        self.sessions.pop(sid, None)
+
     def _mark_reviewed(self, s: SessionView) -> None:
         for w in s.assignments():
             w.reviewed = bool(self.review_on(s, w))

@@ -86,6 +86,8 @@ workers_running = Gauge("orchd_workers_running", "Agent processes running now", 
 sessions = Gauge("orchd_sessions", "Sessions by state", ["state"], registry=REGISTRY)
 actor_restarts = Counter("orchd_actor_restarts_total", "Actors restarted by their supervisor", ["actor"], registry=REGISTRY)
 last_seq = Gauge("orchd_last_seq", "Sequence number of the last event logged", registry=REGISTRY)
+follower_sessions = Gauge("orchd_follower_sessions", "Sessions the review and recovery actors hold in memory "
+                          "(the live ones: an ended session is forgotten)", ["actor"], registry=REGISTRY)
 log_writable = Gauge("orchd_log_writable", "1 while the event log can be written, 0 while appends fail "
                      "(the journal keeps the events and retries)", registry=REGISTRY)
 log_write_failures = Counter("orchd_log_write_failures_total", "Failed attempts to append to the event log",
