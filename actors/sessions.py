@@ -33,7 +33,7 @@ from orchd import protocol as p
 RECOVERY_PENDING = frozenset({"relaunch", "park", "resume_after_quota"})  # = actors.recovering.PENDING
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkerView:
     spec: p.AssignmentSpec
     state: p.WorkerState = "pending"
@@ -98,7 +98,7 @@ class WorkerView:
         return 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionView:
     id: str
     task: str
@@ -239,7 +239,7 @@ class SessionView:
         return [r.info() for r in self.reviews.values()]
 
 
-@dataclass
+@dataclass(slots=True)
 class ReviewView:
     """One review, from ``review.requested``, ``review.verdict`` and ``decision.made``."""
 
