@@ -162,11 +162,13 @@ class SessionSupervisor(Conduct):
         return early
 
     async def _rebuild(self) -> None:
-        """The projection from the log (read in a thread; the kinds the supervisor follows only)."""
-        rows = await asyncio.to_thread(LogReader.read_state, self.log_path, "agent.", FOLLOWED_AGENT_KINDS)
-        for _, body in rows:
-            self._apply_json(body)
-        _log.info("state_rebuilt", events=len(rows), sessions=len(self.proj.sessions))
+        """The projection from the log (read in batches, in a thread; the kinds the supervisor follows only)."""
+        n = 0
+        async for rows in LogReader.state_batches(self.log_path, "agent.", FOLLOWED_AGENT_KINDS):
+            for _, body in rows:
+                self._apply_json(body)
+            n += len(rows)
+        _log.info("state_rebuilt", events=n, sessions=len(self.proj.sessions))
 
     def _reconcile(self) -> None:
         """After a restart: adopt live workers, relaunch (or settle) the ones that were running."""

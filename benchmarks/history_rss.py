@@ -35,17 +35,6 @@ from pipeline import Daemon, new_sub  # noqa: E402
 ENDED = ("done", "failed", "stopped", "escalated")
 
 
-class Restarted(Daemon):
-    """The daemon again on a state dir (and target) a ``Daemon`` made: ready once it answers."""
-
-    def _ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while self.ctl("status", "--json").returncode != 0:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"daemon did not start again:\n{(self.tmp / 'daemon.log').read_text()[-3000:]}")
-            time.sleep(0.05)
-
-
 def run_round(d: Daemon, sub: zmq.Socket, tmp: Path, r: int, sessions: int, assignments: int) -> None:
     ids = set()
     for s in range(sessions):
@@ -94,7 +83,7 @@ def main() -> int:
             sub.close()
         finally:
             d.stop()
-        d = Restarted(tmp, None)  # the same state dir: the whole log is replayed at start
+        d = Daemon(tmp, None)  # the same state dir: the whole log is replayed at start
         try:
             time.sleep(args.settle_s)
             restarted = rss_mb(d.proc.pid)

@@ -267,6 +267,8 @@ class Daemon:
                 raise SystemExit(f"daemon did not start:\n{(self.tmp / 'daemon.log').read_text()[-3000:]}")
             time.sleep(0.05)
         self.repo = self.tmp / "target"
+        if (self.repo / ".git").is_dir():
+            return  # a daemon started again on the same directory (history_rss.py)
         git = ["git", "-c", "user.name=b", "-c", "user.email=b@b", "-C", str(self.repo)]
         subprocess.run(["git", "init", "-q", "-b", "main", str(self.repo)], check=True)
         (self.repo / "README.md").write_text("benchmark target\n")

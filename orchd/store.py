@@ -52,9 +52,11 @@ after that point (~1 s per million events), paid once per watcher.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from orchd import log
@@ -348,6 +350,21 @@ class LogReader:
         def wanted(r: Row) -> bool:
             return not r[2].startswith(exclude_prefix) or r[2] in keep
         return self._merge(staged, cur.fetchall(), seq, limit, wanted)
+
+    @classmethod
+    async def state_batches(cls, path: Path, exclude_prefix: str, keep: tuple[str, ...],
+                            limit: int = 10_000) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """``read_state``'s events, ``limit`` at a time, each batch read in a thread: a state rebuild
+        applies one before the next is read, so the log is never in memory whole, and the event
+        loop gets a turn between two batches."""
+        reader = await asyncio.to_thread(cls, path)
+        try:
+            seq = 0
+            while batch := await asyncio.to_thread(reader.kinds_since, seq, exclude_prefix, keep, limit):
+                yield batch
+                seq = batch[-1][0]
+        finally:
+            reader.close()
 
     @classmethod
     def read_state(cls, path: Path, exclude_prefix: str, keep: tuple[str, ...]) -> list[tuple[int, bytes]]:
