@@ -245,3 +245,28 @@ def test_a_full_stage_is_due_at_once_and_a_big_one_goes_to_sqlite_directly(tmp_p
     log.append([(seq + 1, "s-1", "k", body)], 1.0)
     assert _in_sqlite(db) == list(range(1, seq + 2)) and not stage_path(db).exists()
     log.close()
+
+
+def test_a_state_rebuild_reads_sqlite_then_the_stage_in_batches(tmp_path):
+    """``LogReader.state_batches``: what ``read_state`` returns, ``limit`` rows at a time, the
+    staged rows after SQLite's, the excluded kinds left out (the rebuilds of the supervisor and
+    of the review and recovery actors read the log this way)."""
+    import asyncio
+
+    db = tmp_path / "events.sqlite3"
+    log = EventLog(db)
+    kinds = ["session.state", "agent.text", "agent.result"]
+    log.append([(i, "s-1", kinds[i % 3], b"%d" % i) for i in range(1, 21)], 0.0)
+    log.flush()  # 1..20 in SQLite
+    log.append([(i, "s-1", kinds[i % 3], b"%d" % i) for i in range(21, 27)], 0.0)  # 21..26 staged
+    assert stage_path(db).exists()
+
+    async def batches() -> list[list[int]]:
+        return [[seq for seq, _ in rows] async for rows in LogReader.state_batches(db, "agent.", ("agent.result",), 5)]
+
+    got = asyncio.run(batches())
+    log.close()
+    wanted = [i for i in range(1, 27) if kinds[i % 3] != "agent.text"]
+    whole = LogReader.read_state(db, "agent.", ("agent.result",))
+    assert [seq for batch in got for seq in batch] == wanted == [seq for seq, _ in whole]
+    assert [len(b) for b in got] == [5, 5, 5, 2]  # 17 of the 26
