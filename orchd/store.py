@@ -57,6 +57,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from orchd import log
@@ -356,15 +357,21 @@ class LogReader:
                             limit: int = 10_000) -> AsyncIterator[list[tuple[int, bytes]]]:
         """``read_state``'s events, ``limit`` at a time, each batch read in a thread: a state rebuild
         applies one before the next is read, so the log is never in memory whole, and the event
-        loop gets a turn between two batches."""
-        reader = await asyncio.to_thread(cls, path)
+        loop gets a turn between two batches.  The reader lives in one thread of its own, so a
+        rebuild cancelled during a read closes it only after that read (in the same thread)."""
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orchd-rebuild")
+        reader: LogReader | None = None
         try:
+            reader = await loop.run_in_executor(pool, cls, path)
             seq = 0
-            while batch := await asyncio.to_thread(reader.kinds_since, seq, exclude_prefix, keep, limit):
+            while batch := await loop.run_in_executor(pool, reader.kinds_since, seq, exclude_prefix, keep, limit):
                 yield batch
                 seq = batch[-1][0]
         finally:
-            reader.close()
+            if reader is not None:
+                pool.submit(reader.close)
+            pool.shutdown(wait=False)
 
     @classmethod
     def read_state(cls, path: Path, exclude_prefix: str, keep: tuple[str, ...]) -> list[tuple[int, bytes]]:
