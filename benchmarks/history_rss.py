@@ -76,7 +76,7 @@ def main() -> int:
             after = []
             for r in range(args.rounds):
                 run_round(d, sub, tmp, r, args.sessions, args.assignments)
-                time.sleep(args.settle_s)
+                time.sleep(args.settle_s)  # as above: the RSS after the round has settled
                 after.append(rss_mb(d.proc.pid))
                 print(f"after round {r + 1:2d}       {after[-1]:6.1f} MB  ({(r + 1) * args.sessions} sessions)",
                       flush=True)
@@ -85,7 +85,7 @@ def main() -> int:
             d.stop()
         d = Daemon(tmp, None)  # the same state dir: the whole log is replayed at start
         try:
-            time.sleep(args.settle_s)
+            time.sleep(args.settle_s)  # as above, once the restarted daemon answers
             restarted = rss_mb(d.proc.pid)
         finally:
             d.stop()

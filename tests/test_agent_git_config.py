@@ -32,14 +32,9 @@ def git(cwd: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def target(tmp_path) -> Path:
-    repo = tmp_path / "target"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("target\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "init")
-    return repo
+def target(git_repo) -> Path:
+    """The target: conftest's repository with one commit (``README.md``)."""
+    return git_repo
 
 
 def plant_filter(repo: Path, marker: Path, config: Path | None = None) -> None:
@@ -202,7 +197,7 @@ def test_a_snapshot_stays_readable_after_its_authors_clone_is_gone(target, tmp_p
     os.rename(a, tmp_path / "a-gone")  # taken over or cleaned
 
     assert git(store, "show", f"{first.commit}:new.txt") == "first"
-    assert git(store, "show", f"{first.commit}:README.md") == "target"  # through the hub and the target
+    assert git(store, "show", f"{first.commit}:README.md") == "target repo"  # through the hub and the target
 
 
 def test_the_dashboards_diff_of_a_running_agent_runs_nothing_of_its_config(target, tmp_path):
